@@ -1,0 +1,166 @@
+"""Checkpoints: atomic writes, safe loading, backbone export.
+
+* A training checkpoint (``RUN_DIR/checkpoints/last.pt`` and ``step_XXXXXXX.pt``) holds everything needed to
+  continue: model (with the SwAV queue), optimizer, gradient scaler, step/epoch position, RNG states, the
+  config and the skipped-image log. It is written to a temporary file in the same folder, fsync'ed and renamed,
+  so a crash mid-write never leaves a torn ``last.pt``.
+* Loading always uses ``torch.load(weights_only=True)``: a checkpoint from an untrusted source cannot run code;
+  one that needs arbitrary unpickling is rejected with a clear error.
+* The trained backbone is exported as ``backbone.safetensors`` plus ``backbone.json`` (how to rebuild it with
+  timm), so it loads into a plain timm model: ``timm.create_model(name, num_classes=0)`` then
+  ``load_state_dict(safetensors.torch.load_file(...))``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+BACKBONE_WEIGHTS = "backbone.safetensors"
+BACKBONE_SPEC = "backbone.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, reported as one line."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write_fn) -> None:
+    """Write ``path`` via ``write_fn(tmp_path)`` then fsync + rename: readers see the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; every failure becomes one clear CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (zero bytes)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"refusing to load {path}: it needs code execution to unpickle, which "
+                              f"weights_only=True forbids ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not an openseer checkpoint (holds {type(state).__name__})")
+    return state
+
+
+def export_backbone(run_dir: str | Path, backbone: nn.Module, spec: dict[str, Any]) -> Path:
+    """Write the backbone's weights (safetensors) and its timm spec into ``run_dir``."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    atomic_write(run_dir / BACKBONE_WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    atomic_write(run_dir / BACKBONE_SPEC, lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2)))
+    return run_dir / BACKBONE_WEIGHTS
+
+
+def _backbone_state_from_training(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    model = state.get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError("checkpoint has no 'model' state dict")
+    prefix = "backbone."
+    out = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
+    if not out:
+        raise CheckpointError("checkpoint's model has no backbone.* weights")
+    return out
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run dir -> its exported backbone if present, else its last training checkpoint; a file -> itself."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / BACKBONE_WEIGHTS, path / "checkpoints" / "last.pt"):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path} holds neither {BACKBONE_WEIGHTS} nor checkpoints/last.pt")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the pretrained backbone from a run dir, ``backbone.safetensors`` or a training checkpoint.
+
+    Returns the backbone (eval mode, CPU) and the run's config dict (empty if unknown).
+    """
+    from openseer.models.backbone import create_backbone_from_spec
+
+    path = resolve_checkpoint(path)
+    config: dict[str, Any] = {}
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        spec_path = path.with_name(BACKBONE_SPEC)
+        if not spec_path.is_file():
+            raise CheckpointError(f"{path} has no {BACKBONE_SPEC} beside it saying which backbone it is")
+        spec = json.loads(spec_path.read_text())
+        try:
+            weights = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"cannot read {path}: {e}") from None
+        cfg_path = path.with_name("config.yaml")
+        if cfg_path.is_file():
+            import yaml
+
+            config = yaml.safe_load(cfg_path.read_text()) or {}
+    else:
+        state = load_checkpoint(path)
+        config = state.get("config") or {}
+        spec = state.get("backbone_spec")
+        if not isinstance(spec, dict):
+            raise CheckpointError(f"{path} does not say which backbone it holds (no backbone_spec)")
+        weights = _backbone_state_from_training(state)
+    backbone = create_backbone_from_spec(spec)
+    try:
+        missing, unexpected = backbone.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not fit backbone {spec}: {str(e).splitlines()[1:2]}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit backbone {spec}: {len(missing)} missing "
+                              f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    return backbone.eval(), config

@@ -1,0 +1,421 @@
+"""Experiment configuration: typed dataclasses, YAML presets, ``a.b=value`` overrides.
+
+The dataclasses below are the single source of defaults and documentation (every field carries a ``help``
+string that ``openseer pretrain --help`` prints). A preset is a small YAML diff over these defaults; an
+override on the command line is ``section.field=value``. Unknown keys, wrong types and invalid choices are
+errors (:class:`ConfigError`) that name what is valid. Derived values (global batch, scaled learning rate,
+schedule lengths) come from one function, :func:`derive`, and the resolved config is written into the run
+directory.
+
+Nothing in a config is ever executed: YAML is read with ``yaml.safe_load`` and values are checked against
+the field types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to the user as one line."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("", "Pretraining images: a folder (searched recursively) or a tar of images. Set by --data.")
+    num_workers: int = _f(-1, "DataLoader worker processes; -1 picks from the cores available "
+                              "(0 on <=2 cores, where workers steal CPU from the model).")
+    seed_augmentations: bool = _f(True, "Seed each sample's augmentation from (seed, epoch, index) so that a "
+                                        "resumed run sees exactly the crops of an uninterrupted one.")
+
+
+@dataclass
+class AugConfig:
+    """Multi-crop augmentation (Caron et al. 2020, SwAV, sec. 3.2 and appendix A)."""
+
+    global_crops: int = _f(2, "Number of global (high-resolution) crops; codes are computed from these.")
+    global_size: int = _f(224, "Side of a global crop in pixels.")
+    global_scale: tuple[float, float] = _f((0.14, 1.0), "RandomResizedCrop area range of global crops.")
+    local_crops: int = _f(6, "Number of local (low-resolution) crops; 0 disables multi-crop.")
+    local_size: int = _f(96, "Side of a local crop in pixels.")
+    local_scale: tuple[float, float] = _f((0.05, 0.14), "RandomResizedCrop area range of local crops.")
+    flip_prob: float = _f(0.5, "Probability of a horizontal flip.")
+    color_jitter: float = _f(0.8, "Colour-jitter strength s: brightness, contrast, saturation 0.8*s... "
+                                  "as SimCLR/SwAV use (0.8s, 0.8s, 0.8s, 0.2s).")
+    color_jitter_prob: float = _f(0.8, "Probability of applying colour jitter.")
+    grayscale_prob: float = _f(0.2, "Probability of converting a crop to grayscale.")
+    blur_prob: float = _f(0.5, "Probability of a Gaussian blur (set 0 for tiny images, as SimCLR on CIFAR).")
+    blur_sigma: tuple[float, float] = _f((0.1, 2.0), "Gaussian blur sigma range, in pixels of the crop.")
+    mean: tuple[float, float, float] = _f((0.485, 0.456, 0.406), "Normalisation mean (RGB).")
+    std: tuple[float, float, float] = _f((0.229, 0.224, 0.225), "Normalisation std (RGB).")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = _f("regnety_016", "timm model name (regnety_*, regnetx_*, resnet*; SEER sizes: regnety_320, "
+                                      "regnety_640, regnety_1280, regnety_2560). Ignored when regnet_depth > 0.")
+    regnet_depth: int = _f(0, "Build a RegNet from its design-space parameters instead of a timm name "
+                              "(Radosavovic et al. 2020): total depth d. 0 = use `backbone`.")
+    regnet_w0: int = _f(0, "RegNet initial width w0.")
+    regnet_wa: float = _f(0.0, "RegNet width slope wa.")
+    regnet_wm: float = _f(0.0, "RegNet width multiplier wm.")
+    regnet_group_size: int = _f(0, "RegNet group width g.")
+    regnet_se_ratio: float = _f(0.25, "RegNet squeeze-excitation ratio (RegNetY: 0.25, RegNetX: 0).")
+    channels_last: bool = _f(True, "Use channels_last memory format (faster for convnets with bf16 on CPU and GPU).")
+    grad_checkpointing: bool = _f(False, "Recompute activations in the backward pass (timm "
+                                         "set_grad_checkpointing): less memory, about 30% more compute.")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["lars", "sgd"] = _f("lars", "Optimizer: LARS (LARC without clipping, as SwAV/SEER) or SGD.")
+    base_lr: float = _f(0.3, "Learning rate per 256 images of global batch; peak lr = base_lr * batch / 256 "
+                             "(SwAV: 4.8 at 4096 -> 0.3; SEER: 9.6 at 8192 -> 0.3).")
+    final_lr_ratio: float = _f(0.001, "Final lr as a fraction of the peak (SwAV: 0.0048 / 4.8).")
+    warmup_epochs: float = _f(10.0, "Linear warm-up length in epochs (SwAV: 10 of 100/800 epochs).")
+    warmup_start_lr: float = _f(0.0, "lr at the first step of warm-up.")
+    weight_decay: float = _f(1e-6, "Weight decay (SwAV 1e-6, SEER 1e-5); not applied to biases and norm layers.")
+    momentum: float = _f(0.9, "SGD momentum.")
+    trust_coefficient: float = _f(0.001, "LARS trust coefficient eta.")
+    clip_grad: float = _f(0.0, "Clip the global gradient norm to this value; 0 disables clipping.")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(100, "Training length in epochs (--epochs). Schedules span whichever of epochs and "
+                          "max_steps ends first.")
+    max_steps: int = _f(0, "Stop after this many optimizer steps (--max-steps); 0 = no limit.")
+    batch_size: int = _f(64, "Images per process per step (the global batch is this times the world size).")
+    precision: Literal["fp32", "bf16", "fp16"] = _f("bf16", "Autocast precision. bf16 is fastest on recent "
+                                                          "CPUs and GPUs; fp16 uses a gradient scaler (GPU).")
+    device: str = _f("auto", "'auto' (cuda if available, else cpu), 'cpu' or 'cuda'.")
+    seed: int = _f(0, "Seed for initialisation, data order and augmentation.")
+    log_every: int = _f(10, "Write a metrics.jsonl line every N steps (and at the last step).")
+    checkpoint_every: int = _f(500, "Write a checkpoint every N steps (and at each epoch end and the last step).")
+    keep_checkpoints: int = _f(2, "Step checkpoints kept besides last.pt (older ones are deleted).")
+    max_nonfinite_steps: int = _f(20, "Abort after this many consecutive steps with a non-finite loss or "
+                                      "gradient (each is skipped and reported).")
+
+
+@dataclass
+class EvalConfig:
+    image_size: int = _f(0, "Evaluation image side; 0 = the global crop size.")
+    crop_pct: float = _f(0.875, "Resize the shorter side to image_size / crop_pct, then centre-crop "
+                                "(0.875 for 224 px; 1.0 for tiny images such as CIFAR).")
+    batch_size: int = _f(256, "Batch size for feature extraction.")
+
+
+def _method_configs() -> dict[str, type]:
+    from openseer.methods import METHODS
+
+    return {name: m.Config for name, m in METHODS.items()}
+
+
+@dataclass
+class Config:
+    method: str = _f("swav", "Self-supervised method.")
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    swav: Any = field(default=None, metadata={"help": "SwAV settings (openseer.methods.swav.SwAVConfig)."})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.swav is None:
+            self.swav = _method_configs()["swav"]()
+
+    def method_config(self) -> Any:
+        return getattr(self, self.method)
+
+
+# --------------------------------------------------------------------------------------------------------
+# loading, overriding, checking
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    if cls is Config:
+        hints = dict(hints)
+        for name, mcls in _method_configs().items():
+            hints[name] = mcls
+    return hints
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (e.g. list -> tuple, int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}={value!r} is not valid; expected {_type_name(tp)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}={value!r} has the wrong type; expected {_type_name(tp)}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} has the wrong type; expected a list like {list(args)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}={value!r} needs {len(args)} values")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} has the wrong type; expected a list")
+        return [_coerce(v, arg, key) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} has the wrong type; expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} has the wrong type; expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} has the wrong type; expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} has the wrong type; expected a string")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} is a section; expected a mapping of its fields")
+        obj = tp()
+        _apply_dict(obj, value, key)
+        return obj
+    raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def _unknown(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}; valid keys here: {', '.join(sorted(valid))}")
+
+
+def _apply_dict(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = _field_types(type(obj))
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in hints:
+            raise _unknown(key, list(hints))
+        tp = hints[name]
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _apply_dict(current, value, key)
+        else:
+            setattr(obj, name, _coerce(value, tp, key))
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set ``cfg.<dotted> = value`` with the same checks as a YAML preset."""
+    parts = dotted.split(".")
+    nested: dict[str, Any] = {parts[-1]: value}
+    for p in reversed(parts[:-1]):
+        nested = {p: nested}
+    _apply_dict(cfg, nested)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'optim.base_lr=0.6'`` -> ``('optim.base_lr', 0.6)``; values are YAML scalars or lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.batch_size=128)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: cannot parse value ({e.__class__.__name__})") from None
+    return key.strip(), value
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description (the first comment line of the YAML)."""
+    out = {}
+    for p in sorted(PRESET_DIR.glob("*.yaml")):
+        first = p.read_text().splitlines()[0] if p.stat().st_size else ""
+        out[p.stem] = first.lstrip("# ").strip()
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a config from the defaults, an optional preset name or YAML path, and overrides."""
+    cfg = Config()
+    if preset:
+        path = Path(preset)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            if not path.is_file():
+                raise ConfigError(f"config file {preset!r} does not exist")
+        else:
+            path = PRESET_DIR / f"{preset}.yaml"
+            if not path.is_file():
+                names = sorted(list_presets())
+                close = difflib.get_close_matches(preset, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"unknown preset {preset!r}{hint}; presets: {', '.join(names)}")
+        _apply_dict(cfg, _read_yaml(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    cfg = Config()
+    _apply_dict(cfg, values)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type cannot express."""
+    from openseer.methods import METHODS
+
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method={cfg.method!r} is unknown; methods: {', '.join(METHODS)}")
+    a, t, m = cfg.aug, cfg.train, cfg.model
+    positive = {"aug.global_crops": a.global_crops, "aug.global_size": a.global_size,
+                "train.batch_size": t.batch_size, "train.epochs": t.epochs, "train.log_every": t.log_every,
+                "train.checkpoint_every": t.checkpoint_every}
+    for key, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{key}={v} must be positive")
+    for key, v in {"aug.local_crops": a.local_crops, "train.max_steps": t.max_steps,
+                   "optim.warmup_epochs": cfg.optim.warmup_epochs}.items():
+        if v < 0:
+            raise ConfigError(f"{key}={v} must be >= 0")
+    if a.local_crops and a.local_size <= 0:
+        raise ConfigError(f"aug.local_size={a.local_size} must be positive when aug.local_crops > 0")
+    for key, (lo, hi) in {"aug.global_scale": a.global_scale, "aug.local_scale": a.local_scale,
+                          "aug.blur_sigma": a.blur_sigma}.items():
+        if not 0 < lo <= hi:
+            raise ConfigError(f"{key}={[lo, hi]} must satisfy 0 < low <= high")
+    for key in ("flip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob"):
+        if not 0.0 <= getattr(a, key) <= 1.0:
+            raise ConfigError(f"aug.{key}={getattr(a, key)} must be a probability in [0, 1]")
+    if m.regnet_depth and min(m.regnet_w0, m.regnet_group_size) <= 0:
+        raise ConfigError("model.regnet_depth > 0 needs model.regnet_w0, regnet_wa, regnet_wm, regnet_group_size")
+    if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
+        raise ConfigError(f"train.device={t.device!r}; expected auto, cpu, cuda or cuda:N")
+    METHODS[cfg.method].validate(cfg)
+
+
+# --------------------------------------------------------------------------------------------------------
+# derived values
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Values computed from the config and the run's size; written next to the config in the run dir."""
+
+    world_size: int
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    warmup_steps: int
+    peak_lr: float
+    final_lr: float
+
+
+def derive(cfg: Config, dataset_size: int, world_size: int = 1) -> Derived:
+    """The one place where lr scaling, global batch and schedule lengths are computed."""
+    global_batch = cfg.train.batch_size * world_size
+    steps_per_epoch = dataset_size // global_batch
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"the dataset has {dataset_size} images, fewer than one global batch of {global_batch} "
+            f"(train.batch_size={cfg.train.batch_size} x {world_size} processes); lower train.batch_size"
+        )
+    total = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps:
+        total = min(total, cfg.train.max_steps)
+    epochs = math.ceil(total / steps_per_epoch)
+    warmup = min(round(cfg.optim.warmup_epochs * steps_per_epoch), total)
+    peak = cfg.optim.base_lr * global_batch / 256
+    return Derived(world_size, global_batch, steps_per_epoch, total, epochs, warmup, peak,
+                   peak * cfg.optim.final_lr_ratio)
+
+
+def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every config field, for ``--help``."""
+    rows = []
+    hints = _field_types(cls)
+    obj = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        value = getattr(obj, f.name)
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(field_help(tp, key + "."))
+        else:
+            default = list(value) if isinstance(value, tuple) else value
+            rows.append((key, repr(default), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,153 @@
+"""Decoding image bytes into RGB, robustly.
+
+Web-scale collections (SEER pretrains on a billion uncurated Instagram images) always contain some files that
+are empty, cut short, not images at all, or absurdly large. :func:`load_rgb` turns every such case into a
+:class:`BadImage` with a short ``reason`` so that the data loader can skip the file and count it, and turns
+every image it can read, whatever its mode (palette, 16-bit, CMYK, alpha, EXIF-rotated, animated), into
+the same thing: a fully decoded 8-bit RGB :class:`PIL.Image.Image`.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+#: Reasons a :class:`BadImage` can carry.
+BAD_IMAGE_REASONS = ("empty", "truncated", "unreadable", "too_large")
+
+# Transparent pixels are composited onto white: their colour values are undefined (often black), and
+# web images with alpha (logos, product photos) are designed to be seen on a white page.
+_BACKGROUND = (255, 255, 255)
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class DataError(ValueError):
+    """A problem with the user's data, reported as one clear line (e.g. "data path /x does not exist")."""
+
+
+class BadImage(Exception):
+    """A file that cannot be used as an image.
+
+    Attributes:
+        reason: why, one of ``"empty"`` (zero bytes), ``"truncated"`` (the data ends or breaks before the
+            image does), ``"unreadable"`` (not an image, or a format/mode PIL cannot decode) and
+            ``"too_large"`` (over PIL's decompression-bomb limit, ``Image.MAX_IMAGE_PIXELS``).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in BAD_IMAGE_REASONS:
+            raise ValueError(f"unknown BadImage reason {reason!r}; expected one of {BAD_IMAGE_REASONS}")
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def load_rgb(data: bytes) -> Image.Image:
+    """Decode image bytes into a fully loaded 8-bit RGB image.
+
+    The EXIF orientation is applied, animated images give their first frame, transparent pixels are
+    composited onto white, 16-bit and float images are scaled (not clipped) to 8 bits, and every other mode
+    (L, LA, P, 1, CMYK, ...) is converted to RGB. Tiny images are fine (the crops upscale them).
+
+    Args:
+        data: the raw bytes of an image file.
+
+    Returns:
+        An RGB image whose pixels are already decoded (so decoding errors cannot surface later).
+
+    Raises:
+        BadImage: with ``reason`` "empty", "truncated", "unreadable" or "too_large".
+    """
+    if not data:
+        raise BadImage("empty", "zero bytes")
+    img = _decode(data)
+    _apply_exif_orientation(img)
+    try:
+        return _to_rgb(img)
+    except BadImage:
+        raise
+    except Exception as e:  # an exotic mode PIL cannot convert
+        raise BadImage("unreadable", f"cannot convert mode {img.mode} to RGB ({e})") from None
+
+
+def _decode(data: bytes) -> Image.Image:
+    """Open and fully load the first frame; decompression-bomb warnings are errors here."""
+    with warnings.catch_warnings():
+        # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; both mean "too large" for us.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise BadImage("too_large", str(e)) from None
+        except UnidentifiedImageError:
+            raise BadImage("unreadable", "not a recognised image format") from None
+        except Exception as e:  # PIL's parsers raise many types (OSError, SyntaxError, struct.error, ...)
+            raise BadImage(_load_failure_reason(e), f"{type(e).__name__}: {e}") from None
+        try:
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as e:
+            raise BadImage("too_large", str(e)) from None
+        except Exception as e:
+            raise BadImage(_load_failure_reason(e), f"{type(e).__name__}: {e}") from None
+    return img
+
+
+def _load_failure_reason(error: Exception) -> str:
+    """'truncated' when the data ran out before the image did, else 'unreadable' (corrupt data)."""
+    text = str(error).lower()
+    if isinstance(error, EOFError) or "truncat" in text or "end of file" in text or "premature" in text:
+        return "truncated"
+    return "unreadable"
+
+
+def _apply_exif_orientation(img: Image.Image) -> None:
+    """Rotate/flip in place as the EXIF orientation tag says; a malformed EXIF block is ignored."""
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            ImageOps.exif_transpose(img, in_place=True)
+    except Exception:  # a broken EXIF block should not cost us an otherwise good image
+        pass
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
+        return Image.fromarray(_high_depth_to_uint8(np.asarray(img), img.mode)).convert("RGB")
+    if img.has_transparency_data:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _high_depth_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a 16-bit, 32-bit integer or float grayscale array to uint8 by its value range.
+
+    16-bit modes are divided by 257 (so 65535 -> 255 and 257 * v -> v exactly). Mode "I" (32-bit int, also
+    what some decoders give for 16-bit files) and "F" have no fixed range, so the range is chosen from the
+    maximum: values that fit 8 bits are kept, values that fit 16 bits are divided by 257, larger ones are
+    scaled by 255 / max; float images with max <= 1 are taken as [0, 1]. Negative values become 0.
+    """
+    x = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    x = np.maximum(x, 0.0)
+    peak = float(x.max()) if x.size else 0.0
+    if mode in _SIXTEEN_BIT_MODES:
+        scale = 1.0 / 257.0
+    elif mode == "F" and peak <= 1.0:
+        scale = 255.0
+    elif peak <= 255.0:
+        scale = 1.0
+    elif peak <= 65535.0:
+        scale = 1.0 / 257.0
+    else:
+        scale = 255.0 / peak
+    return np.clip(np.rint(x * scale), 0, 255).astype(np.uint8)

@@ -1,0 +1,343 @@
+"""Image collections as uniform, picklable, random-access sources: a folder, a tar archive, or a subset.
+
+An :class:`ImageSource` lists its images once, sorted by their path relative to the root, so that a folder
+and a tar of the same folder give the same indices, labels and names. It hands out raw bytes
+(:meth:`ImageSource.read`); decoding is :func:`openseer.data.images.load_rgb`'s job, so a corrupt file costs
+one skipped sample in the loader, not a crashed listing.
+
+Names are stored in one bytes blob with an offset array rather than a list of Python strings: it pickles
+in one piece and DataLoader workers forked from the main process do not touch per-name reference counts
+(which would copy the pages of a large list into every worker, the "dataloader memory leak").
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import tarfile
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from openseer.data.images import IMAGE_EXTENSIONS, DataError
+
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_TAR_BLOCK = 512
+
+
+class _StringTable:
+    """An immutable list of strings kept as one UTF-8 blob plus offsets (see the module docstring)."""
+
+    def __init__(self, strings: Sequence[str]) -> None:
+        encoded = [s.encode("utf-8", "surrogateescape") for s in strings]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        self._offsets[1:] = np.cumsum([len(b) for b in encoded], dtype=np.int64)
+        self._blob = b"".join(encoded)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        start, end = self._offsets[i], self._offsets[i + 1]
+        return self._blob[start:end].decode("utf-8", "surrogateescape")
+
+
+class ImageSource:
+    """A random-access, picklable collection of image files.
+
+    Attributes:
+        root: the folder or archive the images come from, as given to :func:`open_source`.
+        classes: class names in label order (sorted); empty when the source is unlabelled.
+    """
+
+    root: str
+    classes: list[str]
+
+    def __init__(self, root: str, names: Sequence[str], labels: np.ndarray, classes: list[str]) -> None:
+        self.root = root
+        self.classes = classes
+        self._names = _StringTable(names)
+        self._labels = labels.astype(np.int64, copy=False)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        labelled = f", {len(self.classes)} classes" if self.classes else ""
+        return f"{type(self).__name__}({self.root!r}, {len(self)} images{labelled})"
+
+    def _check(self, i: int) -> int:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"image index {i} out of range for a source of {n} images")
+        return int(i) % n
+
+    def name(self, i: int) -> str:
+        """The path of image ``i`` relative to the root, with '/' separators (e.g. ``"cat/0001.jpg"``)."""
+        return self._names[self._check(i)]
+
+    def label(self, i: int) -> int:
+        """The class index of image ``i``, or -1 when the source is unlabelled."""
+        return int(self._labels[self._check(i)])
+
+    def read(self, i: int) -> bytes:
+        """The raw bytes of image ``i``."""
+        raise NotImplementedError
+
+
+class FolderSource(ImageSource):
+    """Images found recursively under a folder; each :meth:`read` opens the file."""
+
+    def read(self, i: int) -> bytes:
+        with open(os.path.join(self.root, self.name(i)), "rb") as f:
+            return f.read()
+
+
+class TarSource(ImageSource):
+    """Images of a tar archive, all held in memory as one bytes blob (read once at open time)."""
+
+    def __init__(
+        self,
+        root: str,
+        names: Sequence[str],
+        labels: np.ndarray,
+        classes: list[str],
+        blob: bytes,
+        offsets: np.ndarray,
+    ) -> None:
+        super().__init__(root, names, labels, classes)
+        self._blob = blob
+        self._offsets = offsets
+
+    def read(self, i: int) -> bytes:
+        i = self._check(i)
+        return self._blob[self._offsets[i] : self._offsets[i + 1]]
+
+
+class SubsetSource(ImageSource):
+    """A view of chosen images of another source; keeps its classes and labels."""
+
+    def __init__(self, parent: ImageSource, indices: np.ndarray) -> None:
+        self.root = parent.root
+        self.classes = parent.classes
+        self._parent = parent
+        self._indices = indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def _parent_index(self, i: int) -> int:
+        return int(self._indices[self._check(i)])
+
+    def name(self, i: int) -> str:
+        return self._parent.name(self._parent_index(i))
+
+    def label(self, i: int) -> int:
+        return self._parent.label(self._parent_index(i))
+
+    def read(self, i: int) -> bytes:
+        return self._parent.read(self._parent_index(i))
+
+
+def subset(source: ImageSource, indices: Iterable[int]) -> ImageSource:
+    """A view of ``source`` restricted to ``indices`` (in that order; repeats allowed).
+
+    Raises:
+        IndexError: if an index is outside ``[0, len(source))``.
+    """
+    idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64)
+    idx = idx.reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= len(source)):
+        raise IndexError(f"subset indices must lie in [0, {len(source)}); got {idx.min()}..{idx.max()}")
+    if isinstance(source, SubsetSource):  # flatten views of views
+        return SubsetSource(source._parent, source._indices[idx])
+    return SubsetSource(source, idx)
+
+
+def open_source(path: str | os.PathLike[str], labelled: bool = False) -> ImageSource:
+    """Open a folder or a tar archive of images.
+
+    Files are matched by extension (case-insensitive, :data:`IMAGE_EXTENSIONS`); files and folders whose
+    name starts with '.' are skipped. Images are sorted by their path relative to the root.
+
+    With ``labelled=True`` the layout is ImageFolder's, ``root/<class>/.../<image>``: the class is the first
+    path component, classes are sorted alphabetically and a label is the class's index. Only folders that
+    contain at least one image are classes (an empty class folder is ignored).
+
+    A folder is searched recursively; symbolic links to folders are followed unless they lead back to a
+    folder being searched (a loop). A tar archive (plain, or compressed with gzip, bzip2 or xz) is read
+    into memory once: only regular files are used (links and devices are skipped), as are members with an
+    absolute path or a '..' component, and nothing is ever extracted to disk. A truncated or malformed
+    archive raises :class:`DataError`, even when the members before the damage could be read, so that a
+    half-copied archive is not silently used as a smaller dataset. Tar sources live in memory: unpack a
+    collection larger than memory to a folder instead.
+
+    Args:
+        path: a folder, or a tar file.
+        labelled: read class labels from the first path component.
+
+    Returns:
+        The source.
+
+    Raises:
+        DataError: the path does not exist, is neither a folder nor a tar archive, holds no images, the
+            archive is damaged, or ``labelled`` is set and the layout has images in the root or fewer than
+            two classes.
+    """
+    root = os.fspath(path)
+    if not os.path.exists(root):
+        raise DataError(f"data path {root} does not exist")
+    if os.path.isdir(root):
+        names, ignored = _list_folder(root)
+        _require_images(root, names, ignored)
+        labels, classes = _labels_for(root, names, labelled)
+        return FolderSource(root, names, labels, classes)
+    if not os.path.isfile(root):
+        raise DataError(f"data path {root} is neither a folder nor a regular file")
+    if not (root.lower().endswith(_TAR_SUFFIXES) or tarfile.is_tarfile(root)):
+        raise DataError(
+            f"data path {root} is a file but not a tar archive; pass a folder of images "
+            "(searched recursively) or a .tar of one"
+        )
+    names, blob, offsets, ignored = _read_tar(root)
+    _require_images(root, names, ignored)
+    labels, classes = _labels_for(root, names, labelled)
+    return TarSource(root, names, labels, classes, blob, offsets)
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _list_folder(root: str) -> tuple[list[str], list[str]]:
+    """Relative paths of the image files under ``root`` (sorted) and of the other files seen."""
+    images: list[str] = []
+    ignored: list[str] = []
+    root_stat = os.stat(root)
+    # Each pending folder carries the (device, inode) of its ancestors, to detect symlink loops.
+    root_key = (root_stat.st_dev, root_stat.st_ino)
+    stack: list[tuple[str, frozenset[tuple[int, int]]]] = [("", frozenset({root_key}))]
+    while stack:
+        rel, ancestors = stack.pop()
+        folder = os.path.join(root, rel) if rel else root
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as e:
+            raise DataError(f"cannot list folder {folder}: {e.strerror or e}") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel_name = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir():  # follows symlinks
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key not in ancestors:
+                    stack.append((rel_name, ancestors | {key}))
+            elif entry.is_file():
+                (images if _is_image_name(entry.name) else ignored).append(rel_name)
+    images.sort()
+    return images, ignored
+
+
+def _require_images(root: str, names: list[str], ignored: list[str]) -> None:
+    if names:
+        return
+    others = ""
+    if ignored:
+        others = f"; {len(ignored)} other file(s) were ignored, e.g. {sorted(ignored)[0]!r}"
+    raise DataError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)}{others})")
+
+
+def _labels_for(root: str, names: list[str], labelled: bool) -> tuple[np.ndarray, list[str]]:
+    """Labels from the first path component (ImageFolder layout), or all -1 when unlabelled."""
+    if not labelled:
+        return np.full(len(names), -1, dtype=np.int64), []
+    in_root = [n for n in names if "/" not in n]
+    if in_root:
+        raise DataError(
+            f"labelled data in {root} needs one folder per class (<root>/<class>/<image>), but "
+            f"{len(in_root)} image(s) lie directly in the root, e.g. {in_root[0]!r}"
+        )
+    first = [n.split("/", 1)[0] for n in names]
+    classes = sorted(set(first))
+    if len(classes) < 2:
+        raise DataError(
+            f"labelled data in {root} needs at least 2 class folders with images; found {len(classes)} "
+            f"({', '.join(classes)})"
+        )
+    index = {c: k for k, c in enumerate(classes)}
+    return np.array([index[c] for c in first], dtype=np.int64), classes
+
+
+def _decompress(raw: bytes, path: str) -> bytes:
+    """Undo gzip/bzip2/xz compression of a tar archive, recognised by its magic bytes."""
+    codecs = {b"\x1f\x8b": gzip.decompress, b"BZh": bz2.decompress, b"\xfd7zXZ\x00": lzma.decompress}
+    for magic, decompress in codecs.items():
+        if raw.startswith(magic):
+            try:
+                return decompress(raw)
+            except (OSError, EOFError, ValueError, lzma.LZMAError) as e:
+                raise DataError(f"tar archive {path} is truncated or corrupt ({e})") from None
+    return raw
+
+
+def _member_name(name: str) -> str | None:
+    """The normalised relative name of a tar member, or None when it must be skipped (unsafe or hidden)."""
+    if name.startswith("/"):
+        return None
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." or p.startswith(".") for p in parts):
+        return None
+    return "/".join(parts)
+
+
+def _read_tar(path: str) -> tuple[list[str], bytes, np.ndarray, list[str]]:
+    """Read the image members of a tar archive into one blob.
+
+    Returns:
+        (sorted names, blob of their bytes in that order, offsets into the blob (len + 1), ignored names).
+    """
+    with open(path, "rb") as f:
+        raw = _decompress(f.read(), path)
+    if raw[:_TAR_BLOCK] == bytes(_TAR_BLOCK):  # an empty archive: just the end-of-archive marker
+        return [], b"", np.zeros(1, dtype=np.int64), []
+    found: dict[str, tuple[int, int]] = {}  # later members of the same name win, as when extracting
+    ignored: list[str] = []
+    try:
+        archive = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
+        for member in archive:
+            if not member.isreg() or member.issparse():
+                continue
+            name = _member_name(member.name)
+            if name is None:
+                continue
+            if not _is_image_name(name):
+                ignored.append(name)
+                continue
+            if member.offset_data + member.size > len(raw):
+                raise tarfile.ReadError(f"member {name!r} runs past the end of the file")
+            found[name] = (member.offset_data, member.size)
+        end = archive.offset
+    except (tarfile.TarError, EOFError) as e:
+        raise DataError(f"tar archive {path} is malformed or truncated ({e})") from None
+    # tarfile silently stops at a header it cannot parse after the first one; a complete archive ends with
+    # a zero block there (POSIX end-of-archive marker), so anything else means truncation or damage.
+    if raw[end : end + _TAR_BLOCK] != bytes(_TAR_BLOCK):
+        raise DataError(
+            f"tar archive {path} is malformed or truncated (no end-of-archive marker after byte {end} of "
+            f"{len(raw)}; read {len(found)} images before that point)"
+        )
+    names = sorted(found)
+    view = memoryview(raw)
+    sizes = [found[n][1] for n in names]
+    offsets = np.zeros(len(names) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(sizes, dtype=np.int64)
+    blob = b"".join(view[o : o + s] for o, s in (found[n] for n in names))
+    return names, blob, offsets, ignored

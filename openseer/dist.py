@@ -1,0 +1,65 @@
+"""Process-group helpers. Every collective is a no-op at world size 1, so all code runs in one CPU process.
+
+Launch with ``torchrun`` (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); ``init_distributed`` picks
+nccl on GPUs and gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over processes (no-op in one process). Returns ``t``."""
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` from every process along dim 0 (no gradient), in rank order."""
+    if world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def init_distributed(device: str = "auto") -> torch.device:
+    """Initialise the default process group when launched by torchrun; return this process's device."""
+    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_initialized():
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+    if want_cuda:
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device asks for cuda but torch.cuda.is_available() is False")
+        index = local_rank if device in ("auto", "cuda") else int(device.split(":")[1])
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")

@@ -1,0 +1,245 @@
+"""Weighted k-nearest-neighbour classification of frozen features.
+
+The protocol is the one of Wu et al. 2018 ("Unsupervised Feature Learning via Non-Parametric Instance
+Discrimination", Sec. 3.4) as used by DINO (Caron et al. 2021, `eval_knn.py`): features are L2-normalised,
+each test image takes its k most cosine-similar training images, and neighbour i votes for its class with
+weight ``exp(s_i / T)``; the class with the largest summed weight is the prediction. No training, no
+hyper-parameters beyond k and T, so it is a cheap and stable check of representation quality during and
+after pretraining.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from openseer.eval.features import extract_features
+
+DEFAULT_KS = (10, 20, 200)
+
+
+def _as_float(features: Tensor, other: Tensor) -> tuple[Tensor, Tensor]:
+    """Cast both feature matrices to a common float dtype of at least float32 precision."""
+    dtype = torch.promote_types(features.dtype, other.dtype)
+    if not dtype.is_floating_point or torch.finfo(dtype).bits < 32:
+        dtype = torch.float32
+    return features.to(dtype), other.to(dtype)
+
+
+def _check_inputs(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor):
+    """Raise ValueError on shapes that cannot be classified."""
+    if train_features.dim() != 2 or test_features.dim() != 2:
+        raise ValueError(
+            f"features must be (N, D); got train {tuple(train_features.shape)}, "
+            f"test {tuple(test_features.shape)}"
+        )
+    if train_features.shape[0] == 0 or test_features.shape[0] == 0:
+        raise ValueError(
+            f"kNN needs at least one train and one test feature; got {train_features.shape[0]} train, "
+            f"{test_features.shape[0]} test"
+        )
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(
+            f"feature dims differ: train {train_features.shape[1]}, test {test_features.shape[1]}"
+        )
+    if train_labels.shape != (train_features.shape[0],) or test_labels.shape != (test_features.shape[0],):
+        raise ValueError("labels must be 1-D with one entry per feature row")
+    if int(train_labels.min()) < 0 or int(test_labels.min()) < 0:
+        raise ValueError("labels must be non-negative class indices")
+
+
+@torch.no_grad()
+def knn_classify(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    ks: Sequence[int] = DEFAULT_KS,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int = 1024,
+) -> dict[int, float]:
+    """Top-1 accuracy of the temperature-weighted kNN vote for several k.
+
+    For a test feature q and its k nearest training features x_i (cosine similarity s_i = q.x_i after
+    L2 normalisation), the score of class c is ``sum_i 1[y_i = c] exp(s_i / T)`` (Wu et al. 2018, eq. 7;
+    DINO `knn_classifier`). Test features are processed in chunks: one (chunk, N) similarity matmul and
+    one top-k with the largest k per chunk, sliced for the smaller k. The computation runs on the device
+    of ``train_features``, in float64 if the features are float64, else float32.
+
+    Args:
+        train_features: (N, D) features of the labelled reference set.
+        train_labels: (N,) class indices.
+        test_features: (M, D) features to classify.
+        test_labels: (M,) true class indices.
+        ks: neighbour counts to evaluate; each is clipped to N.
+        temperature: T of the exponential weighting (0.07 in DINO and Wu et al.).
+        num_classes: number of classes; inferred from the largest label when None.
+        chunk_size: test rows per similarity matmul (memory is chunk_size x N).
+
+    Returns:
+        ``{k: top-1 accuracy in [0, 1]}`` for each requested k.
+    """
+    _check_inputs(train_features, train_labels, test_features, test_labels)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {list(ks)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    device = train_features.device
+    train, test = _as_float(train_features, test_features.to(device))
+    train = F.normalize(train, dim=1)
+    test = F.normalize(test, dim=1)
+    train_labels = train_labels.to(device=device, dtype=torch.int64)
+    test_labels = test_labels.to(device=device, dtype=torch.int64)
+    if num_classes is None:
+        num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    elif int(max(train_labels.max(), test_labels.max())) >= num_classes:
+        raise ValueError(f"labels must be < num_classes={num_classes}")
+    clipped = {k: min(int(k), train.shape[0]) for k in ks}
+    max_k = max(clipped.values())
+    correct = {k: torch.zeros((), dtype=torch.int64, device=device) for k in ks}  # no per-chunk sync
+    train_t = train.t().contiguous()
+    for start in range(0, test.shape[0], chunk_size):
+        similarity = test[start : start + chunk_size] @ train_t  # (chunk, N) cosine similarities
+        top_sim, top_idx = similarity.topk(max_k, dim=1, largest=True, sorted=True)
+        del similarity
+        neighbour_labels = train_labels[top_idx]  # (chunk, max_k)
+        weights = (top_sim / temperature).exp()
+        truth = test_labels[start : start + chunk_size]
+        for k, k_eff in clipped.items():
+            votes = torch.zeros(truth.shape[0], num_classes, dtype=weights.dtype, device=device)
+            votes.scatter_add_(1, neighbour_labels[:, :k_eff], weights[:, :k_eff])
+            correct[k] += (votes.argmax(dim=1) == truth).sum()
+    return {k: int(correct[k]) / test.shape[0] for k in ks}
+
+
+def _data_error(message: str) -> Exception:
+    """Build an `openseer.data.DataError` (imported lazily so this module loads without the data stack)."""
+    from openseer.data import DataError
+
+    return DataError(message)
+
+
+def _preview(names: Sequence[str], limit: int = 5) -> str:
+    """Comma-separated names, shortened to ``limit`` with a count of the rest."""
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def check_label_sets(train_classes: Sequence[str], test_classes: Sequence[str]) -> None:
+    """Check that a train/test pair can be scored by kNN or a linear probe.
+
+    Raises:
+        openseer.data.DataError: when train has fewer than 2 classes, or the two class sets differ (the
+            message names the classes missing on each side).
+    """
+    if len(set(train_classes)) < 2:
+        raise _data_error(
+            f"the train split needs at least 2 classes to evaluate, found {len(set(train_classes))}"
+            + (f" ({_preview(list(train_classes))})" if train_classes else "")
+        )
+    train_set, test_set = set(train_classes), set(test_classes)
+    if train_set == test_set:
+        return
+    problems = []
+    only_train = sorted(train_set - test_set)
+    only_test = sorted(test_set - train_set)
+    if only_test:
+        problems.append(f"missing from train: {_preview(only_test)}")
+    if only_train:
+        problems.append(f"missing from test: {_preview(only_train)}")
+    raise _data_error(f"train and test class lists differ; {'; '.join(problems)}")
+
+
+def format_table(results: dict[int, float], title: str) -> str:
+    """Render ``{k: top-1 fraction}`` as a small aligned text table in percent."""
+    header = f"{'k':>6}  {'top-1 (%)':>9}"
+    rows = [f"{k:>6}  {100.0 * acc:>9.2f}" for k, acc in sorted(results.items())]
+    width = max(len(title), len(header))
+    return "\n".join([title, "-" * width, header, *rows])
+
+
+def _label_permutation(train_classes: Sequence[str], test_classes: Sequence[str]) -> Tensor | None:
+    """Map test class indices to train class indices when both hold the same names in another order."""
+    if list(train_classes) == list(test_classes):
+        return None
+    train_index = {name: i for i, name in enumerate(train_classes)}
+    return torch.tensor([train_index[name] for name in test_classes], dtype=torch.int64)
+
+
+def run_knn(
+    backbone: nn.Module,
+    train_source,
+    test_source,
+    transform,
+    ks: Sequence[int] = DEFAULT_KS,
+    temperature: float = 0.07,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> dict:
+    """Extract features of a labelled train/test pair and score them with the weighted kNN.
+
+    Args:
+        backbone: module returning pooled (B, D) features.
+        train_source: labelled `openseer.data.ImageSource` used as the neighbour bank.
+        test_source: labelled `ImageSource` to classify; it must hold the same class names.
+        transform: evaluation transform (`openseer.data.eval_transform`).
+        ks: neighbour counts; temperature: vote temperature (see `knn_classify`).
+        batch_size, num_workers, device, precision, channels_last: see `extract_features`.
+
+    Returns:
+        A JSON-able dict: ``top1`` (``{str(k): fraction}``), ``k``, ``temperature``, ``num_train``,
+        ``num_test`` (images actually scored), ``num_failed`` (undecodable images, both splits; also split
+        into ``num_failed_train``/``num_failed_test``), ``num_classes``, ``feature_dim`` and ``seconds``.
+    """
+    from openseer.data import LabelledDataset
+
+    started = time.perf_counter()
+    check_label_sets(train_source.classes, test_source.classes)
+    options = dict(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+    )
+    train = extract_features(backbone, LabelledDataset(train_source, transform), **options)
+    test = extract_features(backbone, LabelledDataset(test_source, transform), **options)
+    for split, feats in (("train", train), ("test", test)):
+        if len(feats) == 0:
+            raise _data_error(f"no decodable images in the {split} split ({feats.num_failed} failed)")
+    test_labels = test.labels
+    permutation = _label_permutation(train_source.classes, test_source.classes)
+    if permutation is not None:
+        test_labels = permutation[test_labels]
+    results = knn_classify(
+        train.features.to(device),
+        train.labels,
+        test.features,
+        test_labels,
+        ks=ks,
+        temperature=temperature,
+        num_classes=len(train_source.classes),
+    )
+    return {
+        "top1": {str(k): acc for k, acc in results.items()},
+        "k": [int(k) for k in ks],
+        "temperature": float(temperature),
+        "num_train": len(train),
+        "num_test": len(test),
+        "num_failed": train.num_failed + test.num_failed,
+        "num_failed_train": train.num_failed,
+        "num_failed_test": test.num_failed,
+        "num_classes": len(train_source.classes),
+        "feature_dim": train.dim,
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,11 @@
+"""Self-supervised methods, one file each. ``METHODS`` maps a config name to its module.
+
+A method module exposes ``Config`` (a dataclass of its settings, a section of the main config),
+``validate(cfg)`` (cross-field checks) and ``build(cfg, backbone) -> nn.Module``.
+"""
+
+from openseer.methods import swav
+
+METHODS = {"swav": swav}
+
+__all__ = ["METHODS"]

@@ -1,0 +1,183 @@
+"""SwAV: Swapping Assignments between multiple Views (Caron et al. 2020, "Unsupervised Learning of Visual
+Features by Contrasting Cluster Assignments"), the method SEER (Goyal et al. 2021) scales up.
+
+Every crop of an image is embedded (backbone -> projection MLP -> unit sphere) and scored against K learnable
+prototypes. For each *global* crop, equipartitioned soft codes are computed by Sinkhorn-Knopp (no gradient,
+float32, optionally together with a queue of recent embeddings so that small batches still spread over K
+prototypes); every *other* crop must predict those codes with a softmax over its own scores at temperature
+tau. Reference implementation: facebookresearch/swav ``main_swav.py``; VISSL ``swav_loss.py``.
+
+Read top to bottom: config, validation, the module (multi-crop forward, queue, loss), the builder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openseer import dist
+from openseer.models.backbone import feature_dim
+from openseer.models.heads import ProjectionMLP, Prototypes
+from openseer.ops.sinkhorn import sinkhorn_knopp
+
+
+@dataclass
+class Config:
+    hidden_dims: list[int] = field(default_factory=lambda: [2048], metadata={
+        "help": "Hidden widths of the projection MLP (SwAV: [2048]; SEER-256GF: [8192, 8192])."})
+    output_dim: int = field(default=128, metadata={"help": "Embedding dimension (SwAV 128, SEER 256)."})
+    head_batch_norm: bool = field(default=True, metadata={"help": "BatchNorm in the projection MLP "
+                                                                  "(SwAV yes, SEER no)."})
+    num_prototypes: int = field(default=3000, metadata={
+        "help": "Number of prototypes K (SwAV 3000, SEER 16000). Use about 10x the number of classes "
+                "you expect; fewer for small datasets."})
+    temperature: float = field(default=0.1, metadata={"help": "Softmax temperature tau of the swapped "
+                                                              "prediction."})
+    epsilon: float = field(default=0.05, metadata={"help": "Sinkhorn entropy regularisation (SwAV 0.05, "
+                                                           "SEER-10B 0.03); smaller gives sharper codes."})
+    sinkhorn_iterations: int = field(default=3, metadata={"help": "Sinkhorn iterations (SwAV 3, SEER 10)."})
+    crops_for_assign: list[int] = field(default_factory=lambda: [0, 1], metadata={
+        "help": "Indices of the global crops whose codes are predicted by the other crops."})
+    freeze_prototypes_steps: int = field(default=313, metadata={
+        "help": "Keep the prototypes fixed for the first N steps (lr 0 for their group): stabilises the start."})
+    queue_length: int = field(default=0, metadata={
+        "help": "Global number of past embeddings used with the batch to compute codes (0 = none). Use it "
+                "when the global batch is small compared with K (SwAV: 3840 at batch 256). Rounded down "
+                "to a multiple of the global batch."})
+    queue_start_epoch: int = field(default=15, metadata={
+        "help": "Epoch from which the queue starts filling; it is used once full."})
+
+
+SwAVConfig = Config
+
+
+def validate(cfg: Any) -> None:
+    from openseer.config import ConfigError
+
+    s = cfg.swav
+    for key in ("output_dim", "num_prototypes", "sinkhorn_iterations"):
+        if getattr(s, key) <= 0:
+            raise ConfigError(f"swav.{key}={getattr(s, key)} must be positive")
+    if s.temperature <= 0 or s.epsilon <= 0:
+        raise ConfigError("swav.temperature and swav.epsilon must be positive")
+    if not s.crops_for_assign or any(not 0 <= c < cfg.aug.global_crops for c in s.crops_for_assign):
+        raise ConfigError(f"swav.crops_for_assign={s.crops_for_assign} must index global crops "
+                          f"0..{cfg.aug.global_crops - 1}")
+    if cfg.aug.global_crops + cfg.aug.local_crops < 2:
+        raise ConfigError("SwAV needs at least 2 crops per image (aug.global_crops + aug.local_crops)")
+    if s.queue_length < 0 or s.freeze_prototypes_steps < 0 or s.queue_start_epoch < 0:
+        raise ConfigError("swav.queue_length, freeze_prototypes_steps and queue_start_epoch must be >= 0")
+
+
+class SwAV(nn.Module):
+    """Backbone + projection head + prototypes, with the swapped-prediction loss and the feature queue."""
+
+    def __init__(self, backbone: nn.Module, cfg: Config, local_queue_length: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.head = ProjectionMLP([feature_dim(backbone), *cfg.hidden_dims, cfg.output_dim],
+                                  batch_norm=cfg.head_batch_norm)
+        self.prototypes = Prototypes(cfg.output_dim, cfg.num_prototypes)
+        # The queue is per process and is not a buffer: DDP would broadcast buffers from rank 0. It travels
+        # in the state dict through get/set_extra_state instead.
+        self.queue = torch.zeros(len(cfg.crops_for_assign), local_queue_length, cfg.output_dim)
+        self.queue_filled = 0
+
+    # -- queue state in checkpoints ------------------------------------------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"queue": self.queue, "queue_filled": self.queue_filled}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.queue = state["queue"].to(self.prototypes.weight.device)
+        self.queue_filled = int(state["queue_filled"])
+
+    def _apply(self, fn, recurse=True):  # keep the queue on the module's device
+        super()._apply(fn, recurse)
+        self.queue = fn(self.queue) if self.queue.is_floating_point() else self.queue
+        return self
+
+    # -- forward --------------------------------------------------------------------------------------------
+    def before_step(self) -> None:
+        """Called by the loop before each forward: SwAV keeps the prototypes on the unit sphere."""
+        self.prototypes.normalize()
+
+    def embed(self, crops: list[torch.Tensor]) -> torch.Tensor:
+        """Unit embeddings of all crops, crop-major: rows [c*B:(c+1)*B] belong to crop c.
+
+        Consecutive crops of the same resolution go through the backbone as one batch (as the reference
+        does), so 2 global + 6 local crops cost two backbone calls.
+        """
+        feats, start = [], 0
+        while start < len(crops):
+            end = start
+            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+                end += 1
+            feats.append(self.backbone(torch.cat(crops[start:end])))
+            start = end
+        return self.head(torch.cat(feats))
+
+    def forward(self, crops: list[torch.Tensor], epoch: int = 0) -> torch.Tensor:
+        """SwAV loss for a multi-crop batch (list of (B, 3, h, w) tensors, global crops first)."""
+        batch = crops[0].shape[0]
+        z = self.embed(crops)
+        scores = self.prototypes(z)
+        return self.swapped_prediction_loss(z, scores, batch, epoch)
+
+    def swapped_prediction_loss(self, z: torch.Tensor, scores: torch.Tensor, batch: int,
+                                epoch: int) -> torch.Tensor:
+        n_crops = scores.shape[0] // batch
+        log_p = F.log_softmax(scores.float() / self.cfg.temperature, dim=1)
+        use_queue = self.queue.shape[1] > 0 and epoch >= self.cfg.queue_start_epoch
+        loss = scores.new_zeros((), dtype=torch.float32)
+        for i, crop_id in enumerate(self.cfg.crops_for_assign):
+            codes = self._codes(z, scores, i, crop_id, batch, use_queue)
+            others = [v for v in range(n_crops) if v != crop_id]
+            sub = sum(-(codes * log_p[v * batch:(v + 1) * batch]).sum(dim=1).mean() for v in others)
+            loss = loss + sub / len(others)
+        if use_queue:
+            self.queue_filled = min(self.queue_filled + batch, self.queue.shape[1])
+        return loss / len(self.cfg.crops_for_assign)
+
+    @torch.no_grad()
+    def _codes(self, z: torch.Tensor, scores: torch.Tensor, i: int, crop_id: int, batch: int,
+               use_queue: bool) -> torch.Tensor:
+        out = scores[crop_id * batch:(crop_id + 1) * batch].detach().float()
+        if use_queue:
+            with torch.autocast(device_type=out.device.type, enabled=False):
+                if self.queue_filled >= self.queue.shape[1]:
+                    queue_scores = self.queue[i] @ self.prototypes.weight.detach().float().t()
+                    out = torch.cat([queue_scores, out])
+                # newest first, as the reference
+                self.queue[i] = torch.cat([z[crop_id * batch:(crop_id + 1) * batch].detach().float(),
+                                           self.queue[i, :-batch]])
+        return sinkhorn_knopp(out, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-batch:]
+
+    # -- optimisation hooks read by the training loop --------------------------------------------------------
+    def param_group_prefixes(self) -> dict[str, str]:
+        """Parameters whose lr follows a schedule of their own (prefix -> group name)."""
+        return {"prototypes.": "prototypes"}
+
+    def lr_multipliers(self, total_steps: int) -> dict[str, torch.Tensor]:
+        """Prototype freezing is a schedule: lr multiplier 0 for the first N steps, then 1."""
+        from openseer.ops.schedules import step_function_schedule
+
+        frozen = step_function_schedule(total_steps, self.cfg.freeze_prototypes_steps, 0.0, 1.0)
+        return {"prototypes": frozen, "prototypes_no_wd": frozen}
+
+    def uniform_loss(self) -> float:
+        """The loss of uniform codes and predictions, ln K: a run stuck here has learnt nothing."""
+        return math.log(self.cfg.num_prototypes)
+
+
+def build(cfg: Any, backbone: nn.Module, global_batch: int | None = None) -> SwAV:
+    s = cfg.swav
+    world = dist.world_size()
+    global_batch = global_batch or cfg.train.batch_size * world
+    queue_global = s.queue_length - s.queue_length % global_batch if s.queue_length else 0
+    return SwAV(backbone, s, local_queue_length=queue_global // world)

@@ -1,0 +1,341 @@
+"""The pretraining loop: one explicit function, read top to bottom (dino ``train_one_epoch``, nanoGPT).
+
+Per step: set lr/wd from the schedules -> method.before_step -> autocast forward -> non-finite check ->
+backward (scaler) -> gradient norm (+clip) -> optimizer step -> metrics -> atomic checkpoint.
+
+A run directory holds ``config.yaml`` (resolved), ``derived.json``, ``metrics.jsonl``, ``checkpoints/``,
+``backbone.safetensors`` + ``backbone.json`` (the exported backbone) and ``summary.json``. Re-running with the
+same directory resumes from ``checkpoints/last.pt``; SIGTERM/SIGINT (e.g. a SLURM pre-emption) writes a
+checkpoint at the next step boundary before exiting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from openseer import dist
+from openseer.checkpoint import atomic_write, export_backbone, load_checkpoint, save_checkpoint
+from openseer.config import Config, ConfigError, Derived, config_from_dict, derive, dump_yaml, to_dict
+from openseer.methods import METHODS
+from openseer.models.backbone import backbone_spec, build_backbone
+from openseer.ops import LARS, cosine_schedule, param_groups
+from openseer.parallel import unwrap, wrap_data_parallel
+
+log = logging.getLogger("openseer")
+
+# Settings that may change between an interrupted run and its resumption; anything else must match.
+RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.max_nonfinite_steps", "data.num_workers", "data.path",
+                     "train.device"}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. repeated non-finite losses); reported as one line."""
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _build_optimizer(cfg: Config, model: torch.nn.Module, prefixes: dict[str, str]) -> torch.optim.Optimizer:
+    groups = param_groups(model.named_parameters(), cfg.optim.weight_decay, prefixes)
+    if cfg.optim.name == "lars":
+        return LARS(groups, lr=0.0, momentum=cfg.optim.momentum, trust_coefficient=cfg.optim.trust_coefficient)
+    return torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum)
+
+
+class _ForcedStop(KeyboardInterrupt):
+    pass
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a checkpoint at the next step boundary (installed in the main thread only)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if sys.platform != "win32" and _is_main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # second signal: give up immediately, without a checkpoint
+            raise _ForcedStop
+        log.warning("signal %s: writing a checkpoint at the end of this step, then stopping", signum)
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metrics lines written after the checkpoint we resume from (they will be written again)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip()
+            and json.loads(line).get("step", 0) <= last_step]
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
+
+
+def pretrain(cfg: Config, out_dir: str | Path, resume: bool = True,
+             on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Pretrain ``cfg.method`` on ``cfg.data.path``, writing everything into ``out_dir``; returns the summary.
+
+    ``on_step(step, loss)`` is called after every optimizer step (for logging or tests); raising
+    ``KeyboardInterrupt`` from it behaves like Ctrl-C (checkpoint, then stop).
+    """
+    from openseer.data import (EpochSampler, PretrainDataset, auto_num_workers, build_pretrain_loader,
+                               open_source)
+    from openseer.data.transforms import MultiCropTransform
+
+    started = time.time()
+    device = dist.init_distributed(cfg.train.device)
+    out = Path(out_dir)
+    ckpt_dir = out / "checkpoints"
+    is_main = dist.is_main()
+
+    # ---- resume bookkeeping: the saved config wins over nothing; differences must be harmless --------------
+    state = None
+    if resume and (ckpt_dir / "last.pt").is_file():
+        state = load_checkpoint(ckpt_dir / "last.pt")
+        diff = [k for k in config_differences(state["config"], to_dict(cfg)) if k not in RESUMABLE_CHANGES]
+        if diff:
+            raise ConfigError(f"{out} holds a run with a different config ({', '.join(diff[:6])}); use another "
+                              f"--out, or the same settings to resume")
+
+    # ---- data --------------------------------------------------------------------------------------------
+    source = open_source(cfg.data.path)
+    dataset = PretrainDataset(source, MultiCropTransform(cfg.aug), seed=cfg.train.seed,
+                              seeded=cfg.data.seed_augmentations)
+    derived = derive(cfg, len(source), dist.world_size())
+    sampler = EpochSampler(len(source), cfg.train.batch_size, dist.rank(), dist.world_size(), cfg.train.seed)
+    loader = build_pretrain_loader(dataset, sampler, cfg.train.batch_size, auto_num_workers(cfg.data.num_workers),
+                                   pin_memory=device.type == "cuda")
+
+    # ---- model, optimizer, schedules ---------------------------------------------------------------------
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    method_mod = METHODS[cfg.method]
+    method = method_mod.build(cfg, build_backbone(cfg.model), derived.global_batch).to(device)
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    method = method.to(memory_format=memory_format)
+    optimizer = _build_optimizer(cfg, method, method.param_group_prefixes())
+    model = wrap_data_parallel(method, device)
+    lr_schedule = cosine_schedule(derived.peak_lr, derived.final_lr, derived.total_steps, derived.warmup_steps,
+                                  cfg.optim.warmup_start_lr)
+    multipliers = method.lr_multipliers(derived.total_steps)
+    precision = cfg.train.precision
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    step, skipped, nonfinite_total = 0, {}, 0
+    if state is not None:
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        step, skipped = state["step"], dict(state.get("skipped", {}))
+        nonfinite_total = state.get("nonfinite_steps", 0)
+        if is_main:
+            log.info("resumed from %s at step %d", ckpt_dir / "last.pt", step)
+
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(dump_yaml(cfg)))
+        atomic_write(out / "derived.json", lambda tmp: Path(tmp).write_text(json.dumps(asdict(derived), indent=2)))
+        _truncate_metrics(out / "metrics.jsonl", step)
+        log.info("%d images, %d steps/epoch x %d epochs = %d steps, global batch %d, peak lr %.4g",
+                 len(source), derived.steps_per_epoch, derived.epochs, derived.total_steps,
+                 derived.global_batch, derived.peak_lr)
+
+    def checkpoint(step_file: bool) -> None:
+        if not is_main:
+            return
+        ckpt = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": step,
+                "rng": _rng_state(), "config": to_dict(cfg), "backbone_spec": backbone_spec(cfg.model),
+                "skipped": skipped, "nonfinite_steps": nonfinite_total, "format": 1}
+        save_checkpoint(ckpt_dir / "last.pt", ckpt)
+        if step_file:
+            named = ckpt_dir / f"step_{step:08d}.pt"
+            try:  # a hard link costs no second write
+                tmp = ckpt_dir / f".{named.name}.link"
+                tmp.unlink(missing_ok=True)
+                os.link(ckpt_dir / "last.pt", tmp)
+                os.replace(tmp, named)
+            except OSError:
+                save_checkpoint(named, ckpt)
+            old = sorted(ckpt_dir.glob("step_*.pt"))
+            for p in old[: len(old) - cfg.train.keep_checkpoints]:
+                p.unlink(missing_ok=True)
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    from tqdm import tqdm
+
+    bar = tqdm(total=derived.total_steps, initial=step, disable=None if is_main else True, dynamic_ncols=True,
+               desc="pretrain", file=sys.stderr)
+    metrics_file = open(out / "metrics.jsonl", "a") if is_main else None  # noqa: SIM115
+    consecutive_bad, window_loss, window_n, window_images, window_start = 0, 0.0, 0, 0, time.time()
+    losses: list[float] = []
+    status = "completed"
+    try:
+        with _StopFlag() as stop:
+            while step < derived.total_steps and not stop.requested:
+                epoch, in_epoch = divmod(step, derived.steps_per_epoch)
+                sampler.set_epoch(epoch, in_epoch)
+                for batch in loader:
+                    for name, reason in batch.skipped:
+                        if name not in skipped:
+                            skipped[name] = reason
+                            log.warning("skipped unreadable image %s (%s)", name, reason)
+                    lr = float(lr_schedule[step])
+                    for group in optimizer.param_groups:
+                        mult = multipliers.get(group["name"])
+                        group["lr"] = lr * (float(mult[step]) if mult is not None else 1.0)
+                    method.before_step()
+                    crops = [c.to(device, non_blocking=True, memory_format=memory_format) for c in batch.crops]
+                    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+                    with autocast:
+                        loss = model(crops, epoch=epoch)
+                    finite = bool(torch.isfinite(loss))
+                    if finite:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                        grads = [p.grad for p in method.parameters() if p.grad is not None]
+                        norm = torch.nn.utils.get_total_norm(grads)
+                        finite = bool(torch.isfinite(norm)) or scaler.is_enabled()
+                        if finite and cfg.optim.clip_grad > 0:
+                            torch.nn.utils.clip_grads_with_norm_(grads, cfg.optim.clip_grad, norm)
+                    if finite:
+                        scaler.step(optimizer)
+                        scaler.update()
+                        consecutive_bad = 0
+                    else:
+                        nonfinite_total += 1
+                        consecutive_bad += 1
+                        log.warning("step %d: non-finite loss or gradient (loss=%s); step skipped", step,
+                                    float(loss.detach()))
+                        if consecutive_bad >= cfg.train.max_nonfinite_steps:
+                            raise TrainingError(
+                                f"{consecutive_bad} consecutive non-finite steps (last loss {float(loss.detach())}); try "
+                                f"train.precision=fp32, model.channels_last=false or a lower optim.base_lr")
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    loss_value = float(loss.detach())
+                    losses.append(loss_value)
+                    if finite:
+                        window_loss, window_n = window_loss + loss_value, window_n + 1
+                    window_images += derived.global_batch
+                    last = step == derived.total_steps
+                    if is_main and (step % cfg.train.log_every == 0 or last):
+                        now = time.time()
+                        rate = window_images / max(now - window_start, 1e-9)
+                        mean_loss = window_loss / window_n if window_n else None  # None: all non-finite
+                        row = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
+                               "wd": cfg.optim.weight_decay, "images_per_s": rate, "seconds": now - started,
+                               "nonfinite_steps": nonfinite_total}
+                        metrics_file.write(json.dumps(row) + "\n")
+                        metrics_file.flush()
+                        bar.set_postfix(loss=f"{mean_loss or float('nan'):.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+                        window_loss, window_n, window_images, window_start = 0.0, 0, 0, now
+                    bar.update(1)
+                    if on_step is not None:
+                        on_step(step, loss_value)
+                    end_of_epoch = step % derived.steps_per_epoch == 0
+                    if last or end_of_epoch or stop.requested or step % cfg.train.checkpoint_every == 0:
+                        checkpoint(step_file=step % cfg.train.checkpoint_every == 0)
+                    if last or end_of_epoch or stop.requested:
+                        break
+    except _ForcedStop:
+        status = "interrupted"  # a second signal mid-step: the state may be half-updated, keep last.pt
+    except KeyboardInterrupt:  # raised between steps (e.g. by on_step): the state is consistent
+        checkpoint(step_file=False)
+        status = "interrupted"
+    finally:
+        bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+    if status == "completed" and step < derived.total_steps:
+        status = "interrupted"
+
+    summary = _summary(cfg, derived, method, step, losses, skipped, nonfinite_total, status, started)
+    if is_main:
+        if status == "completed":
+            export_backbone(out, method.backbone, backbone_spec(cfg.model))
+        atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    return summary
+
+
+def _summary(cfg: Config, derived: Derived, method: Any, step: int, losses: list[float],
+             skipped: dict[str, str], nonfinite: int, status: str, started: float) -> dict[str, Any]:
+    tail = [x for x in losses[-max(1, len(losses) // 10):] if math.isfinite(x)]
+    reasons: dict[str, int] = {}
+    for reason in skipped.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {
+        "status": status, "steps": step, "total_steps": derived.total_steps, "epochs": derived.epochs,
+        "global_batch": derived.global_batch, "final_loss": tail[-1] if tail else None,
+        "final_loss_mean": sum(tail) / len(tail) if tail else None,
+        "uniform_loss": method.uniform_loss(), "nonfinite_steps": nonfinite,
+        "skipped_images": len(skipped), "skipped_by_reason": reasons, "skipped": skipped,
+        "seconds": time.time() - started, "backbone": cfg.model.backbone if not cfg.model.regnet_depth else "regnet",
+    }
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The resolved config of a run directory."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} has no config.yaml (is it an openseer run directory?)")
+    return config_from_dict(yaml.safe_load(path.read_text()) or {})

@@ -1,0 +1,33 @@
+"""Small shared fixtures for tests: synthetic image folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_images(root: Path, n: int, size: int = 24, classes: int = 0, seed: int = 0) -> Path:
+    """Write ``n`` random-but-structured RGB PNGs; with ``classes`` they go to ``<class>/`` folders.
+
+    Each class has its own dominant colour, so features can separate them.
+    """
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        label = i % classes if classes else 0
+        base = np.zeros((size, size, 3), dtype=np.float64)
+        base[..., label % 3] = 160 + 40 * (label // 3)
+        img = np.clip(base + rng.normal(0, 40, size=(size, size, 3)), 0, 255).astype(np.uint8)
+        folder = root / f"class{label}" if classes else root / f"sub{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:04d}.png")
+    return root
+
+
+TINY_OVERRIDES = [
+    "aug.global_size=24", "aug.local_crops=2", "aug.local_size=16", "model.backbone=regnetx_002",
+    "swav.hidden_dims=[32]", "swav.output_dim=16", "swav.num_prototypes=10", "train.batch_size=8",
+    "train.log_every=1", "optim.warmup_epochs=0.5", "model.channels_last=false", "data.num_workers=0",
+]

@@ -1,0 +1,51 @@
+import torch
+from torch import nn
+
+from openseer.ops.lars import LARS, param_groups
+
+
+def test_lars_update_matches_hand_computation():
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 3))
+    b = nn.Parameter(torch.randn(4))
+    lr, wd, eta, mom = 0.5, 1e-2, 0.001, 0.9
+    opt = LARS([{"params": [w], "weight_decay": wd, "lars_exclude": False},
+                {"params": [b], "weight_decay": 0.0, "lars_exclude": True}],
+               lr=lr, momentum=mom, trust_coefficient=eta)
+    w_ref, b_ref = w.detach().clone().double(), b.detach().clone().double()
+    buf_w = buf_b = None
+    for step in range(3):
+        gw, gb = torch.randn(4, 3), torch.randn(4)
+        w.grad, b.grad = gw.clone(), gb.clone()
+        opt.step()
+        # reference, float64, written out from the LARC formula
+        g = gw.double()
+        local = eta * w_ref.norm() / (g.norm() + wd * w_ref.norm())
+        d = local * (g + wd * w_ref)
+        buf_w = d if buf_w is None else mom * buf_w + d
+        w_ref = w_ref - lr * buf_w
+        buf_b = gb.double() if buf_b is None else mom * buf_b + gb.double()
+        b_ref = b_ref - lr * buf_b
+        torch.testing.assert_close(w.detach().double(), w_ref, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(b.detach().double(), b_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_zero_lr_group_is_frozen_including_momentum():
+    p = nn.Parameter(torch.randn(5, 5))
+    before = p.detach().clone()
+    opt = LARS([{"params": [p], "weight_decay": 0.1, "lars_exclude": False}], lr=0.0)
+    p.grad = torch.randn(5, 5)
+    opt.step()
+    assert torch.equal(p.detach(), before)
+    assert "momentum_buffer" not in opt.state[p]
+
+
+def test_param_groups_exclude_biases_and_norms_from_decay():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    model.prototypes = nn.Linear(4, 2, bias=False)
+    groups = {g["name"]: g for g in param_groups(model.named_parameters(), 0.05, {"prototypes.": "prototypes"})}
+    assert set(groups) == {"default", "default_no_wd", "prototypes"}
+    assert groups["default"]["weight_decay"] == 0.05 and not groups["default"]["lars_exclude"]
+    assert groups["default_no_wd"]["weight_decay"] == 0.0 and groups["default_no_wd"]["lars_exclude"]
+    assert len(groups["default_no_wd"]["params"]) == 3  # linear bias, bn weight, bn bias
+    assert groups["prototypes"]["params"][0] is model.prototypes.weight
