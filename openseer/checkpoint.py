@@ -77,8 +77,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"refusing to load {path}: it needs code execution to unpickle, which "
-                              f"weights_only=True forbids ({first})") from None
+        raise CheckpointError(
+            f"refusing to load {path}: it needs code execution to unpickle, which "
+            f"weights_only=True forbids ({first})"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
@@ -103,7 +105,7 @@ def _backbone_state_from_training(state: dict[str, Any]) -> dict[str, torch.Tens
     if not isinstance(model, dict):
         raise CheckpointError("checkpoint has no 'model' state dict")
     prefix = "backbone."
-    out = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
+    out = {k[len(prefix) :]: v for k, v in model.items() if k.startswith(prefix)}
     if not out:
         raise CheckpointError("checkpoint's model has no backbone.* weights")
     return out
@@ -159,8 +161,12 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         missing, unexpected = backbone.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"{path}: weights do not fit backbone {spec}: {str(e).splitlines()[1:2]}") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit backbone {spec}: {str(e).splitlines()[1:2]}"
+        ) from None
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit backbone {spec}: {len(missing)} missing "
-                              f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        raise CheckpointError(
+            f"{path}: weights do not fit backbone {spec}: {len(missing)} missing "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
     return backbone.eval(), config

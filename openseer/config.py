@@ -39,11 +39,19 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    path: str = _f("", "Pretraining images: a folder (searched recursively) or a tar of images. Set by --data.")
-    num_workers: int = _f(-1, "DataLoader worker processes; -1 picks from the cores available "
-                              "(0 on <=2 cores, where workers steal CPU from the model).")
-    seed_augmentations: bool = _f(True, "Seed each sample's augmentation from (seed, epoch, index) so that a "
-                                        "resumed run sees exactly the crops of an uninterrupted one.")
+    path: str = _f(
+        "", "Pretraining images: a folder (searched recursively) or a tar of images. Set by --data."
+    )
+    num_workers: int = _f(
+        -1,
+        "DataLoader worker processes; -1 picks from the cores available "
+        "(0 on <=2 cores, where workers steal CPU from the model).",
+    )
+    seed_augmentations: bool = _f(
+        True,
+        "Seed each sample's augmentation from (seed, epoch, index) so that a "
+        "resumed run sees exactly the crops of an uninterrupted one.",
+    )
 
 
 @dataclass
@@ -57,8 +65,11 @@ class AugConfig:
     local_size: int = _f(96, "Side of a local crop in pixels.")
     local_scale: tuple[float, float] = _f((0.05, 0.14), "RandomResizedCrop area range of local crops.")
     flip_prob: float = _f(0.5, "Probability of a horizontal flip.")
-    color_jitter: float = _f(0.8, "Colour-jitter strength s: brightness, contrast, saturation 0.8*s... "
-                                  "as SimCLR/SwAV use (0.8s, 0.8s, 0.8s, 0.2s).")
+    color_jitter: float = _f(
+        0.8,
+        "Colour-jitter strength s: brightness, contrast, saturation 0.8*s... "
+        "as SimCLR/SwAV use (0.8s, 0.8s, 0.8s, 0.2s).",
+    )
     color_jitter_prob: float = _f(0.8, "Probability of applying colour jitter.")
     grayscale_prob: float = _f(0.2, "Probability of converting a crop to grayscale.")
     blur_prob: float = _f(0.5, "Probability of a Gaussian blur (set 0 for tiny images, as SimCLR on CIFAR).")
@@ -69,29 +80,51 @@ class AugConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = _f("regnety_016", "timm model name (regnety_*, regnetx_*, resnet*; SEER sizes: regnety_320, "
-                                      "regnety_640, regnety_1280, regnety_2560). Ignored when regnet_depth > 0.")
-    regnet_depth: int = _f(0, "Build a RegNet from its design-space parameters instead of a timm name "
-                              "(Radosavovic et al. 2020): total depth d. 0 = use `backbone`.")
+    backbone: str = _f(
+        "regnety_016",
+        "timm model name (regnety_*, regnetx_*, resnet*; SEER sizes: regnety_320, "
+        "regnety_640, regnety_1280, regnety_2560). Ignored when regnet_depth > 0.",
+    )
+    regnet_depth: int = _f(
+        0,
+        "Build a RegNet from its design-space parameters instead of a timm name "
+        "(Radosavovic et al. 2020): total depth d. 0 = use `backbone`.",
+    )
     regnet_w0: int = _f(0, "RegNet initial width w0.")
     regnet_wa: float = _f(0.0, "RegNet width slope wa.")
     regnet_wm: float = _f(0.0, "RegNet width multiplier wm.")
     regnet_group_size: int = _f(0, "RegNet group width g.")
     regnet_se_ratio: float = _f(0.25, "RegNet squeeze-excitation ratio (RegNetY: 0.25, RegNetX: 0).")
-    channels_last: bool = _f(True, "Use channels_last memory format (faster for convnets with bf16 on CPU and GPU).")
-    grad_checkpointing: bool = _f(False, "Recompute activations in the backward pass (timm "
-                                         "set_grad_checkpointing): less memory, about 30% more compute.")
+    zero_init_residual: bool = _f(
+        True,
+        "Zero-initialise the last batch-norm of each residual block (timm's "
+        "default). False gives diverse random features from step 0, which small "
+        "images and short runs need to leave SwAV's uniform-code start.",
+    )
+    channels_last: bool = _f(
+        True, "Use channels_last memory format (faster for convnets with bf16 on CPU and GPU)."
+    )
+    grad_checkpointing: bool = _f(
+        False,
+        "Recompute activations in the backward pass (timm "
+        "set_grad_checkpointing): less memory, about 30% more compute.",
+    )
 
 
 @dataclass
 class OptimConfig:
     name: Literal["lars", "sgd"] = _f("lars", "Optimizer: LARS (LARC without clipping, as SwAV/SEER) or SGD.")
-    base_lr: float = _f(0.3, "Learning rate per 256 images of global batch; peak lr = base_lr * batch / 256 "
-                             "(SwAV: 4.8 at 4096 -> 0.3; SEER: 9.6 at 8192 -> 0.3).")
+    base_lr: float = _f(
+        0.3,
+        "Learning rate per 256 images of global batch; peak lr = base_lr * batch / 256 "
+        "(SwAV: 4.8 at 4096 -> 0.3; SEER: 9.6 at 8192 -> 0.3).",
+    )
     final_lr_ratio: float = _f(0.001, "Final lr as a fraction of the peak (SwAV: 0.0048 / 4.8).")
     warmup_epochs: float = _f(10.0, "Linear warm-up length in epochs (SwAV: 10 of 100/800 epochs).")
     warmup_start_lr: float = _f(0.0, "lr at the first step of warm-up.")
-    weight_decay: float = _f(1e-6, "Weight decay (SwAV 1e-6, SEER 1e-5); not applied to biases and norm layers.")
+    weight_decay: float = _f(
+        1e-6, "Weight decay (SwAV 1e-6, SEER 1e-5); not applied to biases and norm layers."
+    )
     momentum: float = _f(0.9, "SGD momentum.")
     trust_coefficient: float = _f(0.001, "LARS trust coefficient eta.")
     clip_grad: float = _f(0.0, "Clip the global gradient norm to this value; 0 disables clipping.")
@@ -99,26 +132,38 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(100, "Training length in epochs (--epochs). Schedules span whichever of epochs and "
-                          "max_steps ends first.")
+    epochs: int = _f(
+        100,
+        "Training length in epochs (--epochs). Schedules span whichever of epochs and max_steps ends first.",
+    )
     max_steps: int = _f(0, "Stop after this many optimizer steps (--max-steps); 0 = no limit.")
     batch_size: int = _f(64, "Images per process per step (the global batch is this times the world size).")
-    precision: Literal["fp32", "bf16", "fp16"] = _f("bf16", "Autocast precision. bf16 is fastest on recent "
-                                                          "CPUs and GPUs; fp16 uses a gradient scaler (GPU).")
+    precision: Literal["fp32", "bf16", "fp16"] = _f(
+        "bf16",
+        "Autocast precision. bf16 is fastest on recent CPUs and GPUs; fp16 uses a gradient scaler (GPU).",
+    )
     device: str = _f("auto", "'auto' (cuda if available, else cpu), 'cpu' or 'cuda'.")
     seed: int = _f(0, "Seed for initialisation, data order and augmentation.")
     log_every: int = _f(10, "Write a metrics.jsonl line every N steps (and at the last step).")
-    checkpoint_every: int = _f(500, "Write a checkpoint every N steps (and at each epoch end and the last step).")
+    checkpoint_every: int = _f(
+        500, "Write a checkpoint every N steps (and at each epoch end and the last step)."
+    )
     keep_checkpoints: int = _f(2, "Step checkpoints kept besides last.pt (older ones are deleted).")
-    max_nonfinite_steps: int = _f(20, "Abort after this many consecutive steps with a non-finite loss or "
-                                      "gradient (each is skipped and reported).")
+    max_nonfinite_steps: int = _f(
+        20,
+        "Abort after this many consecutive steps with a non-finite loss or "
+        "gradient (each is skipped and reported).",
+    )
 
 
 @dataclass
 class EvalConfig:
     image_size: int = _f(0, "Evaluation image side; 0 = the global crop size.")
-    crop_pct: float = _f(0.875, "Resize the shorter side to image_size / crop_pct, then centre-crop "
-                                "(0.875 for 224 px; 1.0 for tiny images such as CIFAR).")
+    crop_pct: float = _f(
+        0.875,
+        "Resize the shorter side to image_size / crop_pct, then centre-crop "
+        "(0.875 for 224 px; 1.0 for tiny images such as CIFAR).",
+    )
     batch_size: int = _f(256, "Batch size for feature extraction.")
 
 
@@ -341,27 +386,40 @@ def validate(cfg: Config) -> None:
     if cfg.method not in METHODS:
         raise ConfigError(f"method={cfg.method!r} is unknown; methods: {', '.join(METHODS)}")
     a, t, m = cfg.aug, cfg.train, cfg.model
-    positive = {"aug.global_crops": a.global_crops, "aug.global_size": a.global_size,
-                "train.batch_size": t.batch_size, "train.epochs": t.epochs, "train.log_every": t.log_every,
-                "train.checkpoint_every": t.checkpoint_every}
+    positive = {
+        "aug.global_crops": a.global_crops,
+        "aug.global_size": a.global_size,
+        "train.batch_size": t.batch_size,
+        "train.epochs": t.epochs,
+        "train.log_every": t.log_every,
+        "train.checkpoint_every": t.checkpoint_every,
+    }
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{key}={v} must be positive")
-    for key, v in {"aug.local_crops": a.local_crops, "train.max_steps": t.max_steps,
-                   "optim.warmup_epochs": cfg.optim.warmup_epochs}.items():
+    for key, v in {
+        "aug.local_crops": a.local_crops,
+        "train.max_steps": t.max_steps,
+        "optim.warmup_epochs": cfg.optim.warmup_epochs,
+    }.items():
         if v < 0:
             raise ConfigError(f"{key}={v} must be >= 0")
     if a.local_crops and a.local_size <= 0:
         raise ConfigError(f"aug.local_size={a.local_size} must be positive when aug.local_crops > 0")
-    for key, (lo, hi) in {"aug.global_scale": a.global_scale, "aug.local_scale": a.local_scale,
-                          "aug.blur_sigma": a.blur_sigma}.items():
+    for key, (lo, hi) in {
+        "aug.global_scale": a.global_scale,
+        "aug.local_scale": a.local_scale,
+        "aug.blur_sigma": a.blur_sigma,
+    }.items():
         if not 0 < lo <= hi:
             raise ConfigError(f"{key}={[lo, hi]} must satisfy 0 < low <= high")
     for key in ("flip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob"):
         if not 0.0 <= getattr(a, key) <= 1.0:
             raise ConfigError(f"aug.{key}={getattr(a, key)} must be a probability in [0, 1]")
     if m.regnet_depth and min(m.regnet_w0, m.regnet_group_size) <= 0:
-        raise ConfigError("model.regnet_depth > 0 needs model.regnet_w0, regnet_wa, regnet_wm, regnet_group_size")
+        raise ConfigError(
+            "model.regnet_depth > 0 needs model.regnet_w0, regnet_wa, regnet_wm, regnet_group_size"
+        )
     if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
         raise ConfigError(f"train.device={t.device!r}; expected auto, cpu, cuda or cuda:N")
     METHODS[cfg.method].validate(cfg)
@@ -400,8 +458,16 @@ def derive(cfg: Config, dataset_size: int, world_size: int = 1) -> Derived:
     epochs = math.ceil(total / steps_per_epoch)
     warmup = min(round(cfg.optim.warmup_epochs * steps_per_epoch), total)
     peak = cfg.optim.base_lr * global_batch / 256
-    return Derived(world_size, global_batch, steps_per_epoch, total, epochs, warmup, peak,
-                   peak * cfg.optim.final_lr_ratio)
+    return Derived(
+        world_size,
+        global_batch,
+        steps_per_epoch,
+        total,
+        epochs,
+        warmup,
+        peak,
+        peak * cfg.optim.final_lr_ratio,
+    )
 
 
 def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:

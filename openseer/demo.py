@@ -87,6 +87,8 @@ def run_demo(out: str | Path = "demo_out", max_steps: int = 0) -> dict[str, Any]
     print(format_table({int(k): v for k, v in pretrained["top1"].items()}, "kNN top-1, SwAV-pretrained"))
     print(format_table({int(k): v for k, v in random_init["top1"].items()}, "kNN top-1, random init"))
     verdict = "beats" if top["pretrained"] > top["random"] else "does NOT beat"
-    print(f"pretrained {top['pretrained']:.1%} {verdict} random init {top['random']:.1%} "
-          f"({result['seconds']:.0f} s); written {out / 'demo.json'}")
+    print(
+        f"pretrained {top['pretrained']:.1%} {verdict} random init {top['random']:.1%} "
+        f"({result['seconds']:.0f} s); written {out / 'demo.json'}"
+    )
     return result

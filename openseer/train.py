@@ -34,14 +34,22 @@ from openseer.config import Config, ConfigError, Derived, config_from_dict, deri
 from openseer.methods import METHODS
 from openseer.models.backbone import backbone_spec, build_backbone
 from openseer.ops import LARS, cosine_schedule, param_groups
-from openseer.parallel import unwrap, wrap_data_parallel
+from openseer.parallel import wrap_data_parallel
 
 log = logging.getLogger("openseer")
 
 # Settings that may change between an interrupted run and its resumption; anything else must match.
-RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.max_nonfinite_steps", "data.num_workers", "data.path",
-                     "train.device"}
+RESUMABLE_CHANGES = {
+    "train.max_steps",
+    "train.epochs",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.max_nonfinite_steps",
+    "data.num_workers",
+    "data.path",
+    "train.device",
+}
 
 
 class TrainingError(RuntimeError):
@@ -66,7 +74,9 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def _build_optimizer(cfg: Config, model: torch.nn.Module, prefixes: dict[str, str]) -> torch.optim.Optimizer:
     groups = param_groups(model.named_parameters(), cfg.optim.weight_decay, prefixes)
     if cfg.optim.name == "lars":
-        return LARS(groups, lr=0.0, momentum=cfg.optim.momentum, trust_coefficient=cfg.optim.trust_coefficient)
+        return LARS(
+            groups, lr=0.0, momentum=cfg.optim.momentum, trust_coefficient=cfg.optim.trust_coefficient
+        )
     return torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum)
 
 
@@ -122,20 +132,29 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop metrics lines written after the checkpoint we resume from (they will be written again)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip()
-            and json.loads(line).get("step", 0) <= last_step]
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= last_step
+    ]
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
 
 
-def pretrain(cfg: Config, out_dir: str | Path, resume: bool = True,
-             on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+def pretrain(
+    cfg: Config, out_dir: str | Path, resume: bool = True, on_step: Callable[[int, float], None] | None = None
+) -> dict[str, Any]:
     """Pretrain ``cfg.method`` on ``cfg.data.path``, writing everything into ``out_dir``; returns the summary.
 
     ``on_step(step, loss)`` is called after every optimizer step (for logging or tests); raising
     ``KeyboardInterrupt`` from it behaves like Ctrl-C (checkpoint, then stop).
     """
-    from openseer.data import (EpochSampler, PretrainDataset, auto_num_workers, build_pretrain_loader,
-                               open_source)
+    from openseer.data import (
+        EpochSampler,
+        PretrainDataset,
+        auto_num_workers,
+        build_pretrain_loader,
+        open_source,
+    )
     from openseer.data.transforms import MultiCropTransform
 
     started = time.time()
@@ -150,17 +169,25 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = True,
         state = load_checkpoint(ckpt_dir / "last.pt")
         diff = [k for k in config_differences(state["config"], to_dict(cfg)) if k not in RESUMABLE_CHANGES]
         if diff:
-            raise ConfigError(f"{out} holds a run with a different config ({', '.join(diff[:6])}); use another "
-                              f"--out, or the same settings to resume")
+            raise ConfigError(
+                f"{out} holds a run with a different config ({', '.join(diff[:6])}); use another "
+                f"--out, or the same settings to resume"
+            )
 
     # ---- data --------------------------------------------------------------------------------------------
     source = open_source(cfg.data.path)
-    dataset = PretrainDataset(source, MultiCropTransform(cfg.aug), seed=cfg.train.seed,
-                              seeded=cfg.data.seed_augmentations)
+    dataset = PretrainDataset(
+        source, MultiCropTransform(cfg.aug), seed=cfg.train.seed, seeded=cfg.data.seed_augmentations
+    )
     derived = derive(cfg, len(source), dist.world_size())
     sampler = EpochSampler(len(source), cfg.train.batch_size, dist.rank(), dist.world_size(), cfg.train.seed)
-    loader = build_pretrain_loader(dataset, sampler, cfg.train.batch_size, auto_num_workers(cfg.data.num_workers),
-                                   pin_memory=device.type == "cuda")
+    loader = build_pretrain_loader(
+        dataset,
+        sampler,
+        cfg.train.batch_size,
+        auto_num_workers(cfg.data.num_workers),
+        pin_memory=device.type == "cuda",
+    )
 
     # ---- model, optimizer, schedules ---------------------------------------------------------------------
     torch.manual_seed(cfg.train.seed)
@@ -171,8 +198,13 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = True,
     method = method.to(memory_format=memory_format)
     optimizer = _build_optimizer(cfg, method, method.param_group_prefixes())
     model = wrap_data_parallel(method, device)
-    lr_schedule = cosine_schedule(derived.peak_lr, derived.final_lr, derived.total_steps, derived.warmup_steps,
-                                  cfg.optim.warmup_start_lr)
+    lr_schedule = cosine_schedule(
+        derived.peak_lr,
+        derived.final_lr,
+        derived.total_steps,
+        derived.warmup_steps,
+        cfg.optim.warmup_start_lr,
+    )
     multipliers = method.lr_multipliers(derived.total_steps)
     precision = cfg.train.precision
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -193,19 +225,35 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = True,
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(dump_yaml(cfg)))
-        atomic_write(out / "derived.json", lambda tmp: Path(tmp).write_text(json.dumps(asdict(derived), indent=2)))
+        atomic_write(
+            out / "derived.json", lambda tmp: Path(tmp).write_text(json.dumps(asdict(derived), indent=2))
+        )
         _truncate_metrics(out / "metrics.jsonl", step)
-        log.info("%d images, %d steps/epoch x %d epochs = %d steps, global batch %d, peak lr %.4g",
-                 len(source), derived.steps_per_epoch, derived.epochs, derived.total_steps,
-                 derived.global_batch, derived.peak_lr)
+        log.info(
+            "%d images, %d steps/epoch x %d epochs = %d steps, global batch %d, peak lr %.4g",
+            len(source),
+            derived.steps_per_epoch,
+            derived.epochs,
+            derived.total_steps,
+            derived.global_batch,
+            derived.peak_lr,
+        )
 
     def checkpoint(step_file: bool) -> None:
         if not is_main:
             return
-        ckpt = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": step,
-                "rng": _rng_state(), "config": to_dict(cfg), "backbone_spec": backbone_spec(cfg.model),
-                "skipped": skipped, "nonfinite_steps": nonfinite_total, "format": 1}
+        ckpt = {
+            "model": method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "step": step,
+            "rng": _rng_state(),
+            "config": to_dict(cfg),
+            "backbone_spec": backbone_spec(cfg.model),
+            "skipped": skipped,
+            "nonfinite_steps": nonfinite_total,
+            "format": 1,
+        }
         save_checkpoint(ckpt_dir / "last.pt", ckpt)
         if step_file:
             named = ckpt_dir / f"step_{step:08d}.pt"
@@ -223,8 +271,14 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = True,
     # ---- the loop ----------------------------------------------------------------------------------------
     from tqdm import tqdm
 
-    bar = tqdm(total=derived.total_steps, initial=step, disable=None if is_main else True, dynamic_ncols=True,
-               desc="pretrain", file=sys.stderr)
+    bar = tqdm(
+        total=derived.total_steps,
+        initial=step,
+        disable=None if is_main else True,
+        dynamic_ncols=True,
+        desc="pretrain",
+        file=sys.stderr,
+    )
     metrics_file = open(out / "metrics.jsonl", "a") if is_main else None  # noqa: SIM115
     consecutive_bad, window_loss, window_n, window_images, window_start = 0, 0.0, 0, 0, time.time()
     losses: list[float] = []
@@ -244,7 +298,9 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = True,
                         mult = multipliers.get(group["name"])
                         group["lr"] = lr * (float(mult[step]) if mult is not None else 1.0)
                     method.before_step()
-                    crops = [c.to(device, non_blocking=True, memory_format=memory_format) for c in batch.crops]
+                    crops = [
+                        c.to(device, non_blocking=True, memory_format=memory_format) for c in batch.crops
+                    ]
                     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
                     with autocast:
                         loss = model(crops, epoch=epoch)
@@ -264,12 +320,16 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = True,
                     else:
                         nonfinite_total += 1
                         consecutive_bad += 1
-                        log.warning("step %d: non-finite loss or gradient (loss=%s); step skipped", step,
-                                    float(loss.detach()))
+                        log.warning(
+                            "step %d: non-finite loss or gradient (loss=%s); step skipped",
+                            step,
+                            float(loss.detach()),
+                        )
                         if consecutive_bad >= cfg.train.max_nonfinite_steps:
                             raise TrainingError(
                                 f"{consecutive_bad} consecutive non-finite steps (last loss {float(loss.detach())}); try "
-                                f"train.precision=fp32, model.channels_last=false or a lower optim.base_lr")
+                                f"train.precision=fp32, model.channels_last=false or a lower optim.base_lr"
+                            )
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
                     loss_value = float(loss.detach())
@@ -282,12 +342,21 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = True,
                         now = time.time()
                         rate = window_images / max(now - window_start, 1e-9)
                         mean_loss = window_loss / window_n if window_n else None  # None: all non-finite
-                        row = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
-                               "wd": cfg.optim.weight_decay, "images_per_s": rate, "seconds": now - started,
-                               "nonfinite_steps": nonfinite_total}
+                        row = {
+                            "step": step,
+                            "epoch": epoch,
+                            "loss": mean_loss,
+                            "lr": lr,
+                            "wd": cfg.optim.weight_decay,
+                            "images_per_s": rate,
+                            "seconds": now - started,
+                            "nonfinite_steps": nonfinite_total,
+                        }
                         metrics_file.write(json.dumps(row) + "\n")
                         metrics_file.flush()
-                        bar.set_postfix(loss=f"{mean_loss or float('nan'):.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+                        bar.set_postfix(
+                            loss=f"{mean_loss or float('nan'):.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}"
+                        )
                         window_loss, window_n, window_images, window_start = 0.0, 0, 0, now
                     bar.update(1)
                     if on_step is not None:
@@ -317,19 +386,36 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = True,
     return summary
 
 
-def _summary(cfg: Config, derived: Derived, method: Any, step: int, losses: list[float],
-             skipped: dict[str, str], nonfinite: int, status: str, started: float) -> dict[str, Any]:
-    tail = [x for x in losses[-max(1, len(losses) // 10):] if math.isfinite(x)]
+def _summary(
+    cfg: Config,
+    derived: Derived,
+    method: Any,
+    step: int,
+    losses: list[float],
+    skipped: dict[str, str],
+    nonfinite: int,
+    status: str,
+    started: float,
+) -> dict[str, Any]:
+    tail = [x for x in losses[-max(1, len(losses) // 10) :] if math.isfinite(x)]
     reasons: dict[str, int] = {}
     for reason in skipped.values():
         reasons[reason] = reasons.get(reason, 0) + 1
     return {
-        "status": status, "steps": step, "total_steps": derived.total_steps, "epochs": derived.epochs,
-        "global_batch": derived.global_batch, "final_loss": tail[-1] if tail else None,
+        "status": status,
+        "steps": step,
+        "total_steps": derived.total_steps,
+        "epochs": derived.epochs,
+        "global_batch": derived.global_batch,
+        "final_loss": tail[-1] if tail else None,
         "final_loss_mean": sum(tail) / len(tail) if tail else None,
-        "uniform_loss": method.uniform_loss(), "nonfinite_steps": nonfinite,
-        "skipped_images": len(skipped), "skipped_by_reason": reasons, "skipped": skipped,
-        "seconds": time.time() - started, "backbone": cfg.model.backbone if not cfg.model.regnet_depth else "regnet",
+        "uniform_loss": method.uniform_loss(),
+        "nonfinite_steps": nonfinite,
+        "skipped_images": len(skipped),
+        "skipped_by_reason": reasons,
+        "skipped": skipped,
+        "seconds": time.time() - started,
+        "backbone": cfg.model.backbone if not cfg.model.regnet_depth else "regnet",
     }
 
 

@@ -27,7 +27,16 @@ def write_images(root: Path, n: int, size: int = 24, classes: int = 0, seed: int
 
 
 TINY_OVERRIDES = [
-    "aug.global_size=24", "aug.local_crops=2", "aug.local_size=16", "model.backbone=regnetx_002",
-    "swav.hidden_dims=[32]", "swav.output_dim=16", "swav.num_prototypes=10", "train.batch_size=8",
-    "train.log_every=1", "optim.warmup_epochs=0.5", "model.channels_last=false", "data.num_workers=0",
+    "aug.global_size=24",
+    "aug.local_crops=2",
+    "aug.local_size=16",
+    "model.backbone=regnetx_002",
+    "swav.hidden_dims=[32]",
+    "swav.output_dim=16",
+    "swav.num_prototypes=10",
+    "train.batch_size=8",
+    "train.log_every=1",
+    "optim.warmup_epochs=0.5",
+    "model.channels_last=false",
+    "data.num_workers=0",
 ]

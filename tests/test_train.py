@@ -20,8 +20,12 @@ def _losses(run: Path) -> list[float]:
 
 def test_resume_after_interruption_gives_identical_losses(tmp_path):
     data = write_images(tmp_path / "imgs", 24)
-    extra = ["train.epochs=2", "swav.queue_length=16", "swav.queue_start_epoch=0",
-             "swav.freeze_prototypes_steps=2"]
+    extra = [
+        "train.epochs=2",
+        "swav.queue_length=16",
+        "swav.queue_start_epoch=0",
+        "swav.freeze_prototypes_steps=2",
+    ]
     full = pretrain(_cfg(data, *extra), tmp_path / "full")
     assert full["status"] == "completed" and full["steps"] == 6
 
@@ -48,17 +52,34 @@ def test_resume_after_interruption_gives_identical_losses(tmp_path):
 def test_run_dir_contents_and_prototype_freeze(tmp_path):
     data = write_images(tmp_path / "imgs", 16)
     run = tmp_path / "run"
-    summary = pretrain(_cfg(data, "train.epochs=2", "train.checkpoint_every=1", "train.keep_checkpoints=10",
-                            "swav.freeze_prototypes_steps=2"), run)
-    for name in ("config.yaml", "derived.json", "metrics.jsonl", "summary.json", "backbone.safetensors",
-                 "backbone.json", "checkpoints/last.pt"):
+    summary = pretrain(
+        _cfg(
+            data,
+            "train.epochs=2",
+            "train.checkpoint_every=1",
+            "train.keep_checkpoints=10",
+            "swav.freeze_prototypes_steps=2",
+        ),
+        run,
+    )
+    for name in (
+        "config.yaml",
+        "derived.json",
+        "metrics.jsonl",
+        "summary.json",
+        "backbone.safetensors",
+        "backbone.json",
+        "checkpoints/last.pt",
+    ):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {"step", "epoch", "loss", "lr", "wd", "images_per_s", "seconds"} <= set(rows[0])
     assert json.loads((run / "summary.json").read_text())["steps"] == summary["steps"] == 4
-    protos = [load_checkpoint(run / "checkpoints" / f"step_{s:08d}.pt")["model"]["prototypes.weight"]
-              for s in (1, 2, 3)]
+    protos = [
+        load_checkpoint(run / "checkpoints" / f"step_{s:08d}.pt")["model"]["prototypes.weight"]
+        for s in (1, 2, 3)
+    ]
     torch.testing.assert_close(protos[0], protos[1], rtol=0, atol=1e-6)  # frozen: lr multiplier 0
     assert (protos[2] - protos[1]).abs().max() > 1e-5  # step 3 updates them
 
@@ -88,6 +109,6 @@ def test_nonfinite_loss_is_reported_and_aborts(tmp_path, monkeypatch):
     from openseer.methods.swav import SwAV
     from openseer.train import TrainingError
 
-    monkeypatch.setattr(SwAV, "swapped_prediction_loss", lambda self, z, s, b, e: (z.sum() * float("nan")))
+    monkeypatch.setattr(SwAV, "swapped_prediction_loss", lambda self, z, s, b, e: z.sum() * float("nan"))
     with pytest.raises(TrainingError, match="2 consecutive non-finite steps"):
         pretrain(_cfg(data, "train.max_nonfinite_steps=2", "train.epochs=3"), tmp_path / "run")

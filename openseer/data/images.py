@@ -66,35 +66,36 @@ def load_rgb(data: bytes) -> Image.Image:
     """
     if not data:
         raise BadImage("empty", "zero bytes")
-    img = _decode(data)
-    _apply_exif_orientation(img)
-    try:
-        return _to_rgb(img)
-    except BadImage:
-        raise
-    except Exception as e:  # an exotic mode PIL cannot convert
-        raise BadImage("unreadable", f"cannot convert mode {img.mode} to RGB ({e})") from None
+    with warnings.catch_warnings():
+        # PIL's UserWarnings ("Corrupt EXIF data", ...) would repeat for every such file of a large
+        # collection, from every worker; the image is used or skipped either way.
+        warnings.simplefilter("ignore", UserWarning)
+        # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; both mean "too large" for us.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = _decode(data)
+        _apply_exif_orientation(img)
+        try:
+            return _to_rgb(img)
+        except Exception as e:  # an exotic mode PIL cannot convert
+            raise BadImage("unreadable", f"cannot convert mode {img.mode} to RGB ({e})") from None
 
 
 def _decode(data: bytes) -> Image.Image:
-    """Open and fully load the first frame; decompression-bomb warnings are errors here."""
-    with warnings.catch_warnings():
-        # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; both mean "too large" for us.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise BadImage("too_large", str(e)) from None
-        except UnidentifiedImageError:
-            raise BadImage("unreadable", "not a recognised image format") from None
-        except Exception as e:  # PIL's parsers raise many types (OSError, SyntaxError, struct.error, ...)
-            raise BadImage(_load_failure_reason(e), f"{type(e).__name__}: {e}") from None
-        try:
-            img.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as e:
-            raise BadImage("too_large", str(e)) from None
-        except Exception as e:
-            raise BadImage(_load_failure_reason(e), f"{type(e).__name__}: {e}") from None
+    """Open and fully load the first frame (decompression-bomb warnings must be errors here)."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage("too_large", str(e)) from None
+    except UnidentifiedImageError:
+        raise BadImage("unreadable", "not a recognised image format") from None
+    except Exception as e:  # PIL's parsers raise many types (OSError, SyntaxError, struct.error, ...)
+        raise BadImage(_load_failure_reason(e), f"{type(e).__name__}: {e}") from None
+    try:
+        img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as e:
+        raise BadImage("too_large", str(e)) from None
+    except Exception as e:
+        raise BadImage(_load_failure_reason(e), f"{type(e).__name__}: {e}") from None
     return img
 
 

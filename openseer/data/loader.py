@@ -215,9 +215,10 @@ def available_cores() -> int:
 def auto_num_workers(requested: int) -> int:
     """DataLoader workers: ``requested`` when >= 0; for -1, 0 on <= 2 cores, else min(8, cores - 1).
 
-    On 2 cores each worker process competes with torch's intra-op threads for the same cores, so decoding
-    in the main process between steps was measured faster than 2 workers; with more cores one core is
-    left to the main process, and more than 8 workers rarely helps a single accelerator.
+    Worker processes compete with torch's intra-op threads for the same cores. On a 2-core machine that
+    costs more than it gains (0 workers were measured faster than 2: decoding tiny images between steps is
+    cheaper than the contention and the inter-process copies); with more cores one core is left to the main
+    process, and more than 8 workers rarely helps a single accelerator.
     """
     if requested >= 0:
         return requested

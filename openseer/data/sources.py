@@ -91,8 +91,12 @@ class ImageSource:
 class FolderSource(ImageSource):
     """Images found recursively under a folder; each :meth:`read` opens the file."""
 
+    def __init__(self, root: str, names: Sequence[str], labels: np.ndarray, classes: list[str]) -> None:
+        super().__init__(root, names, labels, classes)
+        self._abs_root = os.path.abspath(root)  # reads keep working if the process changes directory
+
     def read(self, i: int) -> bytes:
-        with open(os.path.join(self.root, self.name(i)), "rb") as f:
+        with open(os.path.join(self._abs_root, self.name(i)), "rb") as f:
             return f.read()
 
 
@@ -148,8 +152,8 @@ def subset(source: ImageSource, indices: Iterable[int]) -> ImageSource:
     Raises:
         IndexError: if an index is outside ``[0, len(source))``.
     """
-    idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64)
-    idx = idx.reshape(-1)
+    values = indices.tolist() if hasattr(indices, "tolist") else list(indices)  # numpy, torch, range, list
+    idx = np.asarray(values, dtype=np.int64).reshape(-1)
     if idx.size and (idx.min() < 0 or idx.max() >= len(source)):
         raise IndexError(f"subset indices must lie in [0, {len(source)}); got {idx.min()}..{idx.max()}")
     if isinstance(source, SubsetSource):  # flatten views of views

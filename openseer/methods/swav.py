@@ -28,29 +28,52 @@ from openseer.ops.sinkhorn import sinkhorn_knopp
 
 @dataclass
 class Config:
-    hidden_dims: list[int] = field(default_factory=lambda: [2048], metadata={
-        "help": "Hidden widths of the projection MLP (SwAV: [2048]; SEER-256GF: [8192, 8192])."})
+    hidden_dims: list[int] = field(
+        default_factory=lambda: [2048],
+        metadata={"help": "Hidden widths of the projection MLP (SwAV: [2048]; SEER-256GF: [8192, 8192])."},
+    )
     output_dim: int = field(default=128, metadata={"help": "Embedding dimension (SwAV 128, SEER 256)."})
-    head_batch_norm: bool = field(default=True, metadata={"help": "BatchNorm in the projection MLP "
-                                                                  "(SwAV yes, SEER no)."})
-    num_prototypes: int = field(default=3000, metadata={
-        "help": "Number of prototypes K (SwAV 3000, SEER 16000). Use about 10x the number of classes "
-                "you expect; fewer for small datasets."})
-    temperature: float = field(default=0.1, metadata={"help": "Softmax temperature tau of the swapped "
-                                                              "prediction."})
-    epsilon: float = field(default=0.05, metadata={"help": "Sinkhorn entropy regularisation (SwAV 0.05, "
-                                                           "SEER-10B 0.03); smaller gives sharper codes."})
+    head_batch_norm: bool = field(
+        default=True, metadata={"help": "BatchNorm in the projection MLP (SwAV yes, SEER no)."}
+    )
+    num_prototypes: int = field(
+        default=3000,
+        metadata={
+            "help": "Number of prototypes K (SwAV 3000, SEER 16000). Use about 10x the number of classes "
+            "you expect; fewer for small datasets."
+        },
+    )
+    temperature: float = field(
+        default=0.1, metadata={"help": "Softmax temperature tau of the swapped prediction."}
+    )
+    epsilon: float = field(
+        default=0.05,
+        metadata={
+            "help": "Sinkhorn entropy regularisation (SwAV 0.05, SEER-10B 0.03); smaller gives sharper codes."
+        },
+    )
     sinkhorn_iterations: int = field(default=3, metadata={"help": "Sinkhorn iterations (SwAV 3, SEER 10)."})
-    crops_for_assign: list[int] = field(default_factory=lambda: [0, 1], metadata={
-        "help": "Indices of the global crops whose codes are predicted by the other crops."})
-    freeze_prototypes_steps: int = field(default=313, metadata={
-        "help": "Keep the prototypes fixed for the first N steps (lr 0 for their group): stabilises the start."})
-    queue_length: int = field(default=0, metadata={
-        "help": "Global number of past embeddings used with the batch to compute codes (0 = none). Use it "
-                "when the global batch is small compared with K (SwAV: 3840 at batch 256). Rounded down "
-                "to a multiple of the global batch."})
-    queue_start_epoch: int = field(default=15, metadata={
-        "help": "Epoch from which the queue starts filling; it is used once full."})
+    crops_for_assign: list[int] = field(
+        default_factory=lambda: [0, 1],
+        metadata={"help": "Indices of the global crops whose codes are predicted by the other crops."},
+    )
+    freeze_prototypes_steps: int = field(
+        default=313,
+        metadata={
+            "help": "Keep the prototypes fixed for the first N steps (lr 0 for their group): stabilises the start."
+        },
+    )
+    queue_length: int = field(
+        default=0,
+        metadata={
+            "help": "Global number of past embeddings used with the batch to compute codes (0 = none). Use it "
+            "when the global batch is small compared with K (SwAV: 3840 at batch 256). Rounded down "
+            "to a multiple of the global batch."
+        },
+    )
+    queue_start_epoch: int = field(
+        default=15, metadata={"help": "Epoch from which the queue starts filling; it is used once full."}
+    )
 
 
 SwAVConfig = Config
@@ -66,8 +89,10 @@ def validate(cfg: Any) -> None:
     if s.temperature <= 0 or s.epsilon <= 0:
         raise ConfigError("swav.temperature and swav.epsilon must be positive")
     if not s.crops_for_assign or any(not 0 <= c < cfg.aug.global_crops for c in s.crops_for_assign):
-        raise ConfigError(f"swav.crops_for_assign={s.crops_for_assign} must index global crops "
-                          f"0..{cfg.aug.global_crops - 1}")
+        raise ConfigError(
+            f"swav.crops_for_assign={s.crops_for_assign} must index global crops "
+            f"0..{cfg.aug.global_crops - 1}"
+        )
     if cfg.aug.global_crops + cfg.aug.local_crops < 2:
         raise ConfigError("SwAV needs at least 2 crops per image (aug.global_crops + aug.local_crops)")
     if s.queue_length < 0 or s.freeze_prototypes_steps < 0 or s.queue_start_epoch < 0:
@@ -81,8 +106,9 @@ class SwAV(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        self.head = ProjectionMLP([feature_dim(backbone), *cfg.hidden_dims, cfg.output_dim],
-                                  batch_norm=cfg.head_batch_norm)
+        self.head = ProjectionMLP(
+            [feature_dim(backbone), *cfg.hidden_dims, cfg.output_dim], batch_norm=cfg.head_batch_norm
+        )
         self.prototypes = Prototypes(cfg.output_dim, cfg.num_prototypes)
         # The queue is per process and is not a buffer: DDP would broadcast buffers from rank 0. It travels
         # in the state dict through get/set_extra_state instead.
@@ -129,8 +155,9 @@ class SwAV(nn.Module):
         scores = self.prototypes(z)
         return self.swapped_prediction_loss(z, scores, batch, epoch)
 
-    def swapped_prediction_loss(self, z: torch.Tensor, scores: torch.Tensor, batch: int,
-                                epoch: int) -> torch.Tensor:
+    def swapped_prediction_loss(
+        self, z: torch.Tensor, scores: torch.Tensor, batch: int, epoch: int
+    ) -> torch.Tensor:
         n_crops = scores.shape[0] // batch
         log_p = F.log_softmax(scores.float() / self.cfg.temperature, dim=1)
         use_queue = self.queue.shape[1] > 0 and epoch >= self.cfg.queue_start_epoch
@@ -138,24 +165,26 @@ class SwAV(nn.Module):
         for i, crop_id in enumerate(self.cfg.crops_for_assign):
             codes = self._codes(z, scores, i, crop_id, batch, use_queue)
             others = [v for v in range(n_crops) if v != crop_id]
-            sub = sum(-(codes * log_p[v * batch:(v + 1) * batch]).sum(dim=1).mean() for v in others)
+            sub = sum(-(codes * log_p[v * batch : (v + 1) * batch]).sum(dim=1).mean() for v in others)
             loss = loss + sub / len(others)
         if use_queue:
             self.queue_filled = min(self.queue_filled + batch, self.queue.shape[1])
         return loss / len(self.cfg.crops_for_assign)
 
     @torch.no_grad()
-    def _codes(self, z: torch.Tensor, scores: torch.Tensor, i: int, crop_id: int, batch: int,
-               use_queue: bool) -> torch.Tensor:
-        out = scores[crop_id * batch:(crop_id + 1) * batch].detach().float()
+    def _codes(
+        self, z: torch.Tensor, scores: torch.Tensor, i: int, crop_id: int, batch: int, use_queue: bool
+    ) -> torch.Tensor:
+        out = scores[crop_id * batch : (crop_id + 1) * batch].detach().float()
         if use_queue:
             with torch.autocast(device_type=out.device.type, enabled=False):
                 if self.queue_filled >= self.queue.shape[1]:
                     queue_scores = self.queue[i] @ self.prototypes.weight.detach().float().t()
                     out = torch.cat([queue_scores, out])
                 # newest first, as the reference
-                self.queue[i] = torch.cat([z[crop_id * batch:(crop_id + 1) * batch].detach().float(),
-                                           self.queue[i, :-batch]])
+                self.queue[i] = torch.cat(
+                    [z[crop_id * batch : (crop_id + 1) * batch].detach().float(), self.queue[i, :-batch]]
+                )
         return sinkhorn_knopp(out, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-batch:]
 
     # -- optimisation hooks read by the training loop --------------------------------------------------------

@@ -21,24 +21,41 @@ from openseer.config import ConfigError, ModelConfig
 
 
 def backbone_spec(cfg: ModelConfig) -> dict[str, Any]:
+    spec = _arch_spec(cfg)
+    if not cfg.zero_init_residual:
+        spec["zero_init_last"] = False
+    return spec
+
+
+def _arch_spec(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.regnet_depth:
-        return {"regnet_cfg": {"depth": cfg.regnet_depth, "w0": cfg.regnet_w0, "wa": cfg.regnet_wa,
-                               "wm": cfg.regnet_wm, "group_size": cfg.regnet_group_size,
-                               "se_ratio": cfg.regnet_se_ratio}}
+        return {
+            "regnet_cfg": {
+                "depth": cfg.regnet_depth,
+                "w0": cfg.regnet_w0,
+                "wa": cfg.regnet_wa,
+                "wm": cfg.regnet_wm,
+                "group_size": cfg.regnet_group_size,
+                "se_ratio": cfg.regnet_se_ratio,
+            }
+        }
     return {"timm_name": cfg.backbone}
 
 
 def create_backbone_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Build a randomly initialised, headless backbone from a spec (see module docstring)."""
+    init = {"zero_init_last": spec["zero_init_last"]} if "zero_init_last" in spec else {}
     if "regnet_cfg" in spec:
         from timm.models.regnet import RegNet, RegNetCfg
 
-        return RegNet(RegNetCfg(**spec["regnet_cfg"]), num_classes=0)
+        return RegNet(RegNetCfg(**spec["regnet_cfg"]), num_classes=0, **init)
     name = spec["timm_name"]
     if name not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:12]
-        raise ConfigError(f"model.backbone={name!r} is not a timm model; similar: {', '.join(close) or 'none'}")
-    return timm.create_model(name, pretrained=False, num_classes=0)
+        raise ConfigError(
+            f"model.backbone={name!r} is not a timm model; similar: {', '.join(close) or 'none'}"
+        )
+    return timm.create_model(name, pretrained=False, num_classes=0, **init)
 
 
 class _GuardedGroupedConv2d(nn.Conv2d):
@@ -51,7 +68,12 @@ class _GuardedGroupedConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.shape[-1] == 1 and x.shape[-2] == 1 and torch.is_autocast_enabled("cpu"):
+        if (
+            x.device.type == "cpu"
+            and x.shape[-1] == 1
+            and x.shape[-2] == 1
+            and torch.is_autocast_enabled("cpu")
+        ):
             with torch.autocast("cpu", enabled=False):
                 return super().forward(x.float())
         return super().forward(x)

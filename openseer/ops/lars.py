@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 
-def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
-                 special: dict[str, str] | None = None) -> list[dict]:
+def param_groups(
+    named: Iterable[tuple[str, nn.Parameter]], weight_decay: float, special: dict[str, str] | None = None
+) -> list[dict]:
     """Split parameters into groups: normal, excluded (ndim <= 1: biases and norm weights), and named extras.
 
     ``special`` maps a parameter-name prefix to a group name (e.g. ``{"prototypes.": "prototypes"}``), so a
@@ -32,8 +33,12 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
         exclude = p.ndim <= 1
         key = (gname or "default") + ("_no_wd" if exclude else "")
         if key not in groups:
-            groups[key] = {"params": [], "name": key, "weight_decay": 0.0 if exclude else weight_decay,
-                           "lars_exclude": exclude}
+            groups[key] = {
+                "params": [],
+                "name": key,
+                "weight_decay": 0.0 if exclude else weight_decay,
+                "lars_exclude": exclude,
+            }
         groups[key]["params"].append(p)
     return list(groups.values())
 
@@ -41,10 +46,23 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
 class LARS(torch.optim.Optimizer):
     """Layer-wise adaptive rate scaling with SGD momentum; see the module docstring for the update."""
 
-    def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001, eps: float = 1e-8):
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, eps=eps, lars_exclude=False)
+    def __init__(
+        self,
+        params,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 1e-8,
+    ):
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            lars_exclude=False,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()

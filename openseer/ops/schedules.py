@@ -7,8 +7,9 @@ import math
 import torch
 
 
-def cosine_schedule(peak: float, final: float, total_steps: int, warmup_steps: int = 0,
-                    warmup_start: float = 0.0) -> torch.Tensor:
+def cosine_schedule(
+    peak: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
+) -> torch.Tensor:
     """Linear warm-up from ``warmup_start`` to ``peak`` over ``warmup_steps``, then cosine to ``final``.
 
     Value at step i (0-based) of the cosine part, n = total - warmup:
@@ -16,8 +17,11 @@ def cosine_schedule(peak: float, final: float, total_steps: int, warmup_steps: i
     Returned as float64 tensor of length ``total_steps``.
     """
     warmup_steps = min(warmup_steps, total_steps)
-    warm = torch.linspace(warmup_start, peak, warmup_steps + 1, dtype=torch.float64)[:-1] if warmup_steps else \
-        torch.empty(0, dtype=torch.float64)
+    warm = (
+        torch.linspace(warmup_start, peak, warmup_steps + 1, dtype=torch.float64)[:-1]
+        if warmup_steps
+        else torch.empty(0, dtype=torch.float64)
+    )
     n = total_steps - warmup_steps
     i = torch.arange(n, dtype=torch.float64)
     cos = final + 0.5 * (peak - final) * (1 + torch.cos(math.pi * i / max(n, 1)))

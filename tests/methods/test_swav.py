@@ -24,17 +24,29 @@ class TinyBackbone(nn.Module):
 
 def test_loss_on_hand_computed_inputs():
     """Two crops, B=2, K=3: loss = mean over assigned crops of CE(sinkhorn(other), softmax(this / T))."""
-    cfg = SwAVConfig(num_prototypes=3, output_dim=2, temperature=0.5, epsilon=0.5, sinkhorn_iterations=3,
-                     crops_for_assign=[0, 1])
+    cfg = SwAVConfig(
+        num_prototypes=3,
+        output_dim=2,
+        temperature=0.5,
+        epsilon=0.5,
+        sinkhorn_iterations=3,
+        crops_for_assign=[0, 1],
+    )
     model = SwAV(TinyBackbone(), cfg)
-    scores = torch.tensor([[0.9, 0.1, -0.3], [0.2, 0.8, 0.0],    # crop 0, samples a, b
-                           [0.7, 0.0, 0.1], [-0.1, 0.5, 0.6]])   # crop 1
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, -0.3],
+            [0.2, 0.8, 0.0],  # crop 0, samples a, b
+            [0.7, 0.0, 0.1],
+            [-0.1, 0.5, 0.6],
+        ]
+    )  # crop 1
     loss = model.swapped_prediction_loss(torch.zeros(4, 2), scores, batch=2, epoch=0)
     s = scores.double()
     expected = 0.0
     for assign, predict in ((0, 1), (1, 0)):
-        q = reference_sinkhorn(s[assign * 2:assign * 2 + 2], 0.5, 3)
-        logp = torch.log_softmax(s[predict * 2:predict * 2 + 2] / 0.5, dim=1)
+        q = reference_sinkhorn(s[assign * 2 : assign * 2 + 2], 0.5, 3)
+        logp = torch.log_softmax(s[predict * 2 : predict * 2 + 2] / 0.5, dim=1)
         expected += float(-(q * logp).sum(dim=1).mean()) / 2
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
@@ -44,8 +56,13 @@ def test_multicrop_forward_backward_and_grouping():
     model = SwAV(TinyBackbone(), cfg)
     calls = []
     model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
-    crops = [torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16), torch.randn(3, 3, 8, 8),
-             torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)]
+    crops = [
+        torch.randn(3, 3, 16, 16),
+        torch.randn(3, 3, 16, 16),
+        torch.randn(3, 3, 8, 8),
+        torch.randn(3, 3, 8, 8),
+        torch.randn(3, 3, 8, 8),
+    ]
     loss = model(crops)
     loss.backward()
     assert calls == [torch.Size([6, 3, 16, 16]), torch.Size([9, 3, 8, 8])]  # one call per resolution
@@ -55,7 +72,9 @@ def test_multicrop_forward_backward_and_grouping():
 
 def test_queue_fills_newest_first_then_is_used():
     batch = 4
-    cfg = SwAVConfig(num_prototypes=5, output_dim=3, crops_for_assign=[0], queue_length=8, queue_start_epoch=1)
+    cfg = SwAVConfig(
+        num_prototypes=5, output_dim=3, crops_for_assign=[0], queue_length=8, queue_start_epoch=1
+    )
     model = SwAV(TinyBackbone(), cfg, local_queue_length=8)
     z = [torch.nn.functional.normalize(torch.randn(2 * batch, 3), dim=1) for _ in range(4)]
     scores = [model.prototypes(x).detach() for x in z]

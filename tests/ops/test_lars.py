@@ -9,9 +9,15 @@ def test_lars_update_matches_hand_computation():
     w = nn.Parameter(torch.randn(4, 3))
     b = nn.Parameter(torch.randn(4))
     lr, wd, eta, mom = 0.5, 1e-2, 0.001, 0.9
-    opt = LARS([{"params": [w], "weight_decay": wd, "lars_exclude": False},
-                {"params": [b], "weight_decay": 0.0, "lars_exclude": True}],
-               lr=lr, momentum=mom, trust_coefficient=eta)
+    opt = LARS(
+        [
+            {"params": [w], "weight_decay": wd, "lars_exclude": False},
+            {"params": [b], "weight_decay": 0.0, "lars_exclude": True},
+        ],
+        lr=lr,
+        momentum=mom,
+        trust_coefficient=eta,
+    )
     w_ref, b_ref = w.detach().clone().double(), b.detach().clone().double()
     buf_w = buf_b = None
     for step in range(3):
@@ -43,7 +49,9 @@ def test_zero_lr_group_is_frozen_including_momentum():
 def test_param_groups_exclude_biases_and_norms_from_decay():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     model.prototypes = nn.Linear(4, 2, bias=False)
-    groups = {g["name"]: g for g in param_groups(model.named_parameters(), 0.05, {"prototypes.": "prototypes"})}
+    groups = {
+        g["name"]: g for g in param_groups(model.named_parameters(), 0.05, {"prototypes.": "prototypes"})
+    }
     assert set(groups) == {"default", "default_no_wd", "prototypes"}
     assert groups["default"]["weight_decay"] == 0.05 and not groups["default"]["lars_exclude"]
     assert groups["default_no_wd"]["weight_decay"] == 0.0 and groups["default_no_wd"]["lars_exclude"]

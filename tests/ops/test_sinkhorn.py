@@ -22,8 +22,10 @@ def reference_sinkhorn(scores: torch.Tensor, eps: float, iters: int) -> torch.Te
 @pytest.mark.parametrize("b,k,eps,iters", [(32, 10, 0.05, 3), (64, 300, 0.05, 3), (16, 50, 0.1, 10)])
 def test_matches_float64_reference(b, k, eps, iters):
     g = torch.Generator().manual_seed(0)
-    scores = torch.nn.functional.normalize(torch.randn(b, 8, generator=g), dim=1) @ \
-        torch.nn.functional.normalize(torch.randn(k, 8, generator=g), dim=1).t()
+    scores = (
+        torch.nn.functional.normalize(torch.randn(b, 8, generator=g), dim=1)
+        @ torch.nn.functional.normalize(torch.randn(k, 8, generator=g), dim=1).t()
+    )
     q = sinkhorn_knopp(scores, eps, iters)
     ref = reference_sinkhorn(scores, eps, iters)
     assert q.dtype == torch.float32
@@ -41,8 +43,10 @@ def test_marginals_converge_to_equipartition():
 def test_stable_for_large_k_and_small_epsilon():
     # exp(1 / 0.01) = e^100 overflows float32: the exp-domain reference in float32 gives NaN here
     g = torch.Generator().manual_seed(2)
-    scores = torch.nn.functional.normalize(torch.randn(64, 16, generator=g), dim=1) @ \
-        torch.nn.functional.normalize(torch.randn(16000, 16, generator=g), dim=1).t()
+    scores = (
+        torch.nn.functional.normalize(torch.randn(64, 16, generator=g), dim=1)
+        @ torch.nn.functional.normalize(torch.randn(16000, 16, generator=g), dim=1).t()
+    )
     assert not torch.isfinite(torch.exp(scores.float() / 0.01)).all()
     q = sinkhorn_knopp(scores, epsilon=0.01, iterations=10)
     assert torch.isfinite(q).all()
