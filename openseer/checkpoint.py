@@ -1,11 +1,13 @@
 """Checkpoints: atomic writes, safe loading, backbone export.
 
 * A training checkpoint (``RUN_DIR/checkpoints/last.pt`` and ``step_XXXXXXX.pt``) holds everything needed to
-  continue: model (with the SwAV queue), optimizer, gradient scaler, step/epoch position, RNG states, the
-  config and the skipped-image log. It is written to a temporary file in the same folder, fsync'ed and renamed,
-  so a crash mid-write never leaves a torn ``last.pt``.
-* Loading always uses ``torch.load(weights_only=True)``: a checkpoint from an untrusted source cannot run code;
-  one that needs arbitrary unpickling is rejected with a clear error.
+  continue: model (with the SwAV queue of every process), optimizer, gradient scaler, step/epoch position, RNG
+  states, the config and the skipped-image log. It is written to a temporary file in the same folder,
+  fsync'ed and renamed, so a crash mid-write never leaves a torn ``last.pt``.
+* With FSDP (or ``parallel.checkpoint_format=sharded``) every process writes its shard instead, with
+  torch.distributed.checkpoint (see "sharded checkpoints" below), resumable on any number of processes.
+* Loading always uses ``torch.load(weights_only=True)``: a checkpoint from an untrusted source cannot run
+  code; one that needs arbitrary unpickling is rejected with a clear error.
 * The trained backbone is exported as ``backbone.safetensors`` plus ``backbone.json`` (how to rebuild it with
   timm), so it loads into a plain timm model: ``timm.create_model(name, num_classes=0)`` then
   ``load_state_dict(safetensors.torch.load_file(...))``.
@@ -170,3 +172,132 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
         )
     return backbone.eval(), config
+
+
+# ---- sharded checkpoints (torch.distributed.checkpoint) ----------------------------------------------------
+# RUN_DIR/checkpoints/step_XXXXXXXX/ holds one DCP shard file per process plus ``meta.pt`` (step, RNG, config,
+# SwAV queue ...: small, written by rank 0, loaded with weights_only=True); ``LATEST`` names the newest. A
+# directory is written under a temporary name and renamed when every process has finished, so LATEST never
+# points at a partial checkpoint. DCP reshards on load: a checkpoint of N processes resumes on M.
+LATEST = "LATEST"
+META = "meta.pt"
+
+
+def _barrier() -> None:
+    from openseer import dist
+
+    if dist.world_size() > 1:
+        torch.distributed.barrier()
+
+
+def _model_optim_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    # the SwAV queue is per process: it travels in meta.pt as one global queue instead
+    model_sd = {k: v for k, v in model_sd.items() if not k.endswith("_extra_state")}
+    return {"model": model_sd, "optim": optim_sd}
+
+
+def save_sharded_checkpoint(
+    ckpt_dir: str | Path, name: str, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]
+) -> Path:
+    """Every process calls this; writes ``ckpt_dir/name/`` and points ``LATEST`` at it."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+
+    from openseer import dist
+
+    ckpt_dir = Path(ckpt_dir)
+    target, tmp = ckpt_dir / name, ckpt_dir / f".{name}.partial"
+    if dist.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    dcp.save(_model_optim_state(model, optimizer), checkpoint_id=str(tmp))
+    if dist.is_main():
+        save_checkpoint(tmp / META, meta)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        _fsync_dir(ckpt_dir)
+        atomic_write(ckpt_dir / LATEST, lambda t: Path(t).write_text(name + "\n"))
+    _barrier()
+    return target
+
+
+def latest_sharded_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    pointer = Path(ckpt_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    path = Path(ckpt_dir) / pointer.read_text().strip()
+    if not (path / META).is_file():
+        raise CheckpointError(f"{pointer} points at {path}, which is not a complete sharded checkpoint")
+    return path
+
+
+def load_sharded_meta(path: str | Path) -> dict[str, Any]:
+    return load_checkpoint(Path(path) / META)
+
+
+def _materialize_momentum(optimizer: torch.optim.Optimizer) -> None:
+    """Create zero momentum buffers for parameters that have none yet, so that DCP can load into them.
+
+    For SGD/LARS a zero buffer behaves exactly like a missing one (the first update sets buf = d either way).
+    """
+    for group in optimizer.param_groups:
+        if not group.get("momentum"):
+            continue
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def load_sharded_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load model and optimizer from a sharded checkpoint written by any number of processes."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    _materialize_momentum(optimizer)
+    state = _model_optim_state(model, optimizer)
+    missing = [k for k in state["model"] if k not in _checkpoint_keys(path, "model.")]
+    if missing:
+        raise CheckpointError(f"{path} lacks model weights {missing[:3]} (a different model?)")
+    # buffers of parameters never stepped (e.g. frozen prototypes) are absent from the checkpoint: keep zeros
+    dcp.load(state, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=True))
+    extra = {k: v for k, v in model.state_dict().items() if k.endswith("_extra_state")}  # e.g. the SwAV queue
+    set_state_dict(
+        model, optimizer, model_state_dict={**state["model"], **extra}, optim_state_dict=state["optim"]
+    )
+
+
+def _checkpoint_keys(path: str | Path, prefix: str) -> set[str]:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    md = FileSystemReader(str(path)).read_metadata()
+    return {k[len(prefix) :] for k in md.state_dict_metadata if k.startswith(prefix)}
+
+
+def full_backbone_state(method: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's full (unsharded) weights on CPU; with FSDP every process must call this."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(method, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    prefix = "backbone."
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix) and torch.is_tensor(v)}
+
+
+def export_backbone_state(
+    run_dir: str | Path, tensors: dict[str, torch.Tensor], spec: dict[str, Any]
+) -> Path:
+    """Like :func:`export_backbone`, from a state dict (e.g. :func:`full_backbone_state`)."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(run_dir / BACKBONE_WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    atomic_write(run_dir / BACKBONE_SPEC, lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2)))
+    return run_dir / BACKBONE_WEIGHTS

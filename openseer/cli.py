@@ -2,8 +2,13 @@
 
     openseer pretrain [PRESET_OR_YAML] --data PATH --out RUN_DIR [--epochs E] [--max-steps N] [key=value ...]
     openseer eval knn --checkpoint CKPT_OR_RUN_DIR --train PATH --test PATH [--k 10,20,200] --out FILE.json
+    openseer embed --checkpoint CKPT --data PATH --out FEATURES.pt [--layer pooled]
+    openseer eval linear|lowshot|finetune ...   (docs/evaluation.md)
+    openseer report RUN_DIR
     openseer demo [--out DIR]
     openseer presets
+    openseer info PRESET [--world-size N --precision bf16 --checkpointing --fsdp] [key=value ...]
+    openseer shard --data IMAGES --out DIR [--max-size 1GB --max-count N --resize-longer 512]
 
 User errors (bad config, missing data, unusable checkpoint) print one ``openseer: error: ...`` line and exit 2.
 """
@@ -51,10 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=128"
     )
-    pt.add_argument("--data", required=True, help="folder of images (recursive) or a tar of images")
+    pt.add_argument(
+        "--data",
+        required=True,
+        help="folder of images (recursive), a tar, a file list (.txt), or tar shards to stream "
+        "('shards/*.tar', 'shards/train-{000000..000127}.tar', s3://..., a folder from `openseer shard`)",
+    )
     pt.add_argument("--out", required=True, help="run directory (re-using it resumes the run)")
     pt.add_argument("--epochs", type=int, help="override train.epochs")
     pt.add_argument("--max-steps", type=int, help="override train.max_steps (stop after N steps)")
+    pt.add_argument(
+        "--strategy", choices=["ddp", "fsdp"], help="override parallel.strategy (used under torchrun)"
+    )
     pt.add_argument(
         "--no-resume",
         action="store_true",
@@ -65,8 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     evs = ev.add_subparsers(dest="eval_command", required=True)
     knn = evs.add_parser("knn", help="weighted kNN on frozen features (DINO protocol: cosine, T=0.07)")
     knn.add_argument("--checkpoint", required=True, help="run dir, backbone.safetensors or a .pt checkpoint")
-    knn.add_argument("--train", required=True, help="labelled train images: <class>/<image> folder or a tar")
-    knn.add_argument("--test", required=True, help="labelled test images: <class>/<image> folder or a tar")
+    knn.add_argument(
+        "--train",
+        required=True,
+        help="labelled train images: <class>/<image> folder or tar, file list, shards",
+    )
+    knn.add_argument(
+        "--test", required=True, help="labelled test images: <class>/<image> folder or tar, file list, shards"
+    )
     knn.add_argument("--k", default="10,20,200", help="comma-separated k values [10,20,200]")
     knn.add_argument("--temperature", type=float, default=0.07)
     knn.add_argument("--out", help="write the results as JSON here")
@@ -87,6 +106,43 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-steps", type=int, default=0, help="shorten the demo (0: the preset's length)")
 
     sub.add_parser("presets", help="list the built-in presets")
+    info = sub.add_parser(
+        "info", help="parameters, FLOPs per image and memory per process of a preset (no weights allocated)"
+    )
+    info.add_argument("preset", help="preset name or YAML file")
+    info.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    info.add_argument("--world-size", type=int, default=1, help="number of processes (GPUs) [1]")
+    info.add_argument("--batch-size", type=int, help="override train.batch_size (images per process)")
+    info.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="override train.precision")
+    info.add_argument(
+        "--checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override parallel.activation_checkpointing",
+    )
+    info.add_argument(
+        "--fsdp", action=argparse.BooleanOptionalAction, default=None, help="parallel.strategy fsdp / ddp"
+    )
+    from openseer.eval.commands import add_parsers as add_eval_parsers
+
+    add_eval_parsers(sub, evs, knn, pt)  # embed, eval linear|lowshot|finetune, report, --monitor-*
+
+    sh = sub.add_parser(
+        "shard", help="pack images into tar shards (WebDataset format) with a manifest, for streaming"
+    )
+    sh.add_argument("--data", required=True, help="folder of images, a tar of images or a file list (.txt)")
+    sh.add_argument("--out", required=True, help="empty output folder for the shards and manifest.json")
+    sh.add_argument("--max-size", default="1GB", help="bytes per shard at most, e.g. 500MB, 1GB [1GB]")
+    sh.add_argument("--max-count", type=int, default=100_000, help="images per shard at most [100000]")
+    sh.add_argument(
+        "--resize-longer", type=int, default=0, help="shrink images whose longer side exceeds this [0: keep]"
+    )
+    sh.add_argument("--quality", type=int, default=90, help="JPEG quality of shrunk images [90]")
+    sh.add_argument("--prefix", default="shard", help="shard file names: PREFIX-000000.tar [shard]")
+    lab = sh.add_mutually_exclusive_group()
+    lab.add_argument("--labels", dest="labelled", action="store_true", default=None, help="require labels")
+    lab.add_argument("--no-labels", dest="labelled", action="store_false", help="store no labels")
+    sh.add_argument("--no-verify", action="store_true", help="skip re-reading the shards after writing")
     return p
 
 
@@ -103,54 +159,38 @@ def _pretrain(args: argparse.Namespace) -> int:
         overrides.append(f"train.epochs={args.epochs}")
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
+    if args.strategy is not None:
+        overrides.append(f"parallel.strategy={args.strategy}")
     cfg = load_config(preset, overrides)
-    if args.no_resume and (Path(args.out) / "checkpoints" / "last.pt").exists():
+    ckpts = Path(args.out) / "checkpoints"
+    if args.no_resume and ((ckpts / "last.pt").exists() or (ckpts / "LATEST").exists()):
         raise ConfigError(
             f"{args.out} already holds a checkpoint and --no-resume was given; choose another --out"
         )
-    summary = pretrain(cfg, args.out, resume=not args.no_resume)
-    print(
-        f"{summary['status']}: {summary['steps']} steps, final loss {summary['final_loss_mean']:.4f} "
-        f"(uniform: {summary['uniform_loss']:.4f}), {summary['skipped_images']} images skipped; "
-        f"run dir {args.out}"
-    )
+    from openseer.eval.commands import build_monitor
+
+    summary = pretrain(cfg, args.out, resume=not args.no_resume, monitor=build_monitor(args, cfg))
+    from openseer import dist
+
+    if dist.is_main():  # under torchrun, one line for the whole run
+        print(
+            f"{summary['status']}: {summary['steps']} steps, final loss {summary['final_loss_mean']:.4f} "
+            f"(uniform: {summary['uniform_loss']:.4f}), {summary['skipped_images']} images skipped; "
+            f"run dir {args.out}"
+        )
     return 0 if summary["status"] == "completed" else 3
-
-
-def _eval_knn(args: argparse.Namespace) -> int:
-    from openseer.eval import format_table
-    from openseer.eval.run import knn_from_checkpoint
-
-    try:
-        ks = tuple(int(k) for k in args.k.split(",") if k.strip())
-    except ValueError:
-        raise ConfigError(f"--k {args.k!r} must be comma-separated integers, e.g. 10,20,200") from None
-    if not ks or min(ks) < 1:
-        raise ConfigError(f"--k {args.k!r} must hold positive integers")
-    result = knn_from_checkpoint(
-        args.checkpoint,
-        args.train,
-        args.test,
-        ks=ks,
-        temperature=args.temperature,
-        image_size=args.image_size,
-        crop_pct=args.crop_pct,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-    )
-    print(format_table({int(k): v for k, v in result["top1"].items()}, f"kNN top-1 ({args.checkpoint})"))
-    if result.get("num_failed"):
-        print(f"{result['num_failed']} unreadable images were left out")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # key=value overrides may come anywhere on the pretrain line, also after --data/--out
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if args.command != "pretrain" or "=" not in a or a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "pretrain":
+        args.overrides = [*args.overrides, *extra]
     from openseer.checkpoint import CheckpointError
     from openseer.data import DataError
     from openseer.train import TrainingError
@@ -158,12 +198,50 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             return _pretrain(args)
-        if args.command == "eval":
-            return _eval_knn(args)
+        if args.command == "eval" or args.command in ("embed", "report"):
+            from openseer.eval.commands import run as run_eval_command
+
+            return run_eval_command(args)
         if args.command == "demo":
             from openseer.demo import run_demo
 
             run_demo(args.out, max_steps=args.max_steps)
+            return 0
+        if args.command == "shard":
+            from openseer.data.pack import write_shards
+
+            m = write_shards(
+                args.data,
+                args.out,
+                max_size=args.max_size,
+                max_count=args.max_count,
+                resize_longer=args.resize_longer,
+                quality=args.quality,
+                labelled=args.labelled,
+                prefix=args.prefix,
+                verify=not args.no_verify,
+            )
+            skipped = ", ".join(f"{n} {r}" for r, n in m["skipped"].items()) or "none"
+            print(
+                f"{m['total']} images in {len(m['shards'])} shards ({m['bytes'] / 1e6:.1f} MB, "
+                f"{len(m['classes'])} classes) in {args.out}; skipped: {skipped}; pattern {m['pattern']}"
+            )
+            return 0
+        if args.command == "info":
+            from openseer.info import info_main
+
+            overrides = list(args.overrides)
+            for key, value in (
+                ("train.batch_size", args.batch_size),
+                ("train.precision", args.precision),
+                ("parallel.activation_checkpointing", args.checkpointing),
+                ("parallel.strategy", None if args.fsdp is None else ("fsdp" if args.fsdp else "ddp")),
+            ):
+                if value is not None:
+                    overrides.append(f"{key}={json.dumps(value)}")
+            if args.world_size < 1:
+                raise ConfigError(f"--world-size {args.world_size} must be >= 1")
+            print(info_main(args.preset, overrides, args.world_size))
             return 0
         if args.command == "presets":
             for name, text in list_presets().items():

@@ -40,7 +40,11 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass
 class DataConfig:
     path: str = _f(
-        "", "Pretraining images: a folder (searched recursively) or a tar of images. Set by --data."
+        "",
+        "Pretraining images: a folder (searched recursively), a tar of images, a file list (.txt, one path "
+        "per line), or tar shards to stream: a glob, a brace pattern (shards/train-{000000..000127}.tar), "
+        "'::'-joined paths, an fsspec URL (s3://...), or a folder written by `openseer shard` "
+        "(docs/data.md). Set by --data.",
     )
     num_workers: int = _f(
         -1,
@@ -51,6 +55,18 @@ class DataConfig:
         True,
         "Seed each sample's augmentation from (seed, epoch, index) so that a "
         "resumed run sees exactly the crops of an uninterrupted one.",
+    )
+    shuffle_buffer: int = _f(
+        1000,
+        "Shards only: samples each loader worker holds (as compressed bytes) to shuffle across its shards, "
+        "on top of the per-epoch shard order; larger mixes better and costs memory (1000 x 100 kB = 100 MB).",
+    )
+    augment: Literal["reference", "fast"] = _f(
+        "reference",
+        "reference: SwAV's per-crop PIL pipeline. fast: crops are cut and resized per image (JPEG decoded "
+        "at reduced size where no crop needs full resolution), then flip, colour jitter, grayscale, blur "
+        "and normalisation run batched on tensors in the main process (on the GPU when training there); "
+        "same parameter distributions, not bit-identical (docs/data.md).",
     )
 
 
@@ -104,11 +120,6 @@ class ModelConfig:
     channels_last: bool = _f(
         True, "Use channels_last memory format (faster for convnets with bf16 on CPU and GPU)."
     )
-    grad_checkpointing: bool = _f(
-        False,
-        "Recompute activations in the backward pass (timm "
-        "set_grad_checkpointing): less memory, about 30% more compute.",
-    )
 
 
 @dataclass
@@ -154,6 +165,61 @@ class TrainConfig:
         "Abort after this many consecutive steps with a non-finite loss or "
         "gradient (each is skipped and reported).",
     )
+    accumulate_steps: int = _f(
+        1,
+        "Gradient accumulation: micro-batches of train.batch_size per optimizer step (global batch = "
+        "batch_size x processes x accumulate_steps). SwAV's codes and batch-norm statistics are computed "
+        "per micro-batch, so the update equals the k-times larger batch only for batch-independent layers "
+        "(docs/distributed.md); prefer more processes, and a queue, when you can.",
+    )
+
+
+@dataclass
+class ParallelConfig:
+    """Scale-out settings (docs/distributed.md). They change how a run is executed, not what it learns."""
+
+    strategy: Literal["ddp", "fsdp"] = _f(
+        "ddp",
+        "Data-parallel wrapper when launched on several processes (--strategy): ddp replicates the model; "
+        "fsdp (FSDP2 fully_shard) shards parameters, gradients and optimizer state (SEER-sized models).",
+    )
+    fsdp_unit: Literal["block", "stage"] = _f(
+        "block",
+        "FSDP2 sharding unit: every residual block (least memory) or every stage (fewer, larger "
+        "collectives).",
+    )
+    fsdp_reshard_after_forward: bool = _f(
+        True,
+        "Free gathered parameters after each unit's forward (ZeRO-3); false keeps them (ZeRO-2, faster).",
+    )
+    fsdp_cpu_offload: bool = _f(
+        False,
+        "Keep sharded parameters, gradients and optimizer state in CPU memory (FSDP2 CPUOffloadPolicy).",
+    )
+    activation_checkpointing: bool = _f(
+        False,
+        "Recompute the activations of residual blocks in the backward pass (torch.utils.checkpoint): "
+        "much less activation memory for about 30% more compute. SEER used it for 256GF and 10B.",
+    )
+    checkpoint_every: int = _f(
+        1, "With activation_checkpointing: checkpoint every k-th block of each stage (1 = every block)."
+    )
+    checkpoint_stages: list[int] = _f(
+        [], "With activation_checkpointing: 1-based stages whose blocks are checkpointed; [] = all stages."
+    )
+    sync_batchnorm: bool = _f(
+        False,
+        "Compute batch-norm statistics over the processes of a group (an all-reduce that works on gloo "
+        "and nccl) instead of per process. SEER: true.",
+    )
+    batchnorm_group_size: int = _f(
+        0, "Processes per batch-norm group with sync_batchnorm (0 = all; SEER: 64 of 512 GPUs)."
+    )
+    checkpoint_format: Literal["auto", "full", "sharded"] = _f(
+        "auto",
+        "full: one last.pt written by rank 0; sharded: torch.distributed.checkpoint, every process writes "
+        "its shard (resumable on another number of processes); auto = sharded with fsdp, else full.",
+    )
 
 
 @dataclass
@@ -182,6 +248,7 @@ class Config:
     swav: Any = field(default=None, metadata={"help": "SwAV settings (openseer.methods.swav.SwAVConfig)."})
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
@@ -393,6 +460,8 @@ def validate(cfg: Config) -> None:
         "train.epochs": t.epochs,
         "train.log_every": t.log_every,
         "train.checkpoint_every": t.checkpoint_every,
+        "train.accumulate_steps": t.accumulate_steps,
+        "parallel.checkpoint_every": cfg.parallel.checkpoint_every,
     }
     for key, v in positive.items():
         if v <= 0:
@@ -420,6 +489,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "model.regnet_depth > 0 needs model.regnet_w0, regnet_wa, regnet_wm, regnet_group_size"
         )
+    if cfg.parallel.batchnorm_group_size < 0 or any(s < 1 for s in cfg.parallel.checkpoint_stages):
+        raise ConfigError("parallel.batchnorm_group_size must be >= 0 and parallel.checkpoint_stages 1-based")
     if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
         raise ConfigError(f"train.device={t.device!r}; expected auto, cpu, cuda or cuda:N")
     METHODS[cfg.method].validate(cfg)
@@ -445,12 +516,13 @@ class Derived:
 
 def derive(cfg: Config, dataset_size: int, world_size: int = 1) -> Derived:
     """The one place where lr scaling, global batch and schedule lengths are computed."""
-    global_batch = cfg.train.batch_size * world_size
+    global_batch = cfg.train.batch_size * world_size * cfg.train.accumulate_steps
     steps_per_epoch = dataset_size // global_batch
     if steps_per_epoch < 1:
         raise ConfigError(
             f"the dataset has {dataset_size} images, fewer than one global batch of {global_batch} "
-            f"(train.batch_size={cfg.train.batch_size} x {world_size} processes); lower train.batch_size"
+            f"(train.batch_size={cfg.train.batch_size} x {world_size} processes x "
+            f"{cfg.train.accumulate_steps} accumulation steps); lower train.batch_size"
         )
     total = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps:

@@ -1,7 +1,8 @@
 """Process-group helpers. Every collective is a no-op at world size 1, so all code runs in one CPU process.
 
-Launch with ``torchrun`` (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); ``init_distributed`` picks
-nccl on GPUs and gloo on CPU.
+Launch with ``torchrun`` (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) on each of 1..N nodes, or
+with ``srun``, one task per GPU (SLURM_PROCID/NTASKS/LOCALID are mapped); ``init_distributed`` picks nccl on
+GPUs and gloo on CPU. See docs/distributed.md for the sbatch recipe.
 """
 
 from __future__ import annotations
@@ -50,9 +51,34 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def env_from_slurm() -> bool:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK from SLURM when ``srun`` started one task per GPU without torchrun.
+
+    MASTER_ADDR/MASTER_PORT must be exported by the batch script (docs/distributed.md). Returns True if set.
+    """
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or "SLURM_NTASKS" not in os.environ:
+        return False
+    if int(os.environ["SLURM_NTASKS"]) <= 1:
+        return False
+    if "MASTER_ADDR" not in os.environ:
+        raise RuntimeError(
+            "launched by srun with several tasks but MASTER_ADDR is not set; export MASTER_ADDR (the first "
+            "node: scontrol show hostnames $SLURM_JOB_NODELIST | head -n1) and MASTER_PORT, or use torchrun"
+        )
+    os.environ.setdefault("MASTER_PORT", "29500")
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    return True
+
+
 def init_distributed(device: str = "auto") -> torch.device:
-    """Initialise the default process group when launched by torchrun; return this process's device."""
+    """Initialise the default process group when launched by torchrun (or srun); return this process's device.
+
+    The backend is nccl on GPUs and gloo on CPU; one process per GPU, on GPU ``LOCAL_RANK``.
+    """
     want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    env_from_slurm()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_initialized():
         dist.init_process_group(backend="nccl" if want_cuda else "gloo")

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -29,12 +30,22 @@ import torch
 import yaml
 
 from openseer import dist
-from openseer.checkpoint import atomic_write, export_backbone, load_checkpoint, save_checkpoint
+from openseer.checkpoint import (
+    atomic_write,
+    export_backbone_state,
+    full_backbone_state,
+    latest_sharded_checkpoint,
+    load_checkpoint,
+    load_sharded_checkpoint,
+    load_sharded_meta,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from openseer.config import Config, ConfigError, Derived, config_from_dict, derive, dump_yaml, to_dict
 from openseer.methods import METHODS
 from openseer.models.backbone import backbone_spec, build_backbone
 from openseer.ops import LARS, cosine_schedule, param_groups
-from openseer.parallel import wrap_data_parallel
+from openseer.parallel import clip_grads, grad_norm, no_gradient_sync, prepare_model
 
 log = logging.getLogger("openseer")
 
@@ -69,6 +80,34 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a, b = _flatten(old), _flatten(new)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _resume_blockers(state: dict[str, Any], cfg: Config) -> list[str]:
+    """Config changes that forbid resuming ``state``. How the run is executed (parallel.*) may change, and so
+    may the split of the global batch into processes x micro-batches, as long as the global batch is the same.
+    """
+    old = state["config"]
+    diff = [k for k in config_differences(old, to_dict(cfg)) if k not in RESUMABLE_CHANGES]
+    diff = [k for k in diff if not k.startswith("parallel.")]
+    old_train = old.get("train", {})
+    old_global = old_train.get("batch_size", 0) * state.get("world_size", 1)
+    old_global *= old_train.get("accumulate_steps", 1)
+    new_global = cfg.train.batch_size * dist.world_size() * cfg.train.accumulate_steps
+    if old_global == new_global:
+        diff = [k for k in diff if k not in ("train.batch_size", "train.accumulate_steps")]
+    elif "train.batch_size" not in diff:
+        diff.append(f"global batch {old_global} -> {new_global}")
+    return diff
+
+
+def _find_resume_state(ckpt_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """The newest checkpoint of a run dir: (its state or meta, the sharded directory or None)."""
+    full = load_checkpoint(ckpt_dir / "last.pt") if (ckpt_dir / "last.pt").is_file() else None
+    sharded_dir = latest_sharded_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+    sharded = load_sharded_meta(sharded_dir) if sharded_dir is not None else None
+    if sharded is not None and (full is None or sharded["step"] >= full["step"]):
+        return sharded, sharded_dir
+    return full, None
 
 
 def _build_optimizer(cfg: Config, model: torch.nn.Module, prefixes: dict[str, str]) -> torch.optim.Optimizer:
@@ -141,21 +180,19 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def pretrain(
-    cfg: Config, out_dir: str | Path, resume: bool = True, on_step: Callable[[int, float], None] | None = None
+    cfg: Config,
+    out_dir: str | Path,
+    resume: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+    monitor: Callable[[int, bool, torch.nn.Module], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Pretrain ``cfg.method`` on ``cfg.data.path``, writing everything into ``out_dir``; returns the summary.
 
     ``on_step(step, loss)`` is called after every optimizer step (for logging or tests); raising
-    ``KeyboardInterrupt`` from it behaves like Ctrl-C (checkpoint, then stop).
+    ``KeyboardInterrupt`` from it behaves like Ctrl-C (checkpoint, then stop). ``monitor(step, last,
+    backbone)`` (e.g. `openseer.eval.monitor.KnnMonitor`) returns extra metrics for a logged row.
     """
-    from openseer.data import (
-        EpochSampler,
-        PretrainDataset,
-        auto_num_workers,
-        build_pretrain_loader,
-        open_source,
-    )
-    from openseer.data.transforms import MultiCropTransform
+    from openseer.data.pipeline import build_pretrain_data
 
     started = time.time()
     device = dist.init_distributed(cfg.train.device)
@@ -164,10 +201,9 @@ def pretrain(
     is_main = dist.is_main()
 
     # ---- resume bookkeeping: the saved config wins over nothing; differences must be harmless --------------
-    state = None
-    if resume and (ckpt_dir / "last.pt").is_file():
-        state = load_checkpoint(ckpt_dir / "last.pt")
-        diff = [k for k in config_differences(state["config"], to_dict(cfg)) if k not in RESUMABLE_CHANGES]
+    state, sharded_dir = _find_resume_state(ckpt_dir) if resume else (None, None)
+    if state is not None:
+        diff = _resume_blockers(state, cfg)
         if diff:
             raise ConfigError(
                 f"{out} holds a run with a different config ({', '.join(diff[:6])}); use another "
@@ -175,19 +211,12 @@ def pretrain(
             )
 
     # ---- data --------------------------------------------------------------------------------------------
-    source = open_source(cfg.data.path)
-    dataset = PretrainDataset(
-        source, MultiCropTransform(cfg.aug), seed=cfg.train.seed, seeded=cfg.data.seed_augmentations
+    # folders, tars and file lists: EpochSampler + PretrainDataset; shard sets: a resumable ShardStream
+    resumed_from = (state or {}).get("data")
+    sampler, loader, num_images = build_pretrain_data(
+        cfg, dist.rank(), dist.world_size(), device, resumed_from
     )
-    derived = derive(cfg, len(source), dist.world_size())
-    sampler = EpochSampler(len(source), cfg.train.batch_size, dist.rank(), dist.world_size(), cfg.train.seed)
-    loader = build_pretrain_loader(
-        dataset,
-        sampler,
-        cfg.train.batch_size,
-        auto_num_workers(cfg.data.num_workers),
-        pin_memory=device.type == "cuda",
-    )
+    derived = derive(cfg, num_images, dist.world_size())
 
     # ---- model, optimizer, schedules ---------------------------------------------------------------------
     torch.manual_seed(cfg.train.seed)
@@ -196,8 +225,14 @@ def pretrain(
     method = method_mod.build(cfg, build_backbone(cfg.model), derived.global_batch).to(device)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     method = method.to(memory_format=memory_format)
+    # norms, activation checkpointing, DDP/FSDP2 from outside the method; FSDP replaces the parameters, so
+    # the optimizer is built afterwards
+    model = prepare_model(method, cfg.parallel, device, cfg.train.precision)
     optimizer = _build_optimizer(cfg, method, method.param_group_prefixes())
-    model = wrap_data_parallel(method, device)
+    sharded = cfg.parallel.checkpoint_format == "sharded" or (
+        cfg.parallel.checkpoint_format == "auto" and cfg.parallel.strategy == "fsdp" and dist.world_size() > 1
+    )
+    accumulate = cfg.train.accumulate_steps
     lr_schedule = cosine_schedule(
         derived.peak_lr,
         derived.final_lr,
@@ -212,15 +247,20 @@ def pretrain(
 
     step, skipped, nonfinite_total = 0, {}, 0
     if state is not None:
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if sharded_dir is not None:
+            load_sharded_checkpoint(sharded_dir, method, optimizer)
+        else:
+            method.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        if state.get("queue") is not None and hasattr(method, "load_global_queue_state"):
+            method.load_global_queue_state(state["queue"], cfg.train.batch_size)
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         step, skipped = state["step"], dict(state.get("skipped", {}))
         nonfinite_total = state.get("nonfinite_steps", 0)
         if is_main:
-            log.info("resumed from %s at step %d", ckpt_dir / "last.pt", step)
+            log.info("resumed from %s at step %d", sharded_dir or ckpt_dir / "last.pt", step)
 
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +271,7 @@ def pretrain(
         _truncate_metrics(out / "metrics.jsonl", step)
         log.info(
             "%d images, %d steps/epoch x %d epochs = %d steps, global batch %d, peak lr %.4g",
-            len(source),
+            num_images,
             derived.steps_per_epoch,
             derived.epochs,
             derived.total_steps,
@@ -240,11 +280,30 @@ def pretrain(
         )
 
     def checkpoint(step_file: bool) -> None:
+        # the queue of every process, as one (a collective: before any rank returns)
+        has_queue = hasattr(method, "global_queue_state")
+        queue = method.global_queue_state(cfg.train.batch_size) if has_queue else None
+        if sharded:
+            meta = {**_checkpoint_meta(), "queue": queue}
+            save_sharded_checkpoint(ckpt_dir, f"step_{step:08d}", method, optimizer, meta)
+            if is_main:  # the newest (LATEST) plus keep_checkpoints older ones
+                old = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
+                for p in old[: max(len(old) - cfg.train.keep_checkpoints - 1, 0)]:
+                    shutil.rmtree(p, ignore_errors=True)
+            return
         if not is_main:
             return
         ckpt = {
             "model": method.state_dict(),
             "optimizer": optimizer.state_dict(),
+            **_checkpoint_meta(),
+            "queue": queue,
+        }
+        _save_full(ckpt, step_file)
+
+    def _checkpoint_meta() -> dict[str, Any]:
+        return {
+            "world_size": dist.world_size(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "step": step,
             "rng": _rng_state(),
@@ -252,8 +311,11 @@ def pretrain(
             "backbone_spec": backbone_spec(cfg.model),
             "skipped": skipped,
             "nonfinite_steps": nonfinite_total,
-            "format": 1,
+            "data": sampler.state() if hasattr(sampler, "state") else None,  # stream position and layout
+            "format": 2 if sharded else 1,
         }
+
+    def _save_full(ckpt: dict[str, Any], step_file: bool) -> None:
         save_checkpoint(ckpt_dir / "last.pt", ckpt)
         if step_file:
             named = ckpt_dir / f"step_{step:08d}.pt"
@@ -287,32 +349,44 @@ def pretrain(
         with _StopFlag() as stop:
             while step < derived.total_steps and not stop.requested:
                 epoch, in_epoch = divmod(step, derived.steps_per_epoch)
-                sampler.set_epoch(epoch, in_epoch)
+                sampler.set_epoch(epoch, in_epoch * accumulate)  # the sampler counts micro-batches
+                micro_batches: list[Any] = []
                 for batch in loader:
                     for name, reason in batch.skipped:
                         if name not in skipped:
                             skipped[name] = reason
                             log.warning("skipped unreadable image %s (%s)", name, reason)
+                    micro_batches.append(batch)
+                    if len(micro_batches) < accumulate:
+                        continue
                     lr = float(lr_schedule[step])
                     for group in optimizer.param_groups:
                         mult = multipliers.get(group["name"])
                         group["lr"] = lr * (float(mult[step]) if mult is not None else 1.0)
                     method.before_step()
-                    crops = [
-                        c.to(device, non_blocking=True, memory_format=memory_format) for c in batch.crops
-                    ]
-                    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-                    with autocast:
-                        loss = model(crops, epoch=epoch)
+                    # k micro-batches: each backward adds loss/k, gradients are all-reduced with the last
+                    # one (DDP no_sync); a non-finite loss still runs backward so that every process takes
+                    # part in the same collectives, then the step is skipped everywhere
+                    loss = torch.zeros((), device=device)
+                    for i, micro in enumerate(micro_batches):
+                        crops = [
+                            c.to(device, non_blocking=True, memory_format=memory_format) for c in micro.crops
+                        ]
+                        sync = nullcontext() if i == accumulate - 1 else no_gradient_sync(model)
+                        with sync:
+                            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                                micro_loss = model(crops, epoch=epoch) / accumulate
+                            scaler.scale(micro_loss).backward()
+                        loss = loss + micro_loss.detach().float()
+                    micro_batches = []
+                    loss = dist.all_reduce_sum(loss) / dist.world_size()  # the global mean, on every rank
                     finite = bool(torch.isfinite(loss))
                     if finite:
-                        scaler.scale(loss).backward()
                         scaler.unscale_(optimizer)
-                        grads = [p.grad for p in method.parameters() if p.grad is not None]
-                        norm = torch.nn.utils.get_total_norm(grads)
+                        norm = grad_norm(method.parameters())
                         finite = bool(torch.isfinite(norm)) or scaler.is_enabled()
                         if finite and cfg.optim.clip_grad > 0:
-                            torch.nn.utils.clip_grads_with_norm_(grads, cfg.optim.clip_grad, norm)
+                            clip_grads(method.parameters(), cfg.optim.clip_grad, norm)
                     if finite:
                         scaler.step(optimizer)
                         scaler.update()
@@ -327,8 +401,9 @@ def pretrain(
                         )
                         if consecutive_bad >= cfg.train.max_nonfinite_steps:
                             raise TrainingError(
-                                f"{consecutive_bad} consecutive non-finite steps (last loss {float(loss.detach())}); try "
-                                f"train.precision=fp32, model.channels_last=false or a lower optim.base_lr"
+                                f"{consecutive_bad} consecutive non-finite steps (last loss "
+                                f"{float(loss.detach())}); try train.precision=fp32, model.channels_last=false "
+                                f"or a lower optim.base_lr"
                             )
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
@@ -352,6 +427,9 @@ def pretrain(
                             "seconds": now - started,
                             "nonfinite_steps": nonfinite_total,
                         }
+                        if monitor is not None:  # online kNN; its time is kept out of the next window
+                            row.update(monitor(step, last, method.backbone))
+                            now = time.time()
                         metrics_file.write(json.dumps(row) + "\n")
                         metrics_file.flush()
                         bar.set_postfix(
@@ -379,9 +457,11 @@ def pretrain(
         status = "interrupted"
 
     summary = _summary(cfg, derived, method, step, losses, skipped, nonfinite_total, status, started)
+    # a consolidated backbone (gathered from the shards with FSDP: every process takes part)
+    backbone_state = full_backbone_state(method) if status == "completed" else None
     if is_main:
-        if status == "completed":
-            export_backbone(out, method.backbone, backbone_spec(cfg.model))
+        if backbone_state is not None:
+            export_backbone_state(out, backbone_state, backbone_spec(cfg.model))
         atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     return summary
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -48,7 +49,11 @@ class BadImage(Exception):
         self.detail = detail
 
 
-def load_rgb(data: bytes) -> Image.Image:
+def load_rgb(
+    data: bytes,
+    draft: Callable[[int, int], tuple[int, int]] | None = None,
+    notes: list[str] | None = None,
+) -> Image.Image:
     """Decode image bytes into a fully loaded 8-bit RGB image.
 
     The EXIF orientation is applied, animated images give their first frame, transparent pixels are
@@ -57,6 +62,10 @@ def load_rgb(data: bytes) -> Image.Image:
 
     Args:
         data: the raw bytes of an image file.
+        draft: for JPEGs, ``(width, height) -> minimum size``: libjpeg then decodes at the smallest DCT scale
+            (1/2, 1/4 or 1/8) that keeps at least that size (PIL ``Image.draft``); ignored for other formats.
+        notes: if given, what had to be converted is appended, from :data:`CONVERSION_NOTES` (for counting
+            what an uncurated collection holds).
 
     Returns:
         An RGB image whose pixels are already decoded (so decoding errors cannot surface later).
@@ -72,18 +81,22 @@ def load_rgb(data: bytes) -> Image.Image:
         warnings.simplefilter("ignore", UserWarning)
         # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; both mean "too large" for us.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = _decode(data)
-        _apply_exif_orientation(img)
+        img = _decode(data, draft)
+        rotated = _apply_exif_orientation(img)
+        if notes is not None:
+            notes += _conversion_notes(img, rotated)
         try:
             return _to_rgb(img)
         except Exception as e:  # an exotic mode PIL cannot convert
             raise BadImage("unreadable", f"cannot convert mode {img.mode} to RGB ({e})") from None
 
 
-def _decode(data: bytes) -> Image.Image:
+def _decode(data: bytes, draft: Callable[[int, int], tuple[int, int]] | None = None) -> Image.Image:
     """Open and fully load the first frame (decompression-bomb warnings must be errors here)."""
     try:
         img = Image.open(io.BytesIO(data))
+        if draft is not None and img.format == "JPEG":
+            img.draft(None, draft(*img.size))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImage("too_large", str(e)) from None
     except UnidentifiedImageError:
@@ -107,14 +120,49 @@ def _load_failure_reason(error: Exception) -> str:
     return "unreadable"
 
 
-def _apply_exif_orientation(img: Image.Image) -> None:
+def _apply_exif_orientation(img: Image.Image) -> bool:
     """Rotate/flip in place as the EXIF orientation tag says; a malformed EXIF block is ignored."""
     try:
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
         if orientation in (2, 3, 4, 5, 6, 7, 8):
             ImageOps.exif_transpose(img, in_place=True)
+            return True
     except Exception:  # a broken EXIF block should not cost us an otherwise good image
         pass
+    return False
+
+
+#: What :func:`load_rgb` reports in ``notes``.
+CONVERSION_NOTES = (
+    "exif_rotated",
+    "animated",
+    "cmyk",
+    "16bit",
+    "palette",
+    "alpha",
+    "grayscale",
+    "other_mode",
+)
+
+
+def _conversion_notes(img: Image.Image, rotated: bool) -> list[str]:
+    notes = ["exif_rotated"] if rotated else []
+    if getattr(img, "n_frames", 1) > 1:
+        notes.append("animated")
+    mode = img.mode
+    if mode == "CMYK":
+        notes.append("cmyk")
+    elif mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        notes.append("16bit")
+    elif mode in ("P", "PA"):
+        notes.append("palette")
+    elif mode in ("RGBA", "LA", "RGBa", "La"):
+        notes.append("alpha")
+    elif mode in ("L", "1"):
+        notes.append("grayscale")
+    elif mode != "RGB":
+        notes.append("other_mode")
+    return notes
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

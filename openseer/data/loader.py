@@ -102,13 +102,13 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return (self.steps_per_epoch - self.start_step) * self.batch_size
 
 
-def _decode(source: ImageSource, i: int) -> Image.Image:
+def _decode(source: ImageSource, i: int, decode: Callable[[bytes], Image.Image] = load_rgb) -> Image.Image:
     """Read and decode image ``i``; a file that vanished or cannot be read is a BadImage too."""
     try:
         data = source.read(i)
     except OSError as e:
         raise BadImage("unreadable", f"cannot read file ({e.strerror or e})") from None
-    return load_rgb(data)
+    return decode(data)
 
 
 class PretrainDataset(Dataset):
@@ -148,7 +148,8 @@ class PretrainDataset(Dataset):
         for step in range(min(MAX_SKIPS, n)):
             i = (index + step) % n
             try:
-                return _decode(self.source, i), i, skipped
+                # a transform may bring its own decoder (the fast path decodes JPEGs at reduced size)
+                return _decode(self.source, i, getattr(self.transform, "decode", load_rgb)), i, skipped
             except BadImage as e:
                 skipped.append((self.source.name(i), e.reason))
         reasons = ", ".join(sorted({reason for _, reason in skipped}))

@@ -162,7 +162,12 @@ def subset(source: ImageSource, indices: Iterable[int]) -> ImageSource:
 
 
 def open_source(path: str | os.PathLike[str], labelled: bool = False) -> ImageSource:
-    """Open a folder or a tar archive of images.
+    """Open a folder, a tar archive, a file list or a set of tar shards of images.
+
+    File lists (``.txt``, ``.lst``, ``.list``, ``.tsv``) are read by
+    :func:`openseer.data.lists.open_file_list`, and shard sets (globs, brace patterns, URLs, ``::`` lists,
+    folders with a shard manifest) are read whole into memory by :func:`openseer.data.lists.open_shards`
+    (for evaluation sets; pretraining streams them).
 
     Files are matched by extension (case-insensitive, :data:`IMAGE_EXTENSIONS`); files and folders whose
     name starts with '.' are skipped. Images are sorted by their path relative to the root.
@@ -191,7 +196,13 @@ def open_source(path: str | os.PathLike[str], labelled: bool = False) -> ImageSo
             archive is damaged, or ``labelled`` is set and the layout has images in the root or fewer than
             two classes.
     """
+    from openseer.data import lists, shards  # (they import this module)
+
+    if shards.is_shard_spec(path):
+        return lists.open_shards(path, labelled)
     root = os.fspath(path)
+    if os.path.isfile(root) and root.lower().endswith(lists.LIST_SUFFIXES):
+        return lists.open_file_list(root, labelled)
     if not os.path.exists(root):
         raise DataError(f"data path {root} does not exist")
     if os.path.isdir(root):

@@ -33,12 +33,14 @@ class Features:
         labels: (N,) int64 class indices.
         names: per-row image names (when the dataset exposes ``source.name(i)``), else None.
         num_failed: images dropped because they could not be decoded.
+        classes: class names in label order, when known (set by the feature cache).
     """
 
     features: Tensor
     labels: Tensor
     names: list[str] | None
     num_failed: int
+    classes: list[str] | None = None
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -159,3 +161,50 @@ def extract_features(
         features = torch.empty(0, 0, dtype=torch.float32)
         labels_out = torch.empty(0, dtype=torch.int64)
     return Features(features=features, labels=labels_out, names=names, num_failed=num_failed)
+
+
+class PooledLayer(nn.Module):
+    """Global-average-pooled output of one intermediate stage of a timm backbone.
+
+    ``layer`` names a stage as timm's ``feature_info`` does (``"s3"`` for RegNet, ``"layer3"`` for ResNet)
+    or gives its index in that list (``"2"``, ``"-1"``); the stage output (B, C, H, W) is averaged over
+    H and W, as SEER and VISSL pool trunk stages for linear probes ("res4", "res5" in VISSL configs).
+    The pooled head (``"pooled"``) needs no wrapper: it is the backbone's own ``forward``.
+    """
+
+    def __init__(self, backbone: nn.Module, layer: str) -> None:
+        super().__init__()
+        names = available_layers(backbone)[1:]
+        if layer.lstrip("-").isdigit():
+            index = int(layer)
+            if not -len(names) <= index < len(names):
+                raise ValueError(f"layer index {layer} out of range; layers: {', '.join(names)}")
+            index %= len(names)
+        elif layer in names:
+            index = names.index(layer)
+        else:
+            raise ValueError(f"unknown layer {layer!r}; this backbone has: pooled, {', '.join(names)}")
+        self.backbone = backbone
+        self.index = index
+        self.layer = names[index]
+
+    def forward(self, x: Tensor) -> Tensor:
+        (out,) = self.backbone.forward_intermediates(x, indices=[self.index], intermediates_only=True)
+        return out.float().mean(dim=(2, 3)) if out.dim() == 4 else out.float().mean(dim=1)
+
+
+def available_layers(backbone: nn.Module) -> list[str]:
+    """Layer names accepted by :func:`feature_extractor`: ``"pooled"`` then the timm stage names."""
+    info = getattr(backbone, "feature_info", None)
+    if info is None or not hasattr(backbone, "forward_intermediates"):
+        return ["pooled"]
+    return ["pooled", *[f["module"] for f in info]]
+
+
+def feature_extractor(backbone: nn.Module, layer: str = "pooled") -> nn.Module:
+    """A module returning (B, D) features of ``layer`` (``"pooled"``: the backbone's global-pooled output)."""
+    if layer in ("pooled", "", None):
+        return backbone
+    if len(available_layers(backbone)) == 1:
+        raise ValueError(f"layer {layer!r}: this backbone exposes no intermediate stages; use 'pooled'")
+    return PooledLayer(backbone, str(layer))

@@ -128,6 +128,31 @@ class SwAV(nn.Module):
         self.queue = fn(self.queue) if self.queue.is_floating_point() else self.queue
         return self
 
+    # -- the queue across processes: checkpoints that resume on another number of processes --------------
+    def global_queue_state(self, local_batch: int) -> dict[str, Any]:
+        """Every process's queue as one, oldest step blocks last (collective: all processes must call it).
+
+        Each local queue holds blocks of ``local_batch`` rows, newest first; the global queue interleaves the
+        processes' blocks of the same step, so it is the queue one process would hold on the whole batch.
+        """
+        n, length, d = self.queue.shape
+        ages = length // local_batch if local_batch else 0
+        blocks = self.queue.reshape(1, n, ages, local_batch, d).contiguous()
+        everyone = dist.all_gather_cat(blocks)  # (world, n, ages, local_batch, d)
+        queue = everyone.permute(1, 2, 0, 3, 4).reshape(n, -1, d).cpu()
+        return {"queue": queue, "queue_filled": self.queue_filled * dist.world_size()}
+
+    def load_global_queue_state(self, state: dict[str, Any], local_batch: int) -> None:
+        """This process's share of a queue saved by :meth:`global_queue_state` (any number of processes)."""
+        queue, world = state["queue"], dist.world_size()
+        n, length, d = queue.shape
+        if length % (local_batch * world):
+            raise ValueError(f"saved queue: {length} rows cannot split into {world} x {local_batch}")
+        ages = length // (local_batch * world) if length else 0
+        mine = queue.reshape(n, ages, world, local_batch, d)[:, :, dist.rank()].reshape(n, -1, d)
+        self.queue = mine.to(self.queue.device, self.queue.dtype).contiguous()
+        self.queue_filled = int(state["queue_filled"]) // world
+
     # -- forward --------------------------------------------------------------------------------------------
     def before_step(self) -> None:
         """Called by the loop before each forward: SwAV keeps the prototypes on the unit sphere."""

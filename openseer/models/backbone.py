@@ -92,9 +92,7 @@ def guard_cpu_bf16_convs(model: nn.Module) -> int:
 def build_backbone(cfg: ModelConfig) -> nn.Module:
     model = create_backbone_from_spec(backbone_spec(cfg))
     guard_cpu_bf16_convs(model)
-    if cfg.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    return model
+    return model  # activation checkpointing is applied from outside (openseer.parallel)
 
 
 def count_parameters(model: nn.Module) -> int:

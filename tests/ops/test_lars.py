@@ -20,7 +20,7 @@ def test_lars_update_matches_hand_computation():
     )
     w_ref, b_ref = w.detach().clone().double(), b.detach().clone().double()
     buf_w = buf_b = None
-    for step in range(3):
+    for _ in range(3):
         gw, gb = torch.randn(4, 3), torch.randn(4)
         w.grad, b.grad = gw.clone(), gb.clone()
         opt.step()

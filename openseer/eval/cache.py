@@ -1,0 +1,252 @@
+"""A feature cache shared by every frozen-feature evaluation (kNN, linear probes, low-shot).
+
+Extracting features is the only expensive part of a frozen evaluation (dinov2 ``eval/``, VISSL
+``extract_features``): a grid of linear probes or twenty low-shot subsets over 50,000 cached features takes
+seconds. A cache file holds the features with their labels, image names and class names, plus the *key*
+they were made from:
+
+* the checkpoint: its resolved file's size, mtime and SHA-256 of its content (and the backbone spec beside
+  an exported ``backbone.safetensors``);
+* the data: the source path, its listing (names, labels, classes) and, per file, its size and mtime (a
+  folder) or the archive's size and mtime (a tar);
+* the transform and extraction settings: image size, crop ratio, mean/std, layer, precision.
+
+Any change gives another key, so a stale file is never reused: it is recomputed and replaced. Files are
+written atomically (temporary file + rename) and read with ``torch.load(weights_only=True)``, so a cache
+file cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from openseer.checkpoint import BACKBONE_SPEC, CheckpointError, atomic_write, resolve_checkpoint
+from openseer.eval.features import Features
+
+CACHE_FORMAT = "openseer-features/1"
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_fingerprint(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies a checkpoint's weights: resolved path, size, mtime and content hash."""
+    path = resolve_checkpoint(checkpoint)
+    st = path.stat()
+    out = {
+        "path": str(path.resolve()),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "sha256": _sha256_file(path),
+    }
+    spec = path.with_name(BACKBONE_SPEC)
+    if path.suffix == ".safetensors" and spec.is_file():
+        out["spec"] = spec.read_text()
+    return out
+
+
+def source_fingerprint(source) -> str:
+    """SHA-256 of a labelled source's listing and of its files' sizes and mtimes (see module docstring)."""
+    digest = hashlib.sha256()
+    root = os.path.abspath(source.root)
+    digest.update(json.dumps({"root": root, "classes": list(source.classes), "n": len(source)}).encode())
+    is_dir = os.path.isdir(root)
+    if not is_dir:
+        st = os.stat(root)
+        digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    for i in range(len(source)):
+        name = source.name(i)
+        digest.update(f"{name}\0{source.label(i)}\0".encode("utf-8", "surrogateescape"))
+        if is_dir:
+            try:
+                st = os.stat(os.path.join(root, name))
+                digest.update(f"{st.st_size}:{st.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(b"missing\n")
+    return digest.hexdigest()
+
+
+def cache_key(checkpoint_fp: dict[str, Any], data_fp: str, settings: dict[str, Any]) -> str:
+    """One hex key of everything the features depend on."""
+    blob = json.dumps({"checkpoint": checkpoint_fp, "data": data_fp, "settings": settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def save_features(path: str | os.PathLike[str], features: Features, key: str, meta: dict[str, Any]) -> None:
+    """Write features atomically, with their key and JSON-able metadata."""
+    state = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "features": features.features.contiguous(),
+        "labels": features.labels,
+        "names": list(features.names) if features.names is not None else [],
+        "classes": list(features.classes or []),
+        "num_failed": int(features.num_failed),
+        "meta": json.dumps(meta),
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_features(path: str | os.PathLike[str]) -> tuple[Features, str, dict[str, Any]]:
+    """Read a features file (``weights_only=True``); returns (features, key, metadata).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable or not an openseer features file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"features file {path} does not exist (write it with `openseer embed`)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot read features file {path}: {first}") from None
+    if not isinstance(state, dict) or state.get("format") != CACHE_FORMAT:
+        raise CheckpointError(f"{path} is not an openseer features file ({CACHE_FORMAT})")
+    feats = Features(
+        features=state["features"],
+        labels=state["labels"],
+        names=list(state["names"]) or None,
+        num_failed=int(state["num_failed"]),
+        classes=list(state["classes"]) or None,
+    )
+    return feats, state["key"], json.loads(state["meta"])
+
+
+def default_cache_dir(checkpoint: str | os.PathLike[str]) -> Path:
+    """``RUN_DIR/features`` for a run dir, else a ``features`` folder beside the checkpoint file."""
+    path = Path(checkpoint)
+    return path / "features" if path.is_dir() else path.parent / "features"
+
+
+def cached_features(
+    checkpoint: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    layer: str = "pooled",
+    image_size: int = 0,
+    crop_pct: float = 0.0,
+    batch_size: int = 256,
+    num_workers: int = -1,
+    device: str = "auto",
+    backbone: torch.nn.Module | None = None,
+    config: dict[str, Any] | None = None,
+) -> tuple[Features, dict[str, Any]]:
+    """Features of labelled ``data`` under ``checkpoint``: read from the cache when the key matches,
+    otherwise extracted once and written (to ``out``, or to ``cache_dir``/``<data>-<layer>-<key>.pt``).
+
+    Args:
+        checkpoint: run dir, ``backbone.safetensors`` or training checkpoint.
+        data: labelled ImageFolder folder or tar.
+        out: exact file to write/reuse; cache_dir: folder of cache files (default `default_cache_dir`).
+        layer: ``"pooled"`` or a stage name/index (`openseer.eval.features.feature_extractor`).
+        image_size, crop_pct: evaluation transform (0: from the run's config).
+        batch_size, num_workers, device: extraction settings.
+        backbone, config: an already loaded backbone and its config (skips reloading the checkpoint).
+
+    Returns:
+        (features with ``classes`` set, metadata dict with ``key``, ``cached`` (bool), ``path``, ``seconds``).
+    """
+    from openseer.data import DataError, LabelledDataset, auto_num_workers, eval_transform, open_source
+    from openseer.eval.features import extract_features, feature_extractor
+    from openseer.eval.run import eval_settings, pick_device
+
+    started = time.perf_counter()
+    source = open_source(data, labelled=True)
+    ckpt_fp = checkpoint_fingerprint(checkpoint)
+    if backbone is None:
+        from openseer.checkpoint import load_backbone
+
+        backbone, config = load_backbone(checkpoint)
+    s = eval_settings(config or {}, image_size, crop_pct)
+    precision = "bf16" if s["precision"] == "bf16" else "fp32"
+    settings = {
+        "image_size": s["image_size"],
+        "crop_pct": s["crop_pct"],
+        "mean": list(s["mean"]),
+        "std": list(s["std"]),
+        "layer": layer or "pooled",
+        "precision": precision,
+    }
+    key = cache_key(ckpt_fp, source_fingerprint(source), settings)
+    if out is None:
+        stem = Path(str(data).rstrip("/")).name.split(".")[0] or "data"
+        out = Path(cache_dir or default_cache_dir(checkpoint)) / f"{stem}-{settings['layer']}-{key[:16]}.pt"
+    out = Path(out)
+    meta = {
+        "key": key,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": ckpt_fp["sha256"],
+        "data": str(data),
+        "settings": settings,
+    }
+    if out.is_file():
+        try:
+            feats, old_key, old_meta = load_features(out)
+        except CheckpointError:
+            old_key = None
+        if old_key == key:
+            return feats, {**old_meta, "cached": True, "path": str(out), "seconds": 0.0}
+    device = pick_device(device)
+    transform = eval_transform(s["image_size"], s["crop_pct"], s["mean"], s["std"])
+    feats = extract_features(
+        feature_extractor(backbone, settings["layer"]),
+        LabelledDataset(source, transform),
+        batch_size=batch_size,
+        num_workers=auto_num_workers(num_workers),
+        device=device,
+        precision=precision,
+        channels_last=s["channels_last"],
+    )
+    if len(feats) == 0:
+        raise DataError(f"no decodable images in {data} ({feats.num_failed} failed)")
+    feats.classes = list(source.classes)
+    meta.update(num_images=len(feats), num_failed=feats.num_failed, feature_dim=feats.dim)
+    meta["extract_seconds"] = round(time.perf_counter() - started, 3)
+    save_features(out, feats, key, meta)
+    return feats, {**meta, "cached": False, "path": str(out), "seconds": meta["extract_seconds"]}
+
+
+def check_pair(
+    train: Features, test: Features, train_meta: dict | None = None, test_meta: dict | None = None
+):
+    """Check that cached train/test features can be scored together.
+
+    Raises:
+        openseer.data.DataError: fewer than 2 classes, different class sets, or a train class left without
+            any image (e.g. an empty class folder in the listing, or all of its images undecodable).
+        CheckpointError: the two files come from different checkpoints, layers or transforms.
+    """
+    from openseer.data import DataError
+    from openseer.eval.knn import check_label_sets
+
+    if train.classes is None or test.classes is None:
+        raise DataError("features carry no class names; extract them with `openseer embed`")
+    check_label_sets(train.classes, test.classes)
+    counts = torch.bincount(train.labels, minlength=len(train.classes))
+    empty = [train.classes[c] for c in range(len(train.classes)) if counts[c] == 0]
+    if empty:
+        raise DataError(f"train class(es) without any usable image: {', '.join(empty[:5])}")
+    if train.dim != test.dim:
+        raise CheckpointError(f"train features have dimension {train.dim}, test features {test.dim}")
+    if train_meta and test_meta:
+        for field in ("checkpoint_sha256", "settings"):
+            if train_meta.get(field) != test_meta.get(field):
+                raise CheckpointError(
+                    f"train and test features were extracted with different {field.split('_')[0]}s "
+                    f"({train_meta.get('checkpoint')} vs {test_meta.get('checkpoint')}); re-embed both "
+                    "with the same checkpoint and settings"
+                )

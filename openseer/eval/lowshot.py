@@ -1,0 +1,132 @@
+"""Low-shot evaluation: linear probe and kNN on class-balanced fractions of the labels, over seeds.
+
+SEER's headline numbers are low-shot (Goyal et al. 2021, Sec. 4.2: 1% and 10% of ImageNet labels); VISSL
+and SimCLR v2 draw the subsets per class so that every class keeps the same share of its images. Here a
+subset of fraction f keeps ``max(1, round(f * n_c))`` images of each class c, drawn with a seeded generator
+from the train split only (never from test). The chosen indices and image names are written to JSON so the
+same subsets can be re-used or published; each subset is scored with the grid-searched linear probe
+(`openseer.eval.linear`, validation carved from the subset itself) and the weighted kNN, and the mean and
+standard deviation over seeds are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from openseer.eval.features import Features
+from openseer.eval.knn import knn_classify
+from openseer.eval.linear import DEFAULT_LRS, DEFAULT_WDS, linear_probe
+
+
+def class_balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
+    """Sorted indices of ``max(1, round(fraction * n_c))`` images of every class c, drawn with ``seed``.
+
+    The draw of class c depends only on (seed, c) and the class's members, so adding a class elsewhere
+    does not change the others' subsets, and a larger fraction under the same seed is a superset.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    parts = []
+    for c in torch.unique(labels).tolist():
+        members = (labels == c).nonzero().flatten()
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + int(c))
+        perm = members[torch.randperm(len(members), generator=generator)]
+        parts.append(perm[: max(1, round(fraction * len(members)))])
+    return torch.sort(torch.cat(parts)).values
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def run_lowshot(
+    train: Features,
+    test: Features,
+    fractions: Sequence[float] = (0.01, 0.1),
+    seeds: int | Sequence[int] = 3,
+    ks: Sequence[int] = (10, 20),
+    temperature: float = 0.07,
+    lrs: Sequence[float] = DEFAULT_LRS,
+    wds: Sequence[float] = DEFAULT_WDS,
+    epochs: int = 30,
+    subsets_out: str | Path | None = None,
+) -> dict:
+    """Linear probe and kNN for every (fraction, seed) subset of ``train``, scored on all of ``test``.
+
+    Args:
+        train, test: cached features of the same classes (see `openseer.eval.cache.check_pair`).
+        fractions: label fractions per class, e.g. (0.01, 0.1).
+        seeds: a number of seeds (0..n-1) or explicit seeds.
+        ks, temperature: kNN settings (k is clipped to the subset size).
+        lrs, wds, epochs: linear-probe grid (`openseer.eval.linear.linear_probe`).
+        subsets_out: JSON file receiving the chosen train indices and image names of every subset.
+
+    Returns:
+        JSON-able dict: ``results[fraction]`` with ``linear_top1``/``knn_top1`` mean/std over seeds and
+        the per-seed runs (subset size, chosen lr/wd, kNN per k).
+    """
+    started = time.perf_counter()
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError("need at least one seed")
+    num_classes = len(train.classes) if train.classes else int(train.labels.max()) + 1
+    subsets: dict[str, dict[str, dict]] = {}
+    results: dict[str, dict] = {}
+    for fraction in fractions:
+        runs = []
+        for seed in seed_list:
+            idx = class_balanced_subset(train.labels, float(fraction), seed)
+            x, y = train.features[idx], train.labels[idx]
+            subsets.setdefault(str(fraction), {})[str(seed)] = {
+                "indices": idx.tolist(),
+                "names": [train.names[i] for i in idx.tolist()] if train.names else None,
+            }
+            probe = linear_probe(
+                x, y, test.features, test.labels, num_classes, lrs, wds, epochs, batch_size=256, seed=seed
+            )
+            knn = knn_classify(
+                x, y, test.features, test.labels, ks=ks, temperature=temperature, num_classes=num_classes
+            )
+            runs.append(
+                {
+                    "seed": seed,
+                    "num_images": len(idx),
+                    "linear_top1": probe["top1"],
+                    "linear_top5": probe["top5"],
+                    "linear_best": probe["best"],
+                    "linear_selection": probe["selection"],
+                    "knn_top1": {str(k): v for k, v in knn.items()},
+                }
+            )
+        results[str(fraction)] = {
+            "linear_top1": _mean_std([r["linear_top1"] for r in runs]),
+            "knn_top1": {str(k): _mean_std([r["knn_top1"][str(k)] for r in runs]) for k in ks},
+            "runs": runs,
+        }
+    if subsets_out is not None:
+        from openseer.checkpoint import atomic_write
+
+        text = json.dumps({"train_classes": train.classes, "subsets": subsets})
+        atomic_write(subsets_out, lambda tmp: Path(tmp).write_text(text))
+    return {
+        "eval": "lowshot",
+        "fractions": [float(f) for f in fractions],
+        "seeds": seed_list,
+        "k": [int(k) for k in ks],
+        "results": results,
+        "num_test": len(test),
+        "num_classes": num_classes,
+        "subsets_file": str(subsets_out) if subsets_out is not None else None,
+        "seconds": round(time.perf_counter() - started, 3),
+    }

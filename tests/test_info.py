@@ -1,0 +1,97 @@
+"""SEER presets: full-size parameter counts on the meta device, shrunken builds, `openseer info`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openseer.cli import main
+from openseer.config import list_presets, load_config
+from openseer.info import model_info, param_count
+from openseer.methods import METHODS
+from openseer.models.backbone import build_backbone
+from tests.dist.test_data_parallel import TINY_REGNET
+
+SEER = ["seer-32gf", "seer-64gf", "seer-128gf", "seer-256gf", "seer-10b"]
+
+# timm's published parameter counts of these RegNetYs with their 1000-class classifier (pycls / SEER sizes)
+TIMM_WITH_FC = {"seer-32gf": 145.05e6, "seer-64gf": 281.38e6, "seer-128gf": 644.81e6, "seer-256gf": 1282.60e6}
+
+
+@pytest.mark.parametrize("preset", list(TIMM_WITH_FC))
+def test_full_size_parameter_counts_on_meta(preset):
+    cfg = load_config(preset)
+    n = param_count(cfg)
+    with torch.device("meta"):
+        width = build_backbone(cfg.model).num_features
+    assert n + width * 1000 + 1000 == pytest.approx(TIMM_WITH_FC[preset], abs=0.005e6)
+
+
+def test_seer_256gf_and_10b_match_the_papers():
+    from timm.models.regnet import model_cfgs
+
+    c = model_cfgs["regnety_2560"]  # SEER's RegNetY-256GF design (Goyal et al. 2021)
+    assert (c.depth, c.w0, c.wa, c.wm, c.group_size, c.se_ratio) == (27, 640, 230.83, 2.53, 373, 0.25)
+    cfg = load_config("seer-256gf")
+    info = model_info(cfg, world_size=512)
+    assert info.params_backbone == pytest.approx(1.3e9, rel=0.03)  # "1.3B parameters"
+    assert info.flops_by_crop[224] / 2 == pytest.approx(256e9, rel=0.02)  # 256 GF = multiply-adds at 224 px
+    # head 10444-8192-8192-256 without BN, 16k prototypes
+    head = [m for m in cfg.swav.hidden_dims] + [cfg.swav.output_dim]
+    assert head == [8192, 8192, 256] and not cfg.swav.head_batch_norm and cfg.swav.num_prototypes == 16000
+    expected_head = 10444 * 8192 + 8192 + 8192 * 8192 + 8192 + 8192 * 256 + 256 + 16000 * 256
+    assert info.params_head == expected_head
+
+    ten = model_info(load_config("seer-10b"), world_size=496)
+    assert 9.0e9 < ten.params_backbone < 10.0e9 and 9.5e9 < ten.params_total < 10.5e9  # "10B"
+    # FSDP over 496 processes: fp32 parameters + gradients + momentum per process ~ 12 bytes x 9.6B / 496
+    per_process = ten.memory["parameters"] + ten.memory["gradients"] + ten.memory["optimizer"]
+    assert per_process == pytest.approx(12 * ten.params_total / 496)
+
+
+def test_presets_have_a_description_and_the_seer_recipe():
+    presets = list_presets()
+    for name in SEER:
+        assert presets[name], name
+        cfg = load_config(name)
+        s, o, a = cfg.swav, cfg.optim, cfg.aug
+        assert (s.sinkhorn_iterations, s.num_prototypes, o.name, o.weight_decay) == (10, 16000, "lars", 1e-5)
+        assert o.base_lr * 8192 / 256 == pytest.approx(9.6)
+        assert (a.global_crops, a.local_crops, a.local_size) == (2, 4, 96)
+        assert a.global_size == (160 if name == "seer-10b" else 224)
+        assert s.epsilon == (0.03 if name == "seer-10b" else 0.05)
+        assert cfg.parallel.sync_batchnorm and cfg.parallel.batchnorm_group_size == 64
+
+
+@pytest.mark.parametrize("preset", ["seer-256gf", "seer-10b"])  # shrunk, the others differ only in width
+def test_shrunken_presets_build_and_train_a_step(preset):
+    cfg = load_config(
+        preset,
+        [
+            *TINY_REGNET,
+            "swav.hidden_dims=[32, 32]",
+            "swav.output_dim=16",
+            "swav.num_prototypes=20",
+            "aug.global_size=32",
+            "aug.local_size=16",
+            "model.channels_last=false",
+        ],
+    )
+    torch.manual_seed(0)
+    method = METHODS["swav"].build(cfg, build_backbone(cfg.model), 4)
+    crops = [torch.randn(4, 3, 32, 32)] * 2 + [torch.randn(4, 3, 16, 16)] * 4
+    loss = method(crops)
+    loss.backward()
+    assert torch.isfinite(loss) and method.prototypes.weight.grad is not None
+
+
+def test_info_command_and_fsdp_scaling(capsys):
+    assert main(["info", "seer-32gf", "--world-size", "512", "--checkpointing", "--fsdp"]) == 0
+    out = capsys.readouterr().out
+    assert "141.3M" in out and "GFLOPs" in out and "activations" in out
+    cfg = load_config("seer-32gf", ["parallel.strategy=fsdp"])
+    one, eight = model_info(cfg, 1), model_info(cfg, 8)
+    assert one.memory["optimizer"] / eight.memory["optimizer"] == pytest.approx(8)
+    no_ckpt = model_info(load_config("seer-32gf", ["parallel.activation_checkpointing=false"]), 8)
+    ckpt = model_info(load_config("seer-32gf", ["parallel.activation_checkpointing=true"]), 8)
+    assert ckpt.memory["activations"] < 0.5 * no_ckpt.memory["activations"]
