@@ -223,8 +223,6 @@ def no_gradient_sync(model: nn.Module):
     return contextlib.nullcontext()
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
 
 
 def grad_norm(parameters) -> torch.Tensor:
