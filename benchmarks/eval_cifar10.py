@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -94,6 +95,8 @@ def main() -> int:
         random_dir = run_dir / "eval" / "random_init"
         if not (random_dir / "backbone.safetensors").is_file():
             export_backbone(random_dir, create_backbone_from_spec(spec), spec)
+        # the run's config beside it: every command then evaluates both with the same transform
+        shutil.copyfile(run_dir / "config.yaml", random_dir / "config.yaml")
         random_backbone, _ = load_backbone(random_dir)
         candidates.append(("random", random_dir, random_backbone))
     cfg = load_run_config(run_dir)

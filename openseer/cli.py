@@ -161,15 +161,15 @@ def _pretrain(args: argparse.Namespace) -> int:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.strategy is not None:
         overrides.append(f"parallel.strategy={args.strategy}")
-    cfg = load_config(preset, overrides)
+    from openseer.eval.commands import monitor_overrides
+
+    cfg = load_config(preset, overrides + monitor_overrides(args))
     ckpts = Path(args.out) / "checkpoints"
     if args.no_resume and ((ckpts / "last.pt").exists() or (ckpts / "LATEST").exists()):
         raise ConfigError(
             f"{args.out} already holds a checkpoint and --no-resume was given; choose another --out"
         )
-    from openseer.eval.commands import build_monitor
-
-    summary = pretrain(cfg, args.out, resume=not args.no_resume, monitor=build_monitor(args, cfg))
+    summary = pretrain(cfg, args.out, resume=not args.no_resume)
     from openseer import dist
 
     if dist.is_main():  # under torchrun, one line for the whole run

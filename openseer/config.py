@@ -168,9 +168,9 @@ class TrainConfig:
     accumulate_steps: int = _f(
         1,
         "Gradient accumulation: micro-batches of train.batch_size per optimizer step (global batch = "
-        "batch_size x processes x accumulate_steps). SwAV's codes and batch-norm statistics are computed "
-        "per micro-batch, so the update equals the k-times larger batch only for batch-independent layers "
-        "(docs/distributed.md); prefer more processes, and a queue, when you can.",
+        "batch_size x processes x accumulate_steps). SwAV's codes come from the whole accumulated batch (a "
+        "no-grad forward first, ~1/3 more compute), so the update is the k-times larger batch's; only "
+        "batch-norm statistics stay per micro-batch, as per GPU without sync BN (docs/distributed.md).",
     )
 
 
@@ -233,6 +233,16 @@ class EvalConfig:
     batch_size: int = _f(256, "Batch size for feature extraction.")
 
 
+@dataclass
+class MonitorConfig:
+    train: str = _f("", "Labelled images (ImageFolder folder or tar) used as the kNN bank while training; '' = off.")
+    test: str = _f("", "Labelled images the online kNN monitor classifies (set together with monitor.train).")
+    every: int = _f(100, "Steps between monitor runs (and at the last step).")
+    k: int = _f(20, "Neighbours of the weighted kNN vote.")
+    max_train: int = _f(5000, "Class-balanced cap on the bank images (0 = all).")
+    max_test: int = _f(1000, "Class-balanced cap on the classified images (0 = all).")
+
+
 def _method_configs() -> dict[str, type]:
     from openseer.methods import METHODS
 
@@ -250,6 +260,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self) -> None:
         if self.swav is None:
@@ -462,6 +473,8 @@ def validate(cfg: Config) -> None:
         "train.checkpoint_every": t.checkpoint_every,
         "train.accumulate_steps": t.accumulate_steps,
         "parallel.checkpoint_every": cfg.parallel.checkpoint_every,
+        "monitor.every": cfg.monitor.every,
+        "monitor.k": cfg.monitor.k,
     }
     for key, v in positive.items():
         if v <= 0:
@@ -470,6 +483,8 @@ def validate(cfg: Config) -> None:
         "aug.local_crops": a.local_crops,
         "train.max_steps": t.max_steps,
         "optim.warmup_epochs": cfg.optim.warmup_epochs,
+        "monitor.max_train": cfg.monitor.max_train,
+        "monitor.max_test": cfg.monitor.max_test,
     }.items():
         if v < 0:
             raise ConfigError(f"{key}={v} must be >= 0")
@@ -493,6 +508,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("parallel.batchnorm_group_size must be >= 0 and parallel.checkpoint_stages 1-based")
     if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
         raise ConfigError(f"train.device={t.device!r}; expected auto, cpu, cuda or cuda:N")
+    if bool(cfg.monitor.train) != bool(cfg.monitor.test):
+        raise ConfigError("monitor.train and monitor.test (--monitor-train/--monitor-test) go together")
     METHODS[cfg.method].validate(cfg)
 
 

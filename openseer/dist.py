@@ -42,6 +42,19 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def sum_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Per-key sums of every process's counters (collective), sorted by key."""
+    parts = [counts]
+    if world_size() > 1:
+        parts = [{} for _ in range(world_size())]
+        dist.all_gather_object(parts, dict(counts))
+    total: dict[str, int] = {}
+    for part in parts:
+        for key, n in part.items():
+            total[key] = total.get(key, 0) + int(n)
+    return dict(sorted(total.items()))
+
+
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Concatenate ``t`` from every process along dim 0 (no gradient), in rank order."""
     if world_size() == 1:

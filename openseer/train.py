@@ -60,6 +60,12 @@ RESUMABLE_CHANGES = {
     "data.num_workers",
     "data.path",
     "train.device",
+    "monitor.train",
+    "monitor.test",
+    "monitor.every",
+    "monitor.k",
+    "monitor.max_train",
+    "monitor.max_test",
 }
 
 
@@ -190,7 +196,8 @@ def pretrain(
 
     ``on_step(step, loss)`` is called after every optimizer step (for logging or tests); raising
     ``KeyboardInterrupt`` from it behaves like Ctrl-C (checkpoint, then stop). ``monitor(step, last,
-    backbone)`` (e.g. `openseer.eval.monitor.KnnMonitor`) returns extra metrics for a logged row.
+    backbone)`` returns extra metrics for a logged row; by default it is the online kNN monitor that the
+    ``monitor`` config section describes (`openseer.eval.monitor.KnnMonitor`; off unless monitor.train is set).
     """
     from openseer.data.pipeline import build_pretrain_data
 
@@ -209,6 +216,16 @@ def pretrain(
                 f"{out} holds a run with a different config ({', '.join(diff[:6])}); use another "
                 f"--out, or the same settings to resume"
             )
+
+    if cfg.monitor.train and cfg.parallel.strategy == "fsdp" and dist.world_size() > 1:
+        raise ConfigError(
+            "the online kNN monitor (monitor.train/test) runs on rank 0 alone and cannot see an FSDP-sharded "
+            "backbone; drop --monitor-* or use --strategy ddp"
+        )
+    if monitor is None and is_main:
+        from openseer.eval.monitor import monitor_from_config
+
+        monitor = monitor_from_config(cfg)
 
     # ---- data --------------------------------------------------------------------------------------------
     # folders, tars and file lists: EpochSampler + PretrainDataset; shard sets: a resumable ShardStream
@@ -246,6 +263,7 @@ def pretrain(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     step, skipped, nonfinite_total = 0, {}, 0
+    converted: dict[str, int] = {}  # images that needed a conversion, per kind (this process since start/resume)
     if state is not None:
         if sharded_dir is not None:
             load_sharded_checkpoint(sharded_dir, method, optimizer)
@@ -253,11 +271,13 @@ def pretrain(
             method.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
         if state.get("queue") is not None and hasattr(method, "load_global_queue_state"):
-            method.load_global_queue_state(state["queue"], cfg.train.batch_size)
+            method.load_global_queue_state(state["queue"], cfg.train.batch_size * accumulate)
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         step, skipped = state["step"], dict(state.get("skipped", {}))
+        if is_main:  # the checkpoint holds the sum over processes
+            converted = dict(state.get("input_counts", {}))
         nonfinite_total = state.get("nonfinite_steps", 0)
         if is_main:
             log.info("resumed from %s at step %d", sharded_dir or ckpt_dir / "last.pt", step)
@@ -280,11 +300,12 @@ def pretrain(
         )
 
     def checkpoint(step_file: bool) -> None:
-        # the queue of every process, as one (a collective: before any rank returns)
+        # the queue of every process, as one, and the summed input counts (collectives: before any rank returns)
         has_queue = hasattr(method, "global_queue_state")
-        queue = method.global_queue_state(cfg.train.batch_size) if has_queue else None
+        queue = method.global_queue_state(cfg.train.batch_size * accumulate) if has_queue else None
+        counts = dist.sum_counts(converted)
         if sharded:
-            meta = {**_checkpoint_meta(), "queue": queue}
+            meta = {**_checkpoint_meta(), "queue": queue, "input_counts": counts}
             save_sharded_checkpoint(ckpt_dir, f"step_{step:08d}", method, optimizer, meta)
             if is_main:  # the newest (LATEST) plus keep_checkpoints older ones
                 old = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
@@ -298,6 +319,7 @@ def pretrain(
             "optimizer": optimizer.state_dict(),
             **_checkpoint_meta(),
             "queue": queue,
+            "input_counts": counts,
         }
         _save_full(ckpt, step_file)
 
@@ -356,6 +378,8 @@ def pretrain(
                         if name not in skipped:
                             skipped[name] = reason
                             log.warning("skipped unreadable image %s (%s)", name, reason)
+                    for note, n in batch.notes.items():
+                        converted[note] = converted.get(note, 0) + n
                     micro_batches.append(batch)
                     if len(micro_batches) < accumulate:
                         continue
@@ -368,14 +392,23 @@ def pretrain(
                     # one (DDP no_sync); a non-finite loss still runs backward so that every process takes
                     # part in the same collectives, then the step is skipped everywhere
                     loss = torch.zeros((), device=device)
-                    for i, micro in enumerate(micro_batches):
-                        crops = [
-                            c.to(device, non_blocking=True, memory_format=memory_format) for c in micro.crops
-                        ]
+                    micro_crops = [
+                        [c.to(device, non_blocking=True, memory_format=memory_format) for c in micro.crops]
+                        for micro in micro_batches
+                    ]
+                    codes: list[Any] = [None] * accumulate
+                    if accumulate > 1 and hasattr(method, "codes_for_micro_batches"):
+                        # targets of the whole accumulated batch, so the update is the k-times larger batch's
+                        with torch.no_grad(), torch.autocast(
+                            device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+                        ):
+                            codes = model(micro_crops, epoch=epoch)
+                    for i, crops in enumerate(micro_crops):
                         sync = nullcontext() if i == accumulate - 1 else no_gradient_sync(model)
                         with sync:
                             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                                micro_loss = model(crops, epoch=epoch) / accumulate
+                                kwargs = {} if codes[i] is None else {"codes": codes[i]}
+                                micro_loss = model(crops, epoch=epoch, **kwargs) / accumulate
                             scaler.scale(micro_loss).backward()
                         loss = loss + micro_loss.detach().float()
                     micro_batches = []
@@ -457,6 +490,7 @@ def pretrain(
         status = "interrupted"
 
     summary = _summary(cfg, derived, method, step, losses, skipped, nonfinite_total, status, started)
+    summary["converted_by_kind"] = dist.sum_counts(converted)  # collective
     # a consolidated backbone (gathered from the shards with FSDP: every process takes part)
     backbone_state = full_backbone_state(method) if status == "completed" else None
     if is_main:

@@ -73,50 +73,89 @@ def _accum_cfg(data, *extra):
             *TINY_REGNET,
             f"data.path={data}",
             "train.precision=fp32",
-            "train.max_steps=1",
+            "train.max_steps=3",
             "optim.warmup_epochs=0",
             "swav.freeze_prototypes_steps=0",
-            "swav.queue_length=0",
+            "swav.head_batch_norm=false",
+            "swav.queue_length=16",  # full after 2 steps of 8: the third step's codes use it
+            "swav.queue_start_epoch=0",
             *extra,
         ],
     )
 
 
-def test_gradient_accumulation_equals_the_mean_of_micro_batch_gradients(tmp_path):
-    """The loop's update with k micro-batches is the optimizer step on the mean of their gradients, with the
-    lr of the k-times larger batch. (With SwAV that is not the big-batch update itself: codes and batch-norm
-    statistics are per micro-batch - see docs/distributed.md.)"""
+def _frozen_bn_backbone(cfg):
+    """Batch norm with fixed statistics: the one layer that legitimately differs between a micro-batch and
+    the whole batch (as it differs between one GPU's batch and the global batch without sync BN)."""
+    return timm.layers.freeze_batch_norm_2d(build_backbone(cfg))
+
+
+def test_gradient_accumulation_equals_one_k_times_larger_batch(tmp_path, monkeypatch):
+    """3 loop steps with 2 micro-batches of 4 = 3 steps on the concatenated batch of 8: the same losses, queue
+    and parameters (SwAV's codes come from Sinkhorn over the whole accumulated batch plus the queue)."""
+    import json
+
+    from openseer import train
+    from openseer.checkpoint import load_checkpoint
     from openseer.data.pipeline import build_pretrain_data
 
+    monkeypatch.setattr(train, "build_backbone", _frozen_bn_backbone)
     data = write_images(tmp_path / "imgs", 16)
     cfg = _accum_cfg(data, "train.batch_size=4", "train.accumulate_steps=2")
     pretrain(cfg, tmp_path / "run")
-    from openseer.checkpoint import load_checkpoint
-
-    got = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    got = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    got_losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
 
     derived = derive(cfg, 16, 1)
     assert derived.global_batch == 8  # lr and schedule as for a batch of 8
     assert derived.peak_lr == derive(_accum_cfg(data, "train.batch_size=8"), 16, 1).peak_lr
     sampler, loader, _ = build_pretrain_data(cfg, 0, 1, torch.device("cpu"))
-    sampler.set_epoch(0, 0)
-    micro = [b for _, b in zip(range(2), loader, strict=False)]
+    big_batches = []
+    for epoch in range(2):  # 2 steps per epoch
+        sampler.set_epoch(epoch, 0)
+        micro = list(loader)
+        for j in range(0, len(micro), 2):
+            big_batches.append([torch.cat(cs) for cs in zip(micro[j].crops, micro[j + 1].crops, strict=True)])
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
-    method = METHODS["swav"].build(cfg, build_backbone(cfg.model), 8)
+    method = METHODS["swav"].build(cfg, _frozen_bn_backbone(cfg.model), 8)
     opt = _build_optimizer(cfg, method, method.param_group_prefixes())
-    lr = float(cosine_schedule(derived.peak_lr, derived.final_lr, derived.total_steps, 0, 0.0)[0])
-    for g in opt.param_groups:
-        g["lr"] = lr
-    method.before_step()
-    grads = []
-    for b in micro:
-        method.zero_grad()
-        method(b.crops).backward()
-        grads.append([p.grad.clone() for p in method.parameters()])
-    for p, g0, g1 in zip(method.parameters(), *grads, strict=True):
-        p.grad = (g0 + g1) / 2
-    opt.step()
+    lrs = cosine_schedule(derived.peak_lr, derived.final_lr, derived.total_steps, 0, 0.0)
+    losses = []
+    for step, crops in enumerate(big_batches[:3]):
+        for g in opt.param_groups:
+            g["lr"] = float(lrs[step])
+        method.before_step()
+        loss = method(crops, epoch=step // 2)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    assert method.queue_filled == 16
+    assert got_losses == pytest.approx(losses, abs=1e-5)
+    torch.testing.assert_close(got["queue"]["queue"], method.queue)
     for k, v in method.state_dict().items():
-        if torch.is_tensor(v) and v.is_floating_point() and "running" not in k:
-            torch.testing.assert_close(got[k], v, rtol=1e-4, atol=1e-6, msg=k)
+        if torch.is_tensor(v) and v.is_floating_point():
+            torch.testing.assert_close(got["model"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_per_micro_batch_codes_differ_from_the_accumulated_batch_codes():
+    """The check above can fail: Sinkhorn over each micro-batch alone gives other codes than over both."""
+    from openseer.methods.swav import SwAV, SwAVConfig
+
+    torch.manual_seed(0)
+    cfg = SwAVConfig(num_prototypes=6, output_dim=8, hidden_dims=[16], crops_for_assign=[0], head_batch_norm=False)
+    model = SwAV(timm.layers.freeze_batch_norm_2d(build_backbone(_accum_cfg("x").model)), cfg)
+    micro = [[torch.randn(4, 3, 24, 24), torch.randn(4, 3, 16, 16)] for _ in range(2)]
+    joint = model(micro)
+    alone = [model.assign(*_embed_scores(model, m), 4, 0)[0] for m in micro]
+    assert not torch.allclose(joint[0][0], alone[0], atol=1e-3)
+    # ...and the joint codes are those of the concatenated batch
+    big = [torch.cat(cs) for cs in zip(*micro, strict=True)]
+    torch.testing.assert_close(torch.cat([joint[0][0], joint[1][0]]), model.assign(*_embed_scores(model, big), 8, 0)[0])
+
+
+def _embed_scores(model, crops):
+    with torch.no_grad():
+        z = model.embed(crops)
+        return z, model.prototypes(z)

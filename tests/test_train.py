@@ -109,6 +109,24 @@ def test_nonfinite_loss_is_reported_and_aborts(tmp_path, monkeypatch):
     from openseer.methods.swav import SwAV
     from openseer.train import TrainingError
 
-    monkeypatch.setattr(SwAV, "swapped_prediction_loss", lambda self, z, s, b, e: z.sum() * float("nan"))
+    monkeypatch.setattr(SwAV, "swapped_prediction_loss", lambda self, s, q, b: s.sum() * float("nan"))
     with pytest.raises(TrainingError, match="2 consecutive non-finite steps"):
         pretrain(_cfg(data, "train.max_nonfinite_steps=2", "train.epochs=3"), tmp_path / "run")
+
+
+def test_conversions_are_counted_per_kind_in_summary_and_checkpoint(tmp_path):
+    from PIL import Image
+
+    from openseer.checkpoint import load_checkpoint
+
+    data = tmp_path / "cmyk"
+    data.mkdir()
+    for i in range(8):
+        Image.new("CMYK", (20, 20), (i * 30, 40, 0, 10)).save(data / f"{i}.jpg")
+    summary = pretrain(_cfg(data, "train.max_steps=2", "train.batch_size=8"), tmp_path / "run")
+    assert summary["converted_by_kind"] == {"cmyk": 16}  # 2 steps x 8 images, each converted to RGB
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert saved["input_counts"] == {"cmyk": 16}
+    # resumed runs keep counting from the checkpoint
+    summary = pretrain(_cfg(data, "train.max_steps=3", "train.batch_size=8"), tmp_path / "run")
+    assert summary["converted_by_kind"] == {"cmyk": 24}

@@ -12,9 +12,10 @@ the batch (``MultiCropBatch.skipped``) so the trainer can count and log it.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -31,7 +32,7 @@ _ORDER_STREAM = 0x5EED_0D0E  # separates the sample-order seeds from the augment
 _AUGMENT_STREAM = 0xA06_C0DE
 
 #: One sample of :class:`PretrainDataset`: (crops, index of the image used, skipped (name, reason) pairs).
-Sample = tuple[list[torch.Tensor], int, list[tuple[str, str]]]
+Sample = tuple[list[torch.Tensor], int, list[tuple[str, str]], list[str]]
 
 
 def _splitmix64(x: int) -> int:
@@ -142,14 +143,16 @@ class PretrainDataset(Dataset):
         """The augmentation seed of one key."""
         return mix_seed(_AUGMENT_STREAM, self.seed, epoch, index)
 
-    def _first_good(self, index: int) -> tuple[Image.Image, int, list[tuple[str, str]]]:
+    def _first_good(self, index: int) -> tuple[Image.Image, int, list[tuple[str, str]], list[str]]:
         n = len(self.source)
         skipped: list[tuple[str, str]] = []
+        # a transform may bring its own decoder (the fast path decodes JPEGs at reduced size)
+        decoder = getattr(self.transform, "decode", load_rgb)
         for step in range(min(MAX_SKIPS, n)):
             i = (index + step) % n
+            notes: list[str] = []  # conversions (CMYK, 16-bit, EXIF rotation, ...), counted by the loop
             try:
-                # a transform may bring its own decoder (the fast path decodes JPEGs at reduced size)
-                return _decode(self.source, i, getattr(self.transform, "decode", load_rgb)), i, skipped
+                return _decode(self.source, i, functools.partial(decoder, notes=notes)), i, skipped, notes
             except BadImage as e:
                 skipped.append((self.source.name(i), e.reason))
         reasons = ", ".join(sorted({reason for _, reason in skipped}))
@@ -160,15 +163,15 @@ class PretrainDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> Sample:
         epoch, index = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (0, int(key))
-        img, used, skipped = self._first_good(index)
+        img, used, skipped, notes = self._first_good(index)
         if not self.seeded:
-            return self.transform(img), used, skipped
+            return self.transform(img), used, skipped, notes
         # fork_rng(devices=[]) saves and restores only the CPU generator; seeding the default CPU generator
         # directly (not torch.manual_seed) leaves any CUDA generator alone as well.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(self.sample_seed(epoch, index))
             crops = self.transform(img)
-        return crops, used, skipped
+        return crops, used, skipped, notes
 
 
 @dataclass
@@ -179,20 +182,24 @@ class MultiCropBatch:
         crops: one ``(B, 3, h, w)`` tensor per crop position (global crops first).
         indices: ``(B,)`` source indices of the images used.
         skipped: ``(name, reason)`` of every undecodable image met while building the batch.
+        notes: how many of its images needed each conversion (``cmyk``, ``16bit``, ``exif_rotated``, ...).
     """
 
     crops: list[torch.Tensor]
     indices: torch.Tensor
     skipped: list[tuple[str, str]]
+    notes: dict[str, int] = field(default_factory=dict)
 
     def pin_memory(self) -> MultiCropBatch:
         """Called by DataLoader(pin_memory=True) on the batches it produces."""
-        return MultiCropBatch([c.pin_memory() for c in self.crops], self.indices.pin_memory(), self.skipped)
+        pinned = [c.pin_memory() for c in self.crops]
+        return MultiCropBatch(pinned, self.indices.pin_memory(), self.skipped, self.notes)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MultiCropBatch:
         """The batch with its tensors on ``device``."""
         crops = [c.to(device, non_blocking=non_blocking) for c in self.crops]
-        return MultiCropBatch(crops, self.indices.to(device, non_blocking=non_blocking), self.skipped)
+        indices = self.indices.to(device, non_blocking=non_blocking)
+        return MultiCropBatch(crops, indices, self.skipped, self.notes)
 
 
 def collate_multicrop(items: Sequence[Sample]) -> MultiCropBatch:
@@ -200,10 +207,14 @@ def collate_multicrop(items: Sequence[Sample]) -> MultiCropBatch:
     if not items:
         raise ValueError("cannot collate an empty batch")
     num_crops = len(items[0][0])
-    crops = [torch.stack([crops[k] for crops, _, _ in items]) for k in range(num_crops)]
-    indices = torch.tensor([index for _, index, _ in items], dtype=torch.long)
-    skipped = [entry for _, _, entries in items for entry in entries]
-    return MultiCropBatch(crops, indices, skipped)
+    crops = [torch.stack([item[0][k] for item in items]) for k in range(num_crops)]
+    indices = torch.tensor([item[1] for item in items], dtype=torch.long)
+    skipped = [entry for item in items for entry in item[2]]
+    notes: dict[str, int] = {}
+    for item in items:
+        for note in item[3]:
+            notes[note] = notes.get(note, 0) + 1
+    return MultiCropBatch(crops, indices, skipped, notes)
 
 
 def available_cores() -> int:

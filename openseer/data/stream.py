@@ -316,7 +316,7 @@ class ShardStream:
                 key = expected.pop() if expected else next(sequence)[:2]
                 while key not in waiting:
                     w, k, crops, ids, skipped, counts = next(chunks)
-                    waiting[(w, k)] = (crops, ids, skipped)
+                    waiting[(w, k)] = (crops, ids, skipped, counts)
                     for reason, n in [*counts.items(), *((r, 1) for _, r in skipped)]:
                         self.counts[reason] = self.counts.get(reason, 0) + n
                 pending.append(waiting.pop(key))
@@ -342,7 +342,11 @@ def _cut(pending: list[tuple], b: int) -> tuple[MultiCropBatch, list[tuple], int
     crops = [torch.cat([c[0][k] for c in pending]) for k in range(len(pending[0][0]))]
     ids = torch.cat([c[1] for c in pending])
     skipped = [s for c in pending for s in c[2]]
-    batch = MultiCropBatch([c[:b] for c in crops], ids[:b], skipped)
+    notes: dict[str, int] = {}  # a chunk's conversion counts go with the first batch that takes from it
+    for c in pending:
+        for note, n in c[3].items():
+            notes[note] = notes.get(note, 0) + n
+    batch = MultiCropBatch([c[:b] for c in crops], ids[:b], skipped, notes)
     if len(ids) == b:
         return batch, [], 0
-    return batch, [([c[b:] for c in crops], ids[b:], [])], len(ids) - b
+    return batch, [([c[b:] for c in crops], ids[b:], [], {})], len(ids) - b

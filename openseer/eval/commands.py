@@ -98,21 +98,21 @@ def add_parsers(sub, evs, knn: argparse.ArgumentParser, pretrain: argparse.Argum
     low.add_argument("--subsets-out", help="JSON of the chosen subsets [beside --out, else not written]")
 
     ft = evs.add_parser("finetune", help="fine-tune backbone + new head on a labelled fraction")
-    ft.add_argument("--checkpoint", required=True)
-    ft.add_argument("--train", required=True)
-    ft.add_argument("--test", required=True)
+    ft.add_argument("--checkpoint", required=True, help="run dir, backbone.safetensors or a .pt checkpoint")
+    ft.add_argument("--train", required=True, help="labelled train images: <class>/<image> folder or a tar")
+    ft.add_argument("--test", required=True, help="labelled test images: <class>/<image> folder or a tar")
     ft.add_argument("--fraction", type=float, default=0.1, help="class-balanced share of train labels [0.1]")
-    ft.add_argument("--epochs", type=int, default=10)
-    ft.add_argument("--lr-backbone", type=float, default=0.01)
-    ft.add_argument("--lr-head", type=float, default=0.1)
-    ft.add_argument("--weight-decay", type=float, default=0.0)
-    ft.add_argument("--batch-size", type=int, default=64)
-    ft.add_argument("--seed", type=int, default=0)
-    ft.add_argument("--image-size", type=int, default=0)
-    ft.add_argument("--crop-pct", type=float, default=0.0)
-    ft.add_argument("--num-workers", type=int, default=-1)
-    ft.add_argument("--device", default="auto")
-    ft.add_argument("--out")
+    ft.add_argument("--epochs", type=int, default=10, help="passes over the labelled subset [10]")
+    ft.add_argument("--lr-backbone", type=float, default=0.01, help="peak lr of the backbone (SGD, cosine) [0.01]")
+    ft.add_argument("--lr-head", type=float, default=0.1, help="peak lr of the new linear head [0.1]")
+    ft.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay [0]")
+    ft.add_argument("--batch-size", type=int, default=64, help="images per step [64]")
+    ft.add_argument("--seed", type=int, default=0, help="seed of the subset, order and augmentation [0]")
+    ft.add_argument("--image-size", type=int, default=0, help="image side [0: the run's eval size]")
+    ft.add_argument("--crop-pct", type=float, default=0.0, help="test centre-crop fraction [0: the run's]")
+    ft.add_argument("--num-workers", type=int, default=-1, help="DataLoader workers [-1: from the cores]")
+    ft.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
+    ft.add_argument("--out", help="also write the result JSON to this file")
 
     rep = sub.add_parser("report", help="report.html + PNGs of a run: curves, neighbours, prototypes, evals")
     rep.add_argument("run_dir", help="an openseer run directory")
@@ -123,32 +123,21 @@ def add_parsers(sub, evs, knn: argparse.ArgumentParser, pretrain: argparse.Argum
     rep.add_argument("--seed", type=int, default=0)
 
     g = pretrain.add_argument_group("online kNN monitor")
-    g.add_argument("--monitor-train", help="labelled images used as the kNN bank while training")
-    g.add_argument("--monitor-test", help="labelled images classified by the monitor")
-    g.add_argument("--monitor-every", type=int, default=100, help="steps between monitor runs [100]")
-    g.add_argument("--monitor-max-train", type=int, default=5000, help="class-balanced cap [5000]")
-    g.add_argument("--monitor-max-test", type=int, default=1000, help="class-balanced cap [1000]")
+    g.add_argument("--monitor-train", help="labelled images used as the kNN bank while training [monitor.train]")
+    g.add_argument("--monitor-test", help="labelled images classified by the monitor [monitor.test]")
+    g.add_argument("--monitor-every", type=int, help="steps between monitor runs [monitor.every: 100]")
+    g.add_argument("--monitor-max-train", type=int, help="class-balanced cap [monitor.max_train: 5000]")
+    g.add_argument("--monitor-max-test", type=int, help="class-balanced cap [monitor.max_test: 1000]")
 
 
-def build_monitor(args: argparse.Namespace, cfg) -> Any:
-    """A `KnnMonitor` from the pretrain options, or None when no monitor data was given."""
-    from openseer.config import ConfigError
-
-    train, test = getattr(args, "monitor_train", None), getattr(args, "monitor_test", None)
-    if not train and not test:
-        return None
-    if not (train and test):
-        raise ConfigError("--monitor-train and --monitor-test go together")
-    from openseer.eval.monitor import monitor_from_config
-
-    return monitor_from_config(
-        cfg,
-        train,
-        test,
-        every=args.monitor_every,
-        max_train=args.monitor_max_train,
-        max_test=args.monitor_max_test,
-    )
+def monitor_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--monitor-*`` options as config overrides (they live in the ``monitor`` section of config.yaml)."""
+    out = []
+    for key in ("train", "test", "every", "max_train", "max_test"):
+        value = getattr(args, f"monitor_{key}", None)
+        if value is not None:
+            out.append(f"monitor.{key}={json.dumps(value)}")
+    return out
 
 
 def _load_pair(args: argparse.Namespace):

@@ -11,6 +11,7 @@ low-shot probes (`openseer.eval.lowshot.class_balanced_subset`).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader
 from openseer.eval.linear import topk_accuracy
 from openseer.eval.lowshot import class_balanced_subset
 
+log = logging.getLogger("openseer")
 
 def light_augmentation(image_size: int, mean, std, min_scale: float = 0.35):
     """Random resized crop (scale [min_scale, 1]) + horizontal flip + normalisation."""
@@ -133,8 +135,9 @@ def finetune(
     )
     total = max(1, epochs * len(train_loader))
     step, losses = 0, []
-    for _ in range(epochs):
+    for epoch in range(epochs):
         model.train()
+        epoch_start, seen, first = time.perf_counter(), 0, len(losses)
         for images, y, ok in train_loader:
             ok = torch.as_tensor(ok, dtype=torch.bool)
             if ok.sum() < 2:  # BatchNorm needs two images; undecodable ones are dropped
@@ -147,7 +150,16 @@ def finetune(
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            seen += int(ok.sum())
             step += 1
+        epoch_losses = losses[first:]
+        log.info(
+            "finetune epoch %d/%d: loss %.3f, %.0f images/s",
+            epoch + 1,
+            epochs,
+            sum(epoch_losses) / max(len(epoch_losses), 1),
+            seen / max(time.perf_counter() - epoch_start, 1e-9),
+        )
     acc, num_test = _evaluate(model, test_loader, dev)
     return {
         "eval": "finetune",

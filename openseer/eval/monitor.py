@@ -123,9 +123,24 @@ class KnnMonitor:
         return self.evaluate(backbone)
 
 
-def monitor_from_config(cfg, train: str, test: str, every: int, **kwargs: Any) -> KnnMonitor:
-    """A monitor using the run's evaluation transform (`openseer.eval.run.eval_settings`)."""
+def monitor_from_config(cfg) -> KnnMonitor | None:
+    """The ``monitor`` section's monitor with the run's evaluation transform, or None when it is off."""
     from openseer.eval.run import eval_settings
 
+    m = cfg.monitor
+    if not m.train:
+        return None
     s = eval_settings(cfg)
-    return KnnMonitor(train, test, s["image_size"], s["crop_pct"], s["mean"], s["std"], every=every, **kwargs)
+    return KnnMonitor(
+        m.train,
+        m.test,
+        s["image_size"],
+        s["crop_pct"],
+        s["mean"],
+        s["std"],
+        every=m.every,
+        k=m.k,
+        max_train=m.max_train,
+        max_test=m.max_test,
+        batch_size=cfg.eval.batch_size,
+    )

@@ -173,43 +173,89 @@ class SwAV(nn.Module):
             start = end
         return self.head(torch.cat(feats))
 
-    def forward(self, crops: list[torch.Tensor], epoch: int = 0) -> torch.Tensor:
-        """SwAV loss for a multi-crop batch (list of (B, 3, h, w) tensors, global crops first)."""
+    def forward(
+        self, crops: list[Any], epoch: int = 0, codes: list[torch.Tensor] | None = None
+    ) -> Any:
+        """SwAV loss for a multi-crop batch (list of (B, 3, h, w) tensors, global crops first).
+
+        ``codes`` (one (B, K) tensor per assigned crop) are the targets computed beforehand, over a larger
+        batch, by :meth:`codes_for_micro_batches`; without them they are computed from this batch. Given a
+        list of micro-batches (a list of crop lists) instead of crops, it returns their joint codes: that call
+        goes through ``forward`` so that DDP and FSDP2 wrappers prepare the parameters as for any forward.
+        """
+        if crops and isinstance(crops[0], (list, tuple)):
+            return self.codes_for_micro_batches(crops, epoch)
         batch = crops[0].shape[0]
         z = self.embed(crops)
         scores = self.prototypes(z)
-        return self.swapped_prediction_loss(z, scores, batch, epoch)
+        if codes is None:
+            codes = self.assign(z, scores, batch, epoch)
+        return self.swapped_prediction_loss(scores, codes, batch)
 
     def swapped_prediction_loss(
-        self, z: torch.Tensor, scores: torch.Tensor, batch: int, epoch: int
+        self, scores: torch.Tensor, codes: list[torch.Tensor], batch: int
     ) -> torch.Tensor:
         n_crops = scores.shape[0] // batch
         log_p = F.log_softmax(scores.float() / self.cfg.temperature, dim=1)
-        use_queue = self.queue.shape[1] > 0 and epoch >= self.cfg.queue_start_epoch
         loss = scores.new_zeros((), dtype=torch.float32)
-        for i, crop_id in enumerate(self.cfg.crops_for_assign):
-            codes = self._codes(z, scores, i, crop_id, batch, use_queue)
+        for q, crop_id in zip(codes, self.cfg.crops_for_assign, strict=True):
             others = [v for v in range(n_crops) if v != crop_id]
-            sub = sum(-(codes * log_p[v * batch : (v + 1) * batch]).sum(dim=1).mean() for v in others)
+            sub = sum(-(q * log_p[v * batch : (v + 1) * batch]).sum(dim=1).mean() for v in others)
             loss = loss + sub / len(others)
-        if use_queue:
-            self.queue_filled = min(self.queue_filled + batch, self.queue.shape[1])
         return loss / len(self.cfg.crops_for_assign)
 
     @torch.no_grad()
-    def _codes(
-        self, z: torch.Tensor, scores: torch.Tensor, i: int, crop_id: int, batch: int, use_queue: bool
-    ) -> torch.Tensor:
-        out = scores[crop_id * batch : (crop_id + 1) * batch].detach().float()
+    def assign(self, z: torch.Tensor, scores: torch.Tensor, batch: int, epoch: int) -> list[torch.Tensor]:
+        """Sinkhorn codes of each assigned crop of a crop-major batch; pushes the batch into the queue."""
+        rows = [slice(c * batch, (c + 1) * batch) for c in self.cfg.crops_for_assign]
+        return self._assign([z[r] for r in rows], [scores[r] for r in rows], epoch)
+
+    @torch.no_grad()
+    def codes_for_micro_batches(self, micro_crops: list[list[torch.Tensor]], epoch: int) -> list[list[torch.Tensor]]:
+        """Codes of k micro-batches computed as for one k-times larger batch (exact gradient accumulation).
+
+        A no-grad forward of every micro-batch gives the assigned crops' embeddings and scores; Sinkhorn runs
+        once on all of them (and on the queue, which then receives all k micro-batches), and the codes are split
+        back per micro-batch. The forward is the one the gradient pass repeats, so batch-norm layers see the
+        same micro-batch statistics; their running statistics are restored so that they move once per
+        micro-batch, as without this pass. Returns, per micro-batch, the list of codes ``forward`` takes.
+        """
+        buffers = [(b, b.detach().clone()) for b in self.buffers()]
+        zs: list[list[torch.Tensor]] = [[] for _ in self.cfg.crops_for_assign]
+        ss: list[list[torch.Tensor]] = [[] for _ in self.cfg.crops_for_assign]
+        sizes = []
+        for crops in micro_crops:
+            batch = crops[0].shape[0]
+            sizes.append(batch)
+            z = self.embed(crops)
+            scores = self.prototypes(z)
+            for i, c in enumerate(self.cfg.crops_for_assign):
+                zs[i].append(z[c * batch : (c + 1) * batch])
+                ss[i].append(scores[c * batch : (c + 1) * batch])
+        for buf, saved in buffers:
+            buf.copy_(saved)
+        codes = self._assign([torch.cat(z) for z in zs], [torch.cat(s) for s in ss], epoch)
+        per_crop = [q.split(sizes) for q in codes]
+        return [[q[j] for q in per_crop] for j in range(len(micro_crops))]
+
+    def _assign(self, zs: list[torch.Tensor], scores: list[torch.Tensor], epoch: int) -> list[torch.Tensor]:
+        batch = zs[0].shape[0]
+        use_queue = self.queue.shape[1] > 0 and epoch >= self.cfg.queue_start_epoch
+        codes = [self._codes(i, z, s, use_queue) for i, (z, s) in enumerate(zip(zs, scores, strict=True))]
+        if use_queue:
+            self.queue_filled = min(self.queue_filled + batch, self.queue.shape[1])
+        return codes
+
+    def _codes(self, i: int, z: torch.Tensor, scores: torch.Tensor, use_queue: bool) -> torch.Tensor:
+        out = scores.detach().float()
+        batch = out.shape[0]
         if use_queue:
             with torch.autocast(device_type=out.device.type, enabled=False):
                 if self.queue_filled >= self.queue.shape[1]:
                     queue_scores = self.queue[i] @ self.prototypes.weight.detach().float().t()
                     out = torch.cat([queue_scores, out])
                 # newest first, as the reference
-                self.queue[i] = torch.cat(
-                    [z[crop_id * batch : (crop_id + 1) * batch].detach().float(), self.queue[i, :-batch]]
-                )
+                self.queue[i] = torch.cat([z.detach().float(), self.queue[i, :-batch]])
         return sinkhorn_knopp(out, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-batch:]
 
     # -- optimisation hooks read by the training loop --------------------------------------------------------

@@ -97,11 +97,11 @@ def test_bad_images_are_substituted_and_reported(tmp_path):
     bad = {1: b"", 2: jpeg.getvalue()[:200], 5: b"not an image"}
     source = open_source(image_folder(tmp_path, 6, bad))
     dataset = PretrainDataset(source, MultiCropTransform(TINY_AUG), seed=0)
-    crops, index, skipped = dataset[(0, 1)]
+    crops, index, skipped, notes = dataset[(0, 1)]
     assert index == 3 and skipped == [("001.png", "empty"), ("002.png", "truncated")]
     assert len(crops) == 4
-    assert dataset[(0, 5)][1:] == (0, [("005.png", "unreadable")])  # wraps around to index 0
-    assert dataset[0][1:] == (0, [])
+    assert dataset[(0, 5)][1:] == (0, [("005.png", "unreadable")], [])  # wraps around to index 0
+    assert dataset[0][1:] == (0, [], [])
     all_bad = open_source(image_folder(tmp_path / "bad", 3, {0: b"", 1: b"", 2: b"x"}))
     with pytest.raises(DataError, match="3 consecutive images"):
         PretrainDataset(all_bad, MultiCropTransform(TINY_AUG))[0]
@@ -146,11 +146,13 @@ def test_collate_multicrop_shapes():
             [torch.full((3, 16, 16), float(i)), torch.zeros(3, 8, 8), torch.zeros(3, 8, 8)],
             i,
             [("x.jpg", "empty")] * i,
+            ["cmyk"] * (i % 2),
         )
         for i in range(4)
     ]
     batch = collate_multicrop(items)
     assert [tuple(c.shape) for c in batch.crops] == [(4, 3, 16, 16), (4, 3, 8, 8), (4, 3, 8, 8)]
+    assert batch.notes == {"cmyk": 2}
     assert batch.indices.tolist() == [0, 1, 2, 3] and batch.indices.dtype == torch.long
     assert batch.crops[0][:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
     assert len(batch.skipped) == 6

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
+import timm
 import torch
 
 from openseer import dist
 from openseer.config import load_config
 from openseer.methods import METHODS
 from openseer.models.backbone import build_backbone
-from openseer.parallel import grad_norm, prepare_model
+from openseer.parallel import grad_norm, no_gradient_sync, prepare_model
 from openseer.train import _build_optimizer
 from tests.helpers import TINY_OVERRIDES
 
@@ -47,22 +50,41 @@ def _crops() -> list[torch.Tensor]:
     return [torch.randn(STEPS, GLOBAL_BATCH, 3, s, s, generator=g) for s in sizes]
 
 
-def train_steps(rank: int, world: int, extra: tuple[str, ...] = ()) -> dict:
-    """A few LARS steps of tiny SwAV on this rank's slice of a fixed global batch; losses and final params."""
+def train_steps(rank: int, world: int, extra: tuple[str, ...] = (), accumulate: int = 1) -> dict:
+    """A few LARS steps of tiny SwAV on this rank's slice of a fixed global batch; losses and final params.
+
+    With ``accumulate`` > 1 the slice runs as that many micro-batches, as the training loop runs them (joint
+    codes first, then one backward each, the gradient sync with the last).
+    """
     cfg = _cfg(*extra)
     torch.manual_seed(0)
-    method = METHODS["swav"].build(cfg, build_backbone(cfg.model), GLOBAL_BATCH)
+    backbone = build_backbone(cfg.model)
+    if not cfg.swav.head_batch_norm:  # the accumulation checks: batch norm with fixed statistics
+        backbone = timm.layers.freeze_batch_norm_2d(backbone)
+    method = METHODS["swav"].build(cfg, backbone, GLOBAL_BATCH)
     model = prepare_model(method, cfg.parallel, torch.device("cpu"), cfg.train.precision)
     opt = _build_optimizer(cfg, method, method.param_group_prefixes())
     for group in opt.param_groups:
         group["lr"] = 0.1
     b = GLOBAL_BATCH // world
+    m = b // accumulate
     losses = []
     for step in range(STEPS):
         crops = [c[step, rank * b : (rank + 1) * b] for c in _crops()]
         method.before_step()
-        loss = model(crops, epoch=0)
-        loss.backward()
+        if accumulate == 1:
+            loss = model(crops, epoch=0)
+            loss.backward()
+        else:
+            micro = [[c[j * m : (j + 1) * m] for c in crops] for j in range(accumulate)]
+            with torch.no_grad():
+                codes = model(micro, epoch=0)
+            loss = torch.zeros(())
+            for j in range(accumulate):
+                with nullcontext() if j == accumulate - 1 else no_gradient_sync(model):
+                    part = model(micro[j], epoch=0, codes=codes[j]) / accumulate
+                    part.backward()
+                loss = loss + part.detach()
         norm = grad_norm(method.parameters())
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -88,21 +110,37 @@ VARIANTS = {
 }
 
 
+# gradient accumulation: 2 processes x 2 micro-batches of 2 = one process on the batch of 8 (batch norm frozen:
+# its statistics are per micro-batch by design, see docs/distributed.md)
+FROZEN_BN = ("swav.head_batch_norm=false",)
+ACCUMULATION_VARIANTS = {
+    "ddp-accumulate": ("parallel.strategy=ddp", *FROZEN_BN),
+    "fsdp-accumulate": ("parallel.strategy=fsdp", *FROZEN_BN),
+}
+
+
 def run_variants(rank: int, world: int) -> dict:
-    return {name: train_steps(rank, world, extra) for name, extra in VARIANTS.items()}
+    results = {name: train_steps(rank, world, extra) for name, extra in VARIANTS.items()}
+    for name, extra in ACCUMULATION_VARIANTS.items():
+        results[name] = train_steps(rank, world, extra, accumulate=2)
+    return results
 
 
 @pytest.mark.dist
 def test_ddp_and_fsdp_on_two_processes_equal_one_process_on_concatenated_batch(two_process_results):
     single = train_steps(0, 1)
+    single_frozen_bn = train_steps(0, 1, FROZEN_BN)
+    assert single_frozen_bn["losses"][1][0] != pytest.approx(single["losses"][1][0], abs=1e-3)
     for rank, result in enumerate(two_process_results):
+        assert set(result["variants"]) == set(VARIANTS) | set(ACCUMULATION_VARIANTS)
         for name, r in result["variants"].items():
             where = f"{name}, rank {rank}"
-            assert [x[0] for x in r["losses"]] == pytest.approx([x[0] for x in single["losses"]], abs=2e-5), (
+            ref = single_frozen_bn if name in ACCUMULATION_VARIANTS else single
+            assert [x[0] for x in r["losses"]] == pytest.approx([x[0] for x in ref["losses"]], abs=2e-5), (
                 where
             )
-            assert [x[1] for x in r["losses"]] == pytest.approx([x[1] for x in single["losses"]], rel=1e-4), (
+            assert [x[1] for x in r["losses"]] == pytest.approx([x[1] for x in ref["losses"]], rel=1e-4), (
                 where
             )
-            for k, v in single["params"].items():
+            for k, v in ref["params"].items():
                 torch.testing.assert_close(r["params"][k], v, rtol=1e-4, atol=2e-5, msg=f"{where}: {k}")

@@ -45,3 +45,28 @@ def test_monitor_rejects_mismatched_classes(tmp_path):
     test = write_images(tmp_path / "test", 6, size=16, classes=3)
     with pytest.raises(DataError, match="missing from train"):
         KnnMonitor(str(train), str(test), 16, 1.0, (0.5,) * 3, (0.25,) * 3)
+
+
+def test_monitor_settings_come_from_the_config_and_are_saved_with_the_run(tmp_path):
+    import yaml
+
+    from openseer.config import ConfigError, load_config
+    from openseer.train import pretrain
+    from tests.helpers import TINY_OVERRIDES
+
+    labelled = write_images(tmp_path / "labelled", 6, size=16, classes=3)
+    with pytest.raises(ConfigError, match="monitor.train and monitor.test"):
+        load_config("demo", [f"monitor.train={labelled}"])
+    with pytest.raises(ConfigError, match="monitor.every=0 must be positive"):
+        load_config("demo", ["monitor.every=0"])
+    data = write_images(tmp_path / "imgs", 16)
+    cfg = load_config(
+        "demo",
+        [*TINY_OVERRIDES, f"data.path={data}", "train.max_steps=2", f"monitor.train={labelled}",
+         f"monitor.test={labelled}", "monitor.every=2", "monitor.k=3"],
+    )
+    pretrain(cfg, tmp_path / "run")
+    rows = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if line]
+    assert "monitor_knn_top1" in rows[-1] and "monitor_knn_top1" not in rows[0]
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["monitor"]["every"] == 2 and saved["monitor"]["test"] == str(labelled)

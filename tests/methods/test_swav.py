@@ -41,7 +41,8 @@ def test_loss_on_hand_computed_inputs():
             [-0.1, 0.5, 0.6],
         ]
     )  # crop 1
-    loss = model.swapped_prediction_loss(torch.zeros(4, 2), scores, batch=2, epoch=0)
+    codes = model.assign(torch.zeros(4, 2), scores, batch=2, epoch=0)
+    loss = model.swapped_prediction_loss(scores, codes, batch=2)
     s = scores.double()
     expected = 0.0
     for assign, predict in ((0, 1), (1, 0)):
@@ -79,18 +80,18 @@ def test_queue_fills_newest_first_then_is_used():
     z = [torch.nn.functional.normalize(torch.randn(2 * batch, 3), dim=1) for _ in range(4)]
     scores = [model.prototypes(x).detach() for x in z]
     # before the start epoch: no queue at all
-    model.swapped_prediction_loss(z[0], scores[0], batch, epoch=0)
+    model.assign(z[0], scores[0], batch, epoch=0)
     assert model.queue_filled == 0 and model.queue.abs().sum() == 0
     # epoch 1: fills (batch 1 then 2), codes from the batch alone until full
-    model.swapped_prediction_loss(z[1], scores[1], batch, epoch=1)
+    model.assign(z[1], scores[1], batch, epoch=1)
     torch.testing.assert_close(model.queue[0, :batch], z[1][:batch])
-    model.swapped_prediction_loss(z[2], scores[2], batch, epoch=1)
+    model.assign(z[2], scores[2], batch, epoch=1)
     assert model.queue_filled == 8
     torch.testing.assert_close(model.queue[0, :batch], z[2][:batch])
     torch.testing.assert_close(model.queue[0, batch:], z[1][:batch])
     # full: codes come from Sinkhorn over [queue; batch]
     queue_before = model.queue[0].clone()
-    codes = model._codes(z[3], scores[3], 0, 0, batch, use_queue=True)
+    codes = model._codes(0, z[3][:batch], scores[3][:batch], use_queue=True)
     joint = torch.cat([queue_before @ model.prototypes.weight.t(), scores[3][:batch]])
     torch.testing.assert_close(codes, sinkhorn_knopp(joint, cfg.epsilon, cfg.sinkhorn_iterations)[-batch:])
     # queue travels in the state dict
