@@ -9,6 +9,7 @@
     openseer presets
     openseer info PRESET [--world-size N --precision bf16 --checkpointing --fsdp] [key=value ...]
     openseer shard --data IMAGES --out DIR [--max-size 1GB --max-count N --resize-longer 512]
+    openseer launch [--nproc-per-node N | --slurm --nodes N --gpus-per-node G [--submit]] pretrain ...
 
 User errors (bad config, missing data, unusable checkpoint) print one ``openseer: error: ...`` line and exit 2.
 """
@@ -106,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-steps", type=int, default=0, help="shorten the demo (0: the preset's length)")
 
     sub.add_parser("presets", help="list the built-in presets")
+    from openseer.launch import add_parser as add_launch_parser
+
+    add_launch_parser(sub)
     info = sub.add_parser(
         "info", help="parameters, FLOPs per image and memory per process of a preset (no weights allocated)"
     )
@@ -243,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--world-size {args.world_size} must be >= 1")
             print(info_main(args.preset, overrides, args.world_size))
             return 0
+        if args.command == "launch":
+            from openseer.launch import run as run_launch
+
+            return run_launch(args)
         if args.command == "presets":
             for name, text in list_presets().items():
                 print(f"{name:<24} {text}")

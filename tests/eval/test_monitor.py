@@ -62,8 +62,15 @@ def test_monitor_settings_come_from_the_config_and_are_saved_with_the_run(tmp_pa
     data = write_images(tmp_path / "imgs", 16)
     cfg = load_config(
         "demo",
-        [*TINY_OVERRIDES, f"data.path={data}", "train.max_steps=2", f"monitor.train={labelled}",
-         f"monitor.test={labelled}", "monitor.every=2", "monitor.k=3"],
+        [
+            *TINY_OVERRIDES,
+            f"data.path={data}",
+            "train.max_steps=2",
+            f"monitor.train={labelled}",
+            f"monitor.test={labelled}",
+            "monitor.every=2",
+            "monitor.k=3",
+        ],
     )
     pretrain(cfg, tmp_path / "run")
     rows = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if line]
