@@ -8,6 +8,7 @@ GPUs and gloo on CPU. See docs/distributed.md for the sbatch recipe.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -42,12 +43,25 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _gather_objects(obj: Any) -> list[Any]:
+    if world_size() == 1:
+        return [obj]
+    parts: list[Any] = [None] * world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+def merge_dicts(d: dict[str, Any]) -> dict[str, Any]:
+    """The union of every process's dict (collective); on a shared key the lowest rank wins."""
+    merged: dict[str, Any] = {}
+    for part in reversed(_gather_objects(dict(d))):
+        merged.update(part)
+    return dict(sorted(merged.items()))
+
+
 def sum_counts(counts: dict[str, int]) -> dict[str, int]:
     """Per-key sums of every process's counters (collective), sorted by key."""
-    parts = [counts]
-    if world_size() > 1:
-        parts = [{} for _ in range(world_size())]
-        dist.all_gather_object(parts, dict(counts))
+    parts = _gather_objects(dict(counts))
     total: dict[str, int] = {}
     for part in parts:
         for key, n in part.items():

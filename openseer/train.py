@@ -304,8 +304,9 @@ def pretrain(
         has_queue = hasattr(method, "global_queue_state")
         queue = method.global_queue_state(cfg.train.batch_size * accumulate) if has_queue else None
         counts = dist.sum_counts(converted)
+        skipped_everywhere = dist.merge_dicts(skipped)
         if sharded:
-            meta = {**_checkpoint_meta(), "queue": queue, "input_counts": counts}
+            meta = {**_checkpoint_meta(skipped_everywhere), "queue": queue, "input_counts": counts}
             save_sharded_checkpoint(ckpt_dir, f"step_{step:08d}", method, optimizer, meta)
             if is_main:  # the newest (LATEST) plus keep_checkpoints older ones
                 old = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
@@ -317,13 +318,13 @@ def pretrain(
         ckpt = {
             "model": method.state_dict(),
             "optimizer": optimizer.state_dict(),
-            **_checkpoint_meta(),
+            **_checkpoint_meta(skipped_everywhere),
             "queue": queue,
             "input_counts": counts,
         }
         _save_full(ckpt, step_file)
 
-    def _checkpoint_meta() -> dict[str, Any]:
+    def _checkpoint_meta(skipped_everywhere: dict[str, str]) -> dict[str, Any]:
         return {
             "world_size": dist.world_size(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
@@ -331,7 +332,7 @@ def pretrain(
             "rng": _rng_state(),
             "config": to_dict(cfg),
             "backbone_spec": backbone_spec(cfg.model),
-            "skipped": skipped,
+            "skipped": skipped_everywhere,
             "nonfinite_steps": nonfinite_total,
             "data": sampler.state() if hasattr(sampler, "state") else None,  # stream position and layout
             "format": 2 if sharded else 1,
@@ -489,6 +490,8 @@ def pretrain(
     if status == "completed" and step < derived.total_steps:
         status = "interrupted"
 
+    # what every process skipped and converted (collectives)
+    skipped = dist.merge_dicts(skipped)
     summary = _summary(cfg, derived, method, step, losses, skipped, nonfinite_total, status, started)
     summary["converted_by_kind"] = dist.sum_counts(converted)  # collective
     # a consolidated backbone (gathered from the shards with FSDP: every process takes part)

@@ -66,8 +66,14 @@ def test_launch_errors_are_one_line(argv, message, capsys):
 
 
 @pytest.mark.dist
-def test_local_launch_runs_two_gloo_processes(tmp_path):
-    data = write_images(tmp_path / "imgs", 32)
+def test_local_launch_runs_two_gloo_processes_and_reports_what_every_process_skipped(tmp_path):
+    from PIL import Image
+
+    data = write_images(tmp_path / "imgs", 4)
+    bad = {"a.jpg", "b.png", "c.jpg", "d.png"}
+    for name in bad:  # half the images are unreadable: both processes meet some
+        (data / name).write_bytes(b"not an image")
+    Image.new("CMYK", (24, 24), (10, 200, 30, 0)).save(data / "cmyk.jpg")
     run = tmp_path / "run"
     code = main(
         [
@@ -90,4 +96,6 @@ def test_local_launch_runs_two_gloo_processes(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 2
     assert summary["global_batch"] == 8  # 2 processes x 4
+    assert set(summary["skipped"]) == bad and summary["skipped_by_reason"] == {"unreadable": 4}
+    assert summary["converted_by_kind"]["cmyk"] >= 2  # drawn once per epoch (2 epochs of 9 images)
     assert (run / "backbone.safetensors").is_file()
