@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,21 @@ from openseer.models.backbone import build_backbone
 from openseer.train import pretrain
 from tests.helpers import TINY_OVERRIDES, write_images
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+def _cifar_dir() -> Path:
+    """$OPENSEER_CIFAR10, else ../shared/data/cifar10 beside the checkout, else the workplace's /work/shared."""
+    candidates = [
+        os.environ.get("OPENSEER_CIFAR10", ""),
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10",
+        "/work/shared/data/cifar10",
+    ]
+    for c in candidates:
+        if c and (Path(c) / "cifar10-train.tar").is_file():
+            return Path(c)
+    return Path(candidates[1])
+
+
+CIFAR = _cifar_dir()
 
 
 def test_loss_falls_clearly_below_uniform_on_structured_images(tmp_path):
