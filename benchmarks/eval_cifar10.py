@@ -80,7 +80,7 @@ def main() -> int:
     from openseer.checkpoint import export_backbone, load_backbone
     from openseer.eval.cache import cached_features, check_pair
     from openseer.models.backbone import create_backbone_from_spec
-    from openseer.train import load_run_config
+    from openseer.run_state import load_run_config
 
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     run_dir = Path(args.run_dir)

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -27,93 +25,37 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from openseer import dist
 from openseer.checkpoint import (
     atomic_write,
     export_backbone_state,
     full_backbone_state,
-    latest_sharded_checkpoint,
-    load_checkpoint,
     load_sharded_checkpoint,
-    load_sharded_meta,
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from openseer.config import Config, ConfigError, Derived, config_from_dict, derive, dump_yaml, to_dict
+from openseer.config import Config, ConfigError, derive, dump_yaml, to_dict
 from openseer.methods import METHODS
 from openseer.models.backbone import backbone_spec, build_backbone
 from openseer.ops import LARS, cosine_schedule, param_groups
 from openseer.parallel import clip_grads, grad_norm, no_gradient_sync, prepare_model
+from openseer.run_state import (
+    ForcedStop,
+    StopFlag,
+    find_resume_state,
+    resume_blockers,
+    rng_state,
+    run_summary,
+    set_rng_state,
+    truncate_metrics,
+)
 
 log = logging.getLogger("openseer")
-
-# Settings that may change between an interrupted run and its resumption; anything else must match.
-RESUMABLE_CHANGES = {
-    "train.max_steps",
-    "train.epochs",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.max_nonfinite_steps",
-    "data.num_workers",
-    "data.path",
-    "train.device",
-    "monitor.train",
-    "monitor.test",
-    "monitor.every",
-    "monitor.k",
-    "monitor.max_train",
-    "monitor.max_test",
-}
 
 
 class TrainingError(RuntimeError):
     """Training cannot continue (e.g. repeated non-finite losses); reported as one line."""
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
-def _resume_blockers(state: dict[str, Any], cfg: Config) -> list[str]:
-    """Config changes that forbid resuming ``state``. How the run is executed (parallel.*) may change, and so
-    may the split of the global batch into processes x micro-batches, as long as the global batch is the same.
-    """
-    old = state["config"]
-    diff = [k for k in config_differences(old, to_dict(cfg)) if k not in RESUMABLE_CHANGES]
-    diff = [k for k in diff if not k.startswith("parallel.")]
-    old_train = old.get("train", {})
-    old_global = old_train.get("batch_size", 0) * state.get("world_size", 1)
-    old_global *= old_train.get("accumulate_steps", 1)
-    new_global = cfg.train.batch_size * dist.world_size() * cfg.train.accumulate_steps
-    if old_global == new_global:
-        diff = [k for k in diff if k not in ("train.batch_size", "train.accumulate_steps")]
-    elif "train.batch_size" not in diff:
-        diff.append(f"global batch {old_global} -> {new_global}")
-    return diff
-
-
-def _find_resume_state(ckpt_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
-    """The newest checkpoint of a run dir: (its state or meta, the sharded directory or None)."""
-    full = load_checkpoint(ckpt_dir / "last.pt") if (ckpt_dir / "last.pt").is_file() else None
-    sharded_dir = latest_sharded_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
-    sharded = load_sharded_meta(sharded_dir) if sharded_dir is not None else None
-    if sharded is not None and (full is None or sharded["step"] >= full["step"]):
-        return sharded, sharded_dir
-    return full, None
 
 
 def _build_optimizer(cfg: Config, model: torch.nn.Module, prefixes: dict[str, str]) -> torch.optim.Optimizer:
@@ -123,66 +65,6 @@ def _build_optimizer(cfg: Config, model: torch.nn.Module, prefixes: dict[str, st
             groups, lr=0.0, momentum=cfg.optim.momentum, trust_coefficient=cfg.optim.trust_coefficient
         )
     return torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum)
-
-
-class _ForcedStop(KeyboardInterrupt):
-    pass
-
-
-class _StopFlag:
-    """Turns SIGTERM/SIGINT into a checkpoint at the next step boundary (installed in the main thread only)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        if sys.platform != "win32" and _is_main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # second signal: give up immediately, without a checkpoint
-            raise _ForcedStop
-        log.warning("signal %s: writing a checkpoint at the end of this step, then stopping", signum)
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-def _is_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metrics lines written after the checkpoint we resume from (they will be written again)."""
-    if not path.is_file():
-        return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= last_step
-    ]
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
 
 
 def pretrain(
@@ -208,9 +90,9 @@ def pretrain(
     is_main = dist.is_main()
 
     # ---- resume bookkeeping: the saved config wins over nothing; differences must be harmless --------------
-    state, sharded_dir = _find_resume_state(ckpt_dir) if resume else (None, None)
+    state, sharded_dir = find_resume_state(ckpt_dir) if resume else (None, None)
     if state is not None:
-        diff = _resume_blockers(state, cfg)
+        diff = resume_blockers(state, cfg)
         if diff:
             raise ConfigError(
                 f"{out} holds a run with a different config ({', '.join(diff[:6])}); use another "
@@ -274,7 +156,7 @@ def pretrain(
             method.load_global_queue_state(state["queue"], cfg.train.batch_size * accumulate)
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         step, skipped = state["step"], dict(state.get("skipped", {}))
         if is_main:  # the checkpoint holds the sum over processes
             converted = dict(state.get("input_counts", {}))
@@ -288,7 +170,7 @@ def pretrain(
         atomic_write(
             out / "derived.json", lambda tmp: Path(tmp).write_text(json.dumps(asdict(derived), indent=2))
         )
-        _truncate_metrics(out / "metrics.jsonl", step)
+        truncate_metrics(out / "metrics.jsonl", step)
         log.info(
             "%d images, %d steps/epoch x %d epochs = %d steps, global batch %d, peak lr %.4g",
             num_images,
@@ -329,7 +211,7 @@ def pretrain(
             "world_size": dist.world_size(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "step": step,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "config": to_dict(cfg),
             "backbone_spec": backbone_spec(cfg.model),
             "skipped": skipped_everywhere,
@@ -369,7 +251,7 @@ def pretrain(
     losses: list[float] = []
     status = "completed"
     try:
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             while step < derived.total_steps and not stop.requested:
                 epoch, in_epoch = divmod(step, derived.steps_per_epoch)
                 sampler.set_epoch(epoch, in_epoch * accumulate)  # the sampler counts micro-batches
@@ -478,7 +360,7 @@ def pretrain(
                         checkpoint(step_file=step % cfg.train.checkpoint_every == 0)
                     if last or end_of_epoch or stop.requested:
                         break
-    except _ForcedStop:
+    except ForcedStop:
         status = "interrupted"  # a second signal mid-step: the state may be half-updated, keep last.pt
     except KeyboardInterrupt:  # raised between steps (e.g. by on_step): the state is consistent
         checkpoint(step_file=False)
@@ -492,7 +374,7 @@ def pretrain(
 
     # what every process skipped and converted (collectives)
     skipped = dist.merge_dicts(skipped)
-    summary = _summary(cfg, derived, method, step, losses, skipped, nonfinite_total, status, started)
+    summary = run_summary(cfg, derived, method, step, losses, skipped, nonfinite_total, status, started)
     summary["converted_by_kind"] = dist.sum_counts(converted)  # collective
     # a consolidated backbone (gathered from the shards with FSDP: every process takes part)
     backbone_state = full_backbone_state(method) if status == "completed" else None
@@ -501,44 +383,3 @@ def pretrain(
             export_backbone_state(out, backbone_state, backbone_spec(cfg.model))
         atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     return summary
-
-
-def _summary(
-    cfg: Config,
-    derived: Derived,
-    method: Any,
-    step: int,
-    losses: list[float],
-    skipped: dict[str, str],
-    nonfinite: int,
-    status: str,
-    started: float,
-) -> dict[str, Any]:
-    tail = [x for x in losses[-max(1, len(losses) // 10) :] if math.isfinite(x)]
-    reasons: dict[str, int] = {}
-    for reason in skipped.values():
-        reasons[reason] = reasons.get(reason, 0) + 1
-    return {
-        "status": status,
-        "steps": step,
-        "total_steps": derived.total_steps,
-        "epochs": derived.epochs,
-        "global_batch": derived.global_batch,
-        "final_loss": tail[-1] if tail else None,
-        "final_loss_mean": sum(tail) / len(tail) if tail else None,
-        "uniform_loss": method.uniform_loss(),
-        "nonfinite_steps": nonfinite,
-        "skipped_images": len(skipped),
-        "skipped_by_reason": reasons,
-        "skipped": skipped,
-        "seconds": time.time() - started,
-        "backbone": cfg.model.backbone if not cfg.model.regnet_depth else "regnet",
-    }
-
-
-def load_run_config(run_dir: str | Path) -> Config:
-    """The resolved config of a run directory."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} has no config.yaml (is it an openseer run directory?)")
-    return config_from_dict(yaml.safe_load(path.read_text()) or {})

@@ -223,7 +223,7 @@ def write_report(
     from openseer.checkpoint import load_backbone
     from openseer.data import eval_transform
     from openseer.eval.run import eval_settings
-    from openseer.train import load_run_config
+    from openseer.run_state import load_run_config
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
