@@ -1,4 +1,4 @@
-"""The evaluation subcommands of ``openseer`` (``embed``, ``eval knn|linear|lowshot|finetune``, ``report``)
+"""The evaluation subcommands of ``openseer`` (``embed``, ``eval knn|linear|lowshot|finetune|all``, ``report``)
 and the ``--monitor-*`` options of ``pretrain``; `openseer.cli` registers and dispatches them here.
 
 Frozen evaluations take either a checkpoint with labelled ``--train``/``--test`` data (features are read
@@ -114,6 +114,30 @@ def add_parsers(sub, evs, knn: argparse.ArgumentParser, pretrain: argparse.Argum
     ft.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
     ft.add_argument("--out", help="also write the result JSON to this file")
 
+    al = evs.add_parser(
+        "all", help="kNN, linear, low-shot (and fine-tune) of a backbone and of its random-init floor, one table"
+    )
+    al.add_argument("--checkpoint", required=True, help="run dir, backbone.safetensors or a .pt checkpoint")
+    al.add_argument("--train", required=True, help="labelled train images: <class>/<image> folder or a tar")
+    al.add_argument("--test", required=True, help="labelled test images: <class>/<image> folder or a tar")
+    al.add_argument("--out-dir", help="folder for the JSONs, summary.md and summary.json [RUN_DIR/eval]")
+    al.add_argument("--k", default="10,20,200", help="kNN k values [10,20,200]")
+    al.add_argument("--fractions", default="0.01,0.1", help="low-shot label fractions [0.01,0.1]")
+    al.add_argument("--seeds", type=int, default=3, help="seeded subsets per fraction [3]")
+    al.add_argument(
+        "--finetune",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="also fine-tune on this label fraction, e.g. 0.1 [0: skip, the slow one]",
+    )
+    al.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs [10]")
+    al.add_argument("--no-baseline", action="store_true", help="skip the random-init floor")
+    al.add_argument("--image-size", type=int, default=0, help="image side [0: the run's eval size]")
+    al.add_argument("--crop-pct", type=float, default=0.0, help="centre-crop fraction [0: the run's]")
+    al.add_argument("--num-workers", type=int, default=-1, help="DataLoader workers [-1: from the cores]")
+    al.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
+
     rep = sub.add_parser("report", help="report.html + PNGs of a run: curves, neighbours, prototypes, evals")
     rep.add_argument("run_dir", help="an openseer run directory")
     rep.add_argument("--data", help="images for the neighbour/prototype grids [the run's data.path]")
@@ -152,9 +176,7 @@ def _load_pair(args: argparse.Namespace):
         test, _, test_meta = load_features(args.test_features)
     else:
         if not (args.checkpoint and args.train and args.test):
-            raise ConfigError(
-                "give --checkpoint, --train and --test, or --train-features and --test-features"
-            )
+            raise ConfigError("give --checkpoint, --train and --test, or --train-features and --test-features")
         from openseer.checkpoint import load_backbone
 
         backbone, config = load_backbone(args.checkpoint)
@@ -236,6 +258,28 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {path}")
         return 0
+    if args.eval_command == "all":
+        from openseer.eval.suite import run_suite
+
+        summary = run_suite(
+            args.checkpoint,
+            args.train,
+            args.test,
+            out_dir=args.out_dir,
+            ks=_ints(args.k, "--k"),
+            fractions=_floats(args.fractions, "--fractions"),
+            seeds=args.seeds,
+            baseline=not args.no_baseline,
+            finetune_fraction=args.finetune,
+            finetune_epochs=args.finetune_epochs,
+            image_size=args.image_size,
+            crop_pct=args.crop_pct,
+            num_workers=args.num_workers,
+            device=args.device,
+        )
+        print(summary["table"])
+        print(f"results in {summary['out_dir']} (summary.md, summary.json, one JSON per evaluation)")
+        return 0
     if args.eval_command == "finetune":
         from openseer.checkpoint import load_backbone
         from openseer.eval.finetune import finetune
@@ -296,9 +340,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from openseer.eval.lowshot import run_lowshot
 
-        subsets_out = args.subsets_out or (
-            str(Path(args.out).with_suffix(".subsets.json")) if args.out else None
-        )
+        subsets_out = args.subsets_out or (str(Path(args.out).with_suffix(".subsets.json")) if args.out else None)
         result = run_lowshot(
             train,
             test,
@@ -311,14 +353,9 @@ def _run(args: argparse.Namespace) -> int:
             subsets_out=subsets_out,
         )
         for fraction, r in result["results"].items():
-            knn = ", ".join(
-                f"k={k} {100 * v['mean']:.2f}±{100 * v['std']:.2f}" for k, v in r["knn_top1"].items()
-            )
+            knn = ", ".join(f"k={k} {100 * v['mean']:.2f}±{100 * v['std']:.2f}" for k, v in r["knn_top1"].items())
             lin = r["linear_top1"]
-            print(
-                f"{float(fraction):.0%} labels: linear {100 * lin['mean']:.2f}±{100 * lin['std']:.2f}; "
-                f"kNN {knn}"
-            )
+            print(f"{float(fraction):.0%} labels: linear {100 * lin['mean']:.2f}±{100 * lin['std']:.2f}; kNN {knn}")
     result.update(meta)
     _write(result, args.out)
     return 0
