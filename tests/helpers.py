@@ -40,3 +40,17 @@ TINY_OVERRIDES = [
     "model.channels_last=false",
     "data.num_workers=0",
 ]
+
+
+def tiny_run_with_labels(root: Path, *pretrain_args: str, train_images: int = 24) -> tuple[Path, Path, Path]:
+    """A 3-class labelled train/test pair and a tiny `demo` run pretrained on unlabelled images (3 steps):
+    (run_dir, train, test). Extra ``pretrain_args`` go on the pretrain command line."""
+    from openseer.cli import main
+
+    unlabelled = write_images(root / "unlabelled", 16, size=24)
+    train = write_images(root / "train", train_images, size=16, classes=3)
+    test = write_images(root / "test", 9, size=16, classes=3, seed=1)
+    run_dir = root / "run"
+    argv = ["pretrain", "demo", *TINY_OVERRIDES, "--data", str(unlabelled), "--out", str(run_dir), "--max-steps", "3"]
+    assert main([*argv, *pretrain_args]) == 0
+    return run_dir, train, test

@@ -7,21 +7,14 @@ import torch
 
 from openseer.checkpoint import load_backbone
 from openseer.cli import main
-from tests.helpers import TINY_OVERRIDES, write_images
+from tests.helpers import tiny_run_with_labels
 
 COMMON = ["--image-size", "16", "--crop-pct", "1.0", "--num-workers", "0"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("suite")
-    unlabelled = write_images(root / "unlabelled", 16, size=24)
-    train = write_images(root / "train", 30, size=16, classes=3)
-    test = write_images(root / "test", 9, size=16, classes=3, seed=1)
-    run_dir = root / "run"
-    argv = ["pretrain", "demo", *TINY_OVERRIDES, "--data", str(unlabelled), "--out", str(run_dir), "--max-steps", "2"]
-    assert main(argv) == 0
-    return run_dir, train, test
+    return tiny_run_with_labels(tmp_path_factory.mktemp("suite"), train_images=30)
 
 
 def test_eval_all_writes_every_result_for_both_backbones(run, capsys):

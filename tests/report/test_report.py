@@ -6,7 +6,7 @@ import pytest
 
 from openseer.cli import main
 from openseer.report import eval_rows
-from tests.helpers import TINY_OVERRIDES, write_images
+from tests.helpers import tiny_run_with_labels
 
 pytest.importorskip("matplotlib")
 
@@ -16,23 +16,8 @@ COMMON = ["--image-size", "16", "--crop-pct", "1.0", "--num-workers", "0"]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    unlabelled = write_images(root / "unlabelled", 16, size=24)
-    train = write_images(root / "train", 24, size=16, classes=3)
-    test = write_images(root / "test", 9, size=16, classes=3, seed=1)
-    run_dir = root / "run"
-    argv = ["pretrain", "demo", *TINY_OVERRIDES, "--data", str(unlabelled), "--out", str(run_dir)]
-    argv += [
-        "--max-steps",
-        "3",
-        "--monitor-train",
-        str(train),
-        "--monitor-test",
-        str(test),
-        "--monitor-every",
-        "2",
-    ]
-    assert main(argv) == 0
-    return run_dir, train, test
+    monitor = ["--monitor-train", str(root / "train"), "--monitor-test", str(root / "test"), "--monitor-every", "2"]
+    return tiny_run_with_labels(root, *monitor)
 
 
 def test_monitor_rows_in_metrics(run):
