@@ -126,15 +126,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the pretrained backbone from a run dir, ``backbone.safetensors`` or a training checkpoint.
-
-    Returns the backbone (eval mode, CPU) and the run's config dict (empty if unknown).
-    """
-    from openseer.models.backbone import create_backbone_from_spec
-
-    path = resolve_checkpoint(path)
+def _read_backbone(path: Path, with_weights: bool) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(spec, config, weights) of a resolved backbone file; weights only when asked for."""
     config: dict[str, Any] = {}
+    weights: dict[str, Any] = {}
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -143,10 +138,11 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         if not spec_path.is_file():
             raise CheckpointError(f"{path} has no {BACKBONE_SPEC} beside it saying which backbone it is")
         spec = json.loads(spec_path.read_text())
-        try:
-            weights = load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"cannot read {path}: {e}") from None
+        if with_weights:
+            try:
+                weights = load_file(str(path))
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"cannot read {path}: {e}") from None
         cfg_path = path.with_name("config.yaml")
         if cfg_path.is_file():
             import yaml
@@ -158,7 +154,27 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         spec = state.get("backbone_spec")
         if not isinstance(spec, dict):
             raise CheckpointError(f"{path} does not say which backbone it holds (no backbone_spec)")
-        weights = _backbone_state_from_training(state)
+        if with_weights:
+            weights = _backbone_state_from_training(state)
+    return spec, config, weights
+
+
+def read_backbone_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The timm spec of the backbone a run dir, ``backbone.safetensors`` or checkpoint holds, and the run's
+    config dict (empty if unknown), without building the backbone."""
+    spec, config, _ = _read_backbone(resolve_checkpoint(path), with_weights=False)
+    return spec, config
+
+
+def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the pretrained backbone from a run dir, ``backbone.safetensors`` or a training checkpoint.
+
+    Returns the backbone (eval mode, CPU) and the run's config dict (empty if unknown).
+    """
+    from openseer.models.backbone import create_backbone_from_spec
+
+    path = resolve_checkpoint(path)
+    spec, config, weights = _read_backbone(path, with_weights=True)
     backbone = create_backbone_from_spec(spec)
     try:
         missing, unexpected = backbone.load_state_dict(weights, strict=False)

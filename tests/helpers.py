@@ -1,11 +1,31 @@
-"""Small shared fixtures for tests: synthetic image folders."""
+"""Small shared fixtures for tests: synthetic image folders, PNG bytes and tars."""
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+
+def png_bytes(seed: int, size: int) -> bytes:
+    """A seeded random ``size`` x ``size`` RGB PNG, encoded."""
+    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A plain tar of regular files ``(name, bytes)``, in order."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
 
 
 def write_images(root: Path, n: int, size: int = 24, classes: int = 0, seed: int = 0) -> Path:

@@ -12,7 +12,6 @@ into the output folder (``pretrained_*.json``, ``random_*.json``, low-shot subse
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any
 
 import torch
 
-from openseer.checkpoint import atomic_write, export_backbone, load_backbone, resolve_checkpoint
+from openseer.checkpoint import atomic_write, export_backbone, load_backbone, read_backbone_spec
+from openseer.config import config_from_dict, dump_yaml
 
 
 def default_out_dir(checkpoint: str | Path) -> Path:
@@ -34,31 +34,18 @@ def random_init_backbone(checkpoint: str | Path, out_dir: Path) -> Path:
     ``out_dir/random_init`` with the run's config beside it (so every command evaluates it the same way)."""
     from openseer.models.backbone import create_backbone_from_spec
 
-    path = resolve_checkpoint(checkpoint)
+    spec, config = read_backbone_spec(checkpoint)
     target = out_dir / "random_init"
     target.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        spec = json.loads(path.with_name("backbone.json").read_text())
-        config_file = path.with_name("config.yaml")
-    else:
-        from openseer.checkpoint import load_checkpoint
-
-        state = load_checkpoint(path)
-        spec = state["backbone_spec"]
-        config_file = None
-        if state.get("config"):
-            from openseer.config import config_from_dict, dump_yaml
-
-            text = dump_yaml(config_from_dict(state["config"]))
-            atomic_write(target / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+    if config:
+        text = dump_yaml(config_from_dict(config))
+        atomic_write(target / "config.yaml", lambda tmp: Path(tmp).write_text(text))
     spec_file = target / "backbone.json"
     fresh = (target / "backbone.safetensors").is_file() and spec_file.is_file()
     if not fresh or json.loads(spec_file.read_text()) != spec:  # absent, or left by another architecture
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             export_backbone(target, create_backbone_from_spec(spec), spec)
-    if config_file is not None and config_file.is_file():
-        shutil.copyfile(config_file, target / "config.yaml")
     return target
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -24,15 +23,13 @@ from openseer.data.loader import (
 )
 from openseer.data.sources import open_source
 from openseer.data.transforms import MultiCropTransform, eval_transform
+from tests.helpers import png_bytes
 
 TINY_AUG = AugConfig(global_crops=2, global_size=16, local_crops=2, local_size=8)
 
 
 def png(seed: int, size: int = 20) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
+    return png_bytes(seed, size)
 
 
 def image_folder(root: Path, n: int, bad: dict[int, bytes] | None = None, classes: int = 0) -> Path:

@@ -7,7 +7,6 @@ import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -24,13 +23,11 @@ from openseer.data.shards import (
     verify_shards,
 )
 from openseer.data.sources import open_source
+from tests.helpers import png_bytes, write_tar
 
 
 def png(seed: int, size: int = 12) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
+    return png_bytes(seed, size)
 
 
 def labelled_folder(root: Path, n: int = 12, classes: int = 3) -> Path:
@@ -39,15 +36,6 @@ def labelled_folder(root: Path, n: int = 12, classes: int = 3) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{i:03d}.png").write_bytes(png(i))
     return root
-
-
-def make_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 # ---- the packing tool ------------------------------------------------------------------------------------
@@ -111,7 +99,7 @@ def test_shard_command(tmp_path, capsys):
 
 def test_brace_glob_list_and_folder_specs(tmp_path):
     for i in range(4):
-        make_tar(tmp_path / f"train-{i:06d}.tar", [(f"k{i}.png", png(i))])
+        write_tar(tmp_path / f"train-{i:06d}.tar", [(f"k{i}.png", png(i))])
     names = [str(tmp_path / f"train-{i:06d}.tar") for i in range(4)]
     assert expand_shards(f"{tmp_path}/train-{{000000..000003}}.tar") == names
     assert expand_shards(f"{tmp_path}/train-{{000001,000003}}.tar") == [names[1], names[3]]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -18,32 +17,20 @@ from openseer.data.shards import ShardSet
 from openseer.data.stream import ShardStream, emission_order
 from openseer.data.transforms import MultiCropTransform
 from openseer.train import pretrain
-from tests.helpers import TINY_OVERRIDES
+from tests.helpers import TINY_OVERRIDES, png_bytes, write_tar
 
 TINY_AUG = AugConfig(global_crops=1, global_size=8, local_crops=1, local_size=4, blur_prob=0.0)
 
 
 def png(seed: int, size: int = 10) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def write_shard(path: Path, samples: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in samples:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+    return png_bytes(seed, size)
 
 
 def shard_set(root: Path, counts: list[int]) -> ShardSet:
     root.mkdir(parents=True, exist_ok=True)
     n = 0
     for s, count in enumerate(counts):
-        write_shard(root / f"s-{s:03d}.tar", [(f"{n + j:05d}.png", png(n + j)) for j in range(count)])
+        write_tar(root / f"s-{s:03d}.tar", [(f"{n + j:05d}.png", png(n + j)) for j in range(count)])
         n += count
     return ShardSet(f"{root}/s-*.tar")
 
@@ -130,8 +117,8 @@ def _bad_corpus(tmp_path: Path) -> list[tuple[str, bytes]]:
 
 def test_bad_input_is_replaced_and_counted_per_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 120 x 120 is then a decompression bomb
-    write_shard(tmp_path / "s-000.tar", _bad_corpus(tmp_path))
-    raw = write_shard(tmp_path / "s-001.tar", [(f"m{i}.png", png(10 + i)) for i in range(4)]).read_bytes()
+    write_tar(tmp_path / "s-000.tar", _bad_corpus(tmp_path))
+    raw = write_tar(tmp_path / "s-001.tar", [(f"m{i}.png", png(10 + i)) for i in range(4)]).read_bytes()
     manifest = {"shards": [{"name": "s-000.tar", "count": 12}, {"name": "s-001.tar", "count": 4}]}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "s-001.tar").write_bytes(raw[:1500])  # cut short after the first member
