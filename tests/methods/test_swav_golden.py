@@ -14,9 +14,10 @@ The reference here is re-written in plain torch from the text of ``main_swav.py`
   ``LARC(trust_coefficient=0.001, clip=False)``, with the prototypes' gradients set to None for the first
   ``freeze_prototypes_niters`` iterations.
 
-openseer runs the faithful preset ``swav-224`` (shrunk to a tiny RegNet and 32/16 px crops, fp32) through
-``openseer.methods.swav``, the loop's optimizer builder and ``openseer.ops.schedules``. Both start from the same
-weights and see the same crops; the losses, the codes and every parameter and buffer must agree after 3 steps.
+openseer runs the faithful preset ``swav-224`` (``optim.exclude_bias_and_norm: false``, every BN weight 1,
+batch norm synchronised; shrunk to a tiny RegNet and 32/16 px crops, fp32) through the training loop's own
+``build_trainer`` and ``train_step``. Both start from the same weights and see the same crops; the losses, the
+codes and every parameter and buffer must agree after 3 steps.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ import torch.nn.functional as F
 import openseer.methods.swav as swav_module
 from openseer.config import derive, load_config
 from openseer.methods import METHODS
+from openseer.methods.base import RunInfo
 from openseer.models.backbone import build_backbone
 from openseer.ops.schedules import cosine_schedule
 from openseer.ops.sinkhorn import sinkhorn_knopp
-from openseer.train import _build_optimizer
+from openseer.train import build_trainer, train_step
 
 STEPS = 3
 BATCH = 8
@@ -211,20 +213,13 @@ class MainSwAV:
 
 
 class OpenseerSwAV:
-    """The loop's step on one process in fp32: lr from the schedule arrays, before_step, forward, backward, step."""
+    """The training loop's own step (``openseer.train.train_step``) on the trainer ``build_trainer`` makes."""
 
-    def __init__(self, model, cfg, derived):
-        self.model, self.derived = model, derived
-        self.optimizer = _build_optimizer(cfg, model, model.param_group_prefixes())
-        self.lr = cosine_schedule(
-            derived.peak_lr, derived.final_lr, derived.total_steps, derived.warmup_steps, cfg.optim.warmup_start_lr
-        )
-        self.multipliers = model.lr_multipliers(derived.total_steps)
+    def __init__(self, method, cfg, derived):
+        self.derived = derived
+        self.trainer = build_trainer(cfg, method, derived, torch.device("cpu"))
 
     def step(self, step: int, crops: list[torch.Tensor], monkeypatch) -> tuple[float, list[torch.Tensor]]:
-        for group in self.optimizer.param_groups:
-            mult = self.multipliers.get(group["name"])
-            group["lr"] = float(self.lr[step]) * (float(mult[step]) if mult is not None else 1.0)
         codes: list[torch.Tensor] = []
 
         def recording_sinkhorn(*args, **kwargs):
@@ -233,12 +228,9 @@ class OpenseerSwAV:
             return q
 
         monkeypatch.setattr(swav_module, "sinkhorn_knopp", recording_sinkhorn)
-        self.model.before_step()
-        loss = self.model(crops, epoch=step // self.derived.steps_per_epoch)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach()), codes
+        result = train_step(self.trainer, [crops], step, step // self.derived.steps_per_epoch)
+        assert result.finite
+        return result.loss, codes
 
 
 def _faithful_cfg(extra: list[str]):
@@ -253,11 +245,11 @@ def _crops(cfg, step: int) -> list[torch.Tensor]:
 
 
 def _run_both(cfg, monkeypatch):
+    derived = derive(cfg, dataset_size=STEPS_PER_EPOCH * BATCH)
     torch.manual_seed(0)
-    model = METHODS["swav"].build(cfg, build_backbone(cfg.model), BATCH)
+    model = METHODS["swav"].build(cfg, build_backbone(cfg.model), RunInfo.of(cfg, derived))
     reference = copy.deepcopy(model)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
-    derived = derive(cfg, dataset_size=STEPS_PER_EPOCH * BATCH)
     assert derived.steps_per_epoch == STEPS_PER_EPOCH and derived.warmup_steps == 0
     lr = main_swav_lr_schedule(
         derived.peak_lr, derived.final_lr, 0.0, int(cfg.optim.warmup_epochs), cfg.train.epochs, STEPS_PER_EPOCH
