@@ -85,9 +85,10 @@ class AugConfig:
     local_scale: tuple[float, float] = _f((0.05, 0.14), "RandomResizedCrop area range of local crops.")
     flip_prob: float = _f(0.5, "Probability of a horizontal flip.")
     color_jitter: float = _f(
-        0.8,
-        "Colour-jitter strength s: brightness, contrast, saturation 0.8*s... "
-        "as SimCLR/SwAV use (0.8s, 0.8s, 0.8s, 0.2s).",
+        1.0,
+        "Colour-jitter strength s of SimCLR/SwAV's colour distortion (swav get_color_distortion(s), VISSL "
+        "ImgPilColorDistortion strength): ColorJitter(brightness 0.8s, contrast 0.8s, saturation 0.8s, hue "
+        "0.2s). SwAV and SEER: 1.0; 0 turns the jitter off; at most 2.5 (hue 0.5).",
     )
     color_jitter_prob: float = _f(0.8, "Probability of applying colour jitter.")
     grayscale_prob: float = _f(0.2, "Probability of converting a crop to grayscale.")
@@ -545,6 +546,8 @@ def validate(cfg: Config) -> None:
     }.items():
         if not 0 < lo <= hi:
             raise ConfigError(f"{key}={[lo, hi]} must satisfy 0 < low <= high")
+    if not 0.0 <= a.color_jitter <= 2.5:
+        raise ConfigError(f"aug.color_jitter={a.color_jitter} is a strength s in [0, 2.5] (hue 0.2s <= 0.5)")
     for key in ("flip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob"):
         if not 0.0 <= getattr(a, key) <= 1.0:
             raise ConfigError(f"aug.{key}={getattr(a, key)} must be a probability in [0, 1]")

@@ -132,7 +132,7 @@ class BatchColorAugment:
     def __init__(self, aug: AugConfig) -> None:
         self.aug = aug
         s = aug.color_jitter
-        self.strength = (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+        self.strength = (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)  # strength s as the reference's ColorJitter
 
     def __call__(self, crops: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
         return [self.augment(c, gen) for c in crops]

@@ -76,7 +76,8 @@ def crop_transform(size: int, scale: tuple[float, float], aug: AugConfig) -> v2.
                 size, scale=tuple(scale), interpolation=v2.InterpolationMode.BILINEAR, antialias=True
             ),
             v2.RandomHorizontalFlip(p=aug.flip_prob),
-            # SimCLR's colour distortion of strength s, as SwAV uses it: (0.8s, 0.8s, 0.8s, 0.2s).
+            # SimCLR's colour distortion of strength s (swav get_color_distortion(s), VISSL
+            # ImgPilColorDistortion): ColorJitter(0.8s, 0.8s, 0.8s, 0.2s); SwAV and SEER use s = 1.
             v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=aug.color_jitter_prob),
             v2.RandomGrayscale(p=aug.grayscale_prob),
             v2.RandomApply([RandomBlur(aug.blur_sigma)], p=aug.blur_prob),

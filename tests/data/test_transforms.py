@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,77 @@ def test_default_recipe_frequencies():
     left, right = crops[..., :12].mean(dim=(1, 2, 3)), crops[..., -12:].mean(dim=(1, 2, 3))
     flipped = (left < right).float().mean().item()  # the bright orange half moved to the right
     assert abs(flipped - aug.flip_prob) < 0.09
+
+
+def swav_crop_transform(size: int, scale: tuple[float, float], s: float = 1.0) -> object:
+    """A crop of swav src/multicropdataset.py (torchvision v1, without its np.random blur), with
+    ``get_color_distortion(s)``: RandomApply(ColorJitter(0.8s, 0.8s, 0.8s, 0.2s), p=0.8), RandomGrayscale(0.2)."""
+    from torchvision import transforms as T
+
+    color_distort = T.Compose(
+        [T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8), T.RandomGrayscale(p=0.2)]
+    )
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=scale),
+            T.RandomHorizontalFlip(p=0.5),
+            color_distort,
+            T.ToTensor(),
+            T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.228, 0.224, 0.225]),
+        ]
+    )
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_crops_equal_swav_get_color_distortion_under_the_same_seed(strength):
+    """aug.color_jitter is SwAV's strength s: with the same seed, openseer's crop draws the same crop box, flip,
+    jitter gate, jitter factors and order, and grayscale gate as SwAV's torchvision pipeline, so the crops are
+    equal (blur off: SwAV draws it from numpy/random). The default is SwAV's s = 1."""
+    assert AugConfig().color_jitter == 1.0
+    aug = small_aug(color_jitter=strength, blur_prob=0.0, std=(0.228, 0.224, 0.225), local_crops=0)
+    ours = MultiCropTransform(aug).global_transform
+    ref = swav_crop_transform(aug.global_size, aug.global_scale, strength)
+    weaker = MultiCropTransform(dataclasses.replace(aug, color_jitter=strength / 2)).global_transform
+    img = noise_image(48, 40)
+    jittered = 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        expected = ref(img)
+        torch.manual_seed(seed)
+        got = ours(img)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=f"seed {seed}")
+        torch.manual_seed(seed)
+        jittered += int(not torch.allclose(weaker(img), got, atol=1e-3))
+    assert jittered > 20  # most compared crops went through the jitter, whose factors depend on the strength
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5, 0.8])
+def test_jitter_ranges_are_swav_strength_in_both_pipelines(strength):
+    """The reference pipeline's ColorJitter and the fast pipeline's per-sample factors span SwAV's ranges:
+    brightness, contrast, saturation in [1 - 0.8s, 1 + 0.8s], hue in [-0.2s, 0.2s]. A run directory written
+    before the default became 1.0 holds ``color_jitter: 0.8`` and keeps its jitter (0.64, 0.64, 0.64, 0.16)."""
+    from torchvision import transforms as T
+    from torchvision.transforms import v2
+
+    from openseer.config import config_from_dict
+    from openseer.data.fast import BatchColorAugment
+
+    ref = T.ColorJitter(0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
+    aug = config_from_dict({"aug": {"color_jitter": strength}}).aug
+    jitters = [t for t in MultiCropTransform(aug).global_transform.transforms if isinstance(t, v2.RandomApply)]
+    jitter = jitters[0].transforms[0]
+    assert isinstance(jitter, v2.ColorJitter)
+    for name in ("brightness", "contrast", "saturation", "hue"):
+        np.testing.assert_allclose(getattr(jitter, name), getattr(ref, name), rtol=1e-12)
+    fast = BatchColorAugment(aug).strength
+    np.testing.assert_allclose(
+        fast, [ref.brightness[1] - 1, ref.contrast[1] - 1, ref.saturation[1] - 1, ref.hue[1]], rtol=1e-12
+    )
+
+
+def test_color_jitter_strength_is_validated():
+    from openseer.config import ConfigError, load_config
+
+    for bad in ("-0.1", "3.0"):
+        with pytest.raises(ConfigError, match="aug.color_jitter"):
+            load_config(None, [f"aug.color_jitter={bad}"])
