@@ -28,6 +28,7 @@ import torch
 
 from openseer import dist
 from openseer.checkpoint import (
+    CheckpointWriteError,
     atomic_write,
     export_backbone_state,
     full_backbone_state,
@@ -246,7 +247,8 @@ def pretrain(
         desc="pretrain",
         file=sys.stderr,
     )
-    metrics_file = open(out / "metrics.jsonl", "a") if is_main else None  # noqa: SIM115
+    # unbuffered: a failed write (disk full) fails here, once, not again when the file is closed
+    metrics_file = open(out / "metrics.jsonl", "ab", buffering=0) if is_main else None  # noqa: SIM115
     consecutive_bad, window_loss, window_n, window_images, window_start = 0, 0.0, 0, 0, time.time()
     losses: list[float] = []
     status = "completed"
@@ -346,8 +348,10 @@ def pretrain(
                         if monitor is not None:  # online kNN; its time is kept out of the next window
                             row.update(monitor(step, last, method.backbone))
                             now = time.time()
-                        metrics_file.write(json.dumps(row) + "\n")
-                        metrics_file.flush()
+                        try:
+                            metrics_file.write((json.dumps(row) + "\n").encode())
+                        except OSError as e:  # one line naming the file and errno; checkpoints are intact
+                            raise CheckpointWriteError(out / "metrics.jsonl", e) from None
                         bar.set_postfix(
                             loss=f"{mean_loss or float('nan'):.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}"
                         )
