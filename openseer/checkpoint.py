@@ -47,11 +47,15 @@ class CheckpointWriteError(CheckpointError, OSError):
         code = error.errno
         name = errno_names.errorcode.get(code, "") if code is not None else ""
         what = f"[Errno {code}{' ' + name if name else ''}] {error.strerror or error}" if code else str(error)
-        super().__init__(
+        self.message = (
             f"cannot write {path}: {what}; the previous version of the file is intact: fix the cause (e.g. "
             f"free disk space) and run the same command again to resume"
         )
+        super().__init__(self.message)
         self.errno, self.strerror, self.filename = code, error.strerror, str(path)
+
+    def __str__(self) -> str:  # not OSError's "[Errno N] text: 'file'"
+        return self.message
 
 
 def _fsync_dir(path: Path) -> None:
