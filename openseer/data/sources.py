@@ -406,7 +406,7 @@ def _read_tar(path: str) -> tuple[list[str], bytes, np.ndarray, list[str], list[
             end = member.offset
             name = _member_name(member.name)
             if name is None:
-                if not member.isdir() and not _is_hidden(member.name):
+                if not member.isdir() and _is_unsafe(member.name) and not _is_hidden(member.name):
                     skipped.append((member.name, "unsafe_member"))
                 continue
             if not member.isreg() or member.issparse():
@@ -446,6 +446,11 @@ def _read_tar(path: str) -> tuple[list[str], bytes, np.ndarray, list[str], list[
     offsets[1:] = np.cumsum(sizes, dtype=np.int64)
     blob = b"".join(view[o : o + s] for o, s in (found[n] for n in names))
     return names, blob, offsets, ignored, skipped
+
+
+def _is_unsafe(name: str) -> bool:
+    """An absolute path or one with a '..' component: it could reach outside the data if extracted."""
+    return name.startswith("/") or ".." in name.split("/")
 
 
 def _is_hidden(name: str) -> bool:
