@@ -52,7 +52,7 @@ def test_any_value_of_a_valid_key_is_accepted_or_one_line(preset, key, value):
 
 
 @FAST
-@given(unknown_keys, scalars)
+@given(unknown_keys, st.integers())
 def test_an_unknown_key_names_the_valid_ones(key, value):
     with pytest.raises(ConfigError) as info:
         load_config(None, [f"{key}={value}"])
