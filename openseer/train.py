@@ -233,7 +233,7 @@ def pretrain(
             except OSError:
                 save_checkpoint(named, ckpt)
             old = sorted(ckpt_dir.glob("step_*.pt"))
-            for p in old[: len(old) - cfg.train.keep_checkpoints]:
+            for p in old[: max(len(old) - cfg.train.keep_checkpoints, 0)]:  # (a negative end would delete)
                 p.unlink(missing_ok=True)
 
     # ---- the loop ----------------------------------------------------------------------------------------
