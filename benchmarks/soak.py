@@ -57,8 +57,19 @@ def write_data(folder: Path, n: int, size: int = 32) -> Path:
 
 
 def command(data: Path, out: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "openseer.cli", "pretrain", "demo", *OVERRIDES, *extra, "--data", str(data),
-            "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "openseer.cli",
+        "pretrain",
+        "demo",
+        *OVERRIDES,
+        *extra,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ]
 
 
 def env() -> dict[str, str]:
@@ -135,8 +146,11 @@ def main() -> None:
     images = len(list(data.glob("*.png")))
     epochs, startup = calibrate(data, args.out / "calibration", images, 16, args.minutes)
     if args.kill_every < 2 * startup:
-        print(f"warning: --kill-every {args.kill_every}s is close to the start-up time ({startup:.0f}s): most kills "
-              "will land before the first step", file=sys.stderr)
+        print(
+            f"warning: --kill-every {args.kill_every}s is close to the start-up time ({startup:.0f}s): most kills "
+            "will land before the first step",
+            file=sys.stderr,
+        )
     extra = [f"train.epochs={epochs}", f"train.checkpoint_every={args.checkpoint_every}"]
 
     print(f"reference: {epochs} epochs of {images // 16} steps, uninterrupted ...", file=sys.stderr)
@@ -169,16 +183,21 @@ def main() -> None:
             break
         faults += 1
         lost_steps += max(done_steps - attempts[-1]["checkpoint"], 0)  # recomputed after the restart
-        print(f"kill {faults}: after {wall:.0f}s, at step {done_steps}, resumes from {attempts[-1]['checkpoint']}",
-              file=sys.stderr)
+        print(
+            f"kill {faults}: after {wall:.0f}s, at step {done_steps}, resumes from {attempts[-1]['checkpoint']}",
+            file=sys.stderr,
+        )
     faulted_s = time.time() - started
 
     ref_rows = [r[:3] for r in rows(args.out / "reference")]
     got_rows = [r[:3] for r in rows(run)]
-    equal_rows = sum(a == b for a, b in zip(ref_rows, got_rows)) if failure is None else 0
+    equal_rows = sum(a == b for a, b in zip(ref_rows, got_rows, strict=False)) if failure is None else 0
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     images_lost = (len(ref_rows) - equal_rows) * 16 + summary.get("skipped_images", 0)
-    same = failure is None and all(torch.equal(a, b) for a, b in zip(weights(run).values(), weights(args.out / "reference").values()))
+    same = False
+    if failure is None:
+        mine, theirs = weights(run), weights(args.out / "reference")
+        same = mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     result = {
         "faults_injected": faults,
         "faults_survived": survived,
@@ -196,12 +215,16 @@ def main() -> None:
         "failure": failure,
     }
     (args.out / "soak.json").write_text(json.dumps(result, indent=2))
-    print("| faults injected | survived | images lost | steps (recomputed) | losses equal | final weights equal "
-          "| uninterrupted | with faults | time lost per restart |")
+    print(
+        "| faults injected | survived | images lost | steps (recomputed) | losses equal | final weights equal "
+        "| uninterrupted | with faults | time lost per restart |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {faults} | {survived} | {images_lost} | {len(ref_rows)} ({lost_steps}) | {result['losses_equal']} | "
-          f"{result['final_weights_equal']} | {reference_s:.0f} s | {faulted_s:.0f} s | "
-          f"{result['time_lost_per_restart_s']:.1f} s |")
+    print(
+        f"| {faults} | {survived} | {images_lost} | {len(ref_rows)} ({lost_steps}) | {result['losses_equal']} | "
+        f"{result['final_weights_equal']} | {reference_s:.0f} s | {faulted_s:.0f} s | "
+        f"{result['time_lost_per_restart_s']:.1f} s |"
+    )
     if failure:
         sys.exit(f"an attempt failed with exit code {attempts[-1]['exit']}:\n{failure}")
     if not (same and result["losses_equal"] and images_lost == 0):

@@ -48,9 +48,7 @@ def pretrain_cli(data: Path, out: Path, *extra: str, fault: str | None = None, t
     """``python -m openseer.cli pretrain demo ...`` in a subprocess; returns the CompletedProcess."""
     argv = [sys.executable, "-m", "openseer.cli", "pretrain", "demo", *RUN_OVERRIDES, *extra]
     argv += ["--data", str(data), "--out", str(out)]
-    return subprocess.run(
-        argv, env=fault_env(fault, **env), cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run(argv, env=fault_env(fault, **env), cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def metrics_rows(run: Path) -> list[tuple[int, float, float]]:

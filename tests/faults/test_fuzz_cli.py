@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from openseer.cli import _parser, main
 from openseer.config import Config, ConfigError, field_help, list_presets, load_config
 
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 KEYS = [key for key, _, _ in field_help()]
 PRESETS = sorted(list_presets())
 SECTIONS = sorted({k.split(".", 1)[0] for k in KEYS if "." in k})
@@ -26,11 +28,15 @@ SECTIONS = sorted({k.split(".", 1)[0] for k in KEYS if "." in k})
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=True), st.text(max_size=12)
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
-words = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=15)
-unknown_keys = st.builds(lambda s, w: f"{s}.{w}", st.sampled_from(SECTIONS), st.from_regex(r"[a-z_]{1,12}", fullmatch=True)).filter(
-    lambda k: k not in KEYS
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
 )
+words = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=15)
+unknown_keys = st.builds(
+    lambda s, w: f"{s}.{w}", st.sampled_from(SECTIONS), st.from_regex(r"[a-z_]{1,12}", fullmatch=True)
+).filter(lambda k: k not in KEYS)
 
 
 def _one_line(error: ConfigError) -> str:
@@ -76,7 +82,13 @@ def test_an_unknown_preset_names_the_presets(name):
 
 
 @FAST
-@given(st.one_of(st.dictionaries(st.sampled_from([*SECTIONS, "method", "bogus"]), values, max_size=4), values, st.text(max_size=80)))
+@given(
+    st.one_of(
+        st.dictionaries(st.sampled_from([*SECTIONS, "method", "bogus"]), values, max_size=4),
+        values,
+        st.text(max_size=80),
+    )
+)
 def test_random_yaml_files(content):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "exp.yaml"
@@ -98,12 +110,43 @@ def _flags(parser: argparse.ArgumentParser) -> list[str]:
 
 
 FLAGS = _flags(_parser())
-COMMANDS = [["pretrain"], ["eval", "knn"], ["eval", "linear"], ["eval", "lowshot"], ["eval", "finetune"], ["embed"],
-            ["report"], ["demo"], ["presets"], ["info"], ["shard"], ["launch"], ["launch", "pretrain"], []]
+COMMANDS = [
+    ["pretrain"],
+    ["eval", "knn"],
+    ["eval", "linear"],
+    ["eval", "lowshot"],
+    ["eval", "finetune"],
+    ["embed"],
+    ["report"],
+    ["demo"],
+    ["presets"],
+    ["info"],
+    ["shard"],
+    ["launch"],
+    ["launch", "pretrain"],
+    [],
+]
 tokens = st.one_of(
     st.sampled_from(FLAGS),
-    st.sampled_from(["demo", "cifar10", "nope", "-1", "0", "3", "1e9", ".", "", "a=b", "train.batch_size=0",
-                     "model.backbone=bogus", "x.yaml", "--", "-"]),
+    st.sampled_from(
+        [
+            "demo",
+            "cifar10",
+            "nope",
+            "-1",
+            "0",
+            "3",
+            "1e9",
+            ".",
+            "",
+            "a=b",
+            "train.batch_size=0",
+            "model.backbone=bogus",
+            "x.yaml",
+            "--",
+            "-",
+        ]
+    ),
     words,
 )
 

@@ -34,8 +34,13 @@ def _real_file(fmt: str, mode: str, seed: int) -> bytes:
     return buf.getvalue()
 
 
-FORMATS = {"JPEG": ("RGB", "L", "CMYK"), "PNG": ("RGB", "RGBA", "L", "P", "I;16"), "WEBP": ("RGB", "RGBA"),
-           "TIFF": ("RGB", "CMYK", "I;16", "F", "1"), "GIF": ("RGB",)}
+FORMATS = {
+    "JPEG": ("RGB", "L", "CMYK"),
+    "PNG": ("RGB", "RGBA", "L", "P", "I;16"),
+    "WEBP": ("RGB", "RGBA"),
+    "TIFF": ("RGB", "CMYK", "I;16", "F", "1"),
+    "GIF": ("RGB",),
+}
 REAL = {f"{fmt}-{mode}": _real_file(fmt, mode, k) for k, (fmt, modes) in enumerate(FORMATS.items()) for mode in modes}
 
 
@@ -58,8 +63,18 @@ def mutated(draw) -> bytes:
     return bytes(data)
 
 
-MAGICS = [b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"II*\x00", b"MM\x00*",
-          b"GIF89a", b"BM", b"\x00\x00\x00\x18ftypheic", b"\x00\x00\x00\x18ftypavif"]
+MAGICS = [
+    b"",
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"II*\x00",
+    b"MM\x00*",
+    b"GIF89a",
+    b"BM",
+    b"\x00\x00\x00\x18ftypheic",
+    b"\x00\x00\x00\x18ftypavif",
+]
 
 
 def _classify(data: bytes) -> str | None:

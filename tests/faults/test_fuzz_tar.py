@@ -23,7 +23,9 @@ KINDS = [tarfile.REGTYPE] * 4 + [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTY
 TARGETS = ["/etc/passwd", "../../../etc/shadow", "a/img.jpg", "x.png", "/"]
 
 names = st.builds(
-    lambda lead, parts: lead + "/".join(parts), st.sampled_from(["", "/", "./"]), st.lists(st.sampled_from(PARTS), min_size=1, max_size=4)
+    lambda lead, parts: lead + "/".join(parts),
+    st.sampled_from(["", "/", "./"]),
+    st.lists(st.sampled_from(PARTS), min_size=1, max_size=4),
 )
 members = st.lists(
     st.tuples(names, st.sampled_from(KINDS), st.binary(max_size=300), st.sampled_from(TARGETS)), max_size=12
