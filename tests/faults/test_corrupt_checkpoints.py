@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from openseer.checkpoint import load_checkpoint
 from openseer.cli import main
@@ -17,7 +18,7 @@ from openseer.train import pretrain
 from tests.faults.common import RUN_OVERRIDES, assert_bitwise_equal, final_weights, metrics_rows
 from tests.helpers import write_images
 
-INTERRUPT_AT = 5  # last.pt at step 5; step_00000002 and step_00000004 (files or sharded directories)
+INTERRUPT_AT = 5  # last.pt at step 5 and step_0000000{2,4}.pt; sharded: step_0000000{2,3,4,5}/
 
 
 def _cfg(data: Path, *extra: str):
@@ -41,7 +42,7 @@ def runs(tmp_path_factory):
     ckpts = root / "full" / "checkpoints"
     assert {p.name for p in ckpts.iterdir()} == {"last.pt", "step_00000002.pt", "step_00000004.pt"}
     sharded = root / "sharded" / "checkpoints"
-    assert {p.name for p in sharded.iterdir()} == {"LATEST", "step_00000002", "step_00000004", "step_00000005"}
+    assert {p.name for p in sharded.iterdir()} == {"LATEST", *(f"step_{k:08d}" for k in (2, 3, 4, 5))}
     return data, root
 
 
@@ -66,7 +67,9 @@ def _resumes_from(run: Path, step: int, data: Path, root: Path, caplog, *extra: 
     resumed_at = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from")]
     assert resumed_at and resumed_at[0].endswith(f"at step {step}")
     assert metrics_rows(run) == metrics_rows(root / "reference")
-    return final_weights(run)
+    if (run / "checkpoints" / "last.pt").is_file():
+        return final_weights(run)
+    return {k: v for k, v in load_file(run / "backbone.safetensors").items()}
 
 
 def test_last_pt_cut_in_half_falls_back_to_the_newest_step_file(runs, tmp_path, caplog):
@@ -94,8 +97,10 @@ def test_sharded_checkpoint_missing_a_shard_or_a_directory(runs, tmp_path, caplo
     (ckpts / "step_00000005" / "__0_0.distcp").unlink()
     shutil.rmtree(ckpts / "step_00000004")  # and the next older one is gone altogether
     sharded = "parallel.checkpoint_format=sharded"
-    _resumes_from(run, 2, data, root, caplog, sharded, passed_over=["step_00000005/__0_0.distcp is missing"])
-    # the resumed run wrote its own sharded checkpoints; its losses equal the reference's (checked above)
+    weights = _resumes_from(run, 3, data, root, caplog, sharded, passed_over=["step_00000005/__0_0.distcp is missing"])
+    # the resumed run wrote its own sharded checkpoints; its losses (checked above) and backbone equal the reference's
+    reference = load_file(root / "reference" / "backbone.safetensors")
+    assert_bitwise_equal(weights, reference)
     assert (ckpts / "LATEST").read_text().strip() == "step_00000006"
 
 
