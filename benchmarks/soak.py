@@ -162,8 +162,9 @@ def main() -> None:
     cmd = command(data, run, extra)
     faults, survived, attempts, lost_steps, failure = 0, 0, [], 0, None
     started = time.time()
+    kill_every, stalled = args.kill_every, 0
     while True:
-        delay = rng.uniform(0.5, 1.5) * args.kill_every
+        delay = rng.uniform(0.5, 1.5) * kill_every
         t0 = time.time()
         proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
@@ -182,6 +183,12 @@ def main() -> None:
             failure = (err or "")[-3000:]
             break
         faults += 1
+        progressed = len(attempts) < 2 or attempts[-1]["checkpoint"] > attempts[-2]["checkpoint"]
+        stalled = 0 if progressed else stalled + 1
+        if stalled >= 3:  # kills come faster than start-up + a checkpoint: the run would never finish
+            kill_every *= 2
+            stalled = 0
+            print(f"no progress in 3 attempts: killing every ~{kill_every:.0f}s from now on", file=sys.stderr)
         lost_steps += max(done_steps - attempts[-1]["checkpoint"], 0)  # recomputed after the restart
         print(
             f"kill {faults}: after {wall:.0f}s, at step {done_steps}, resumes from {attempts[-1]['checkpoint']}",
