@@ -6,6 +6,11 @@
   fsync'ed and renamed, so a crash mid-write never leaves a torn ``last.pt``.
 * With FSDP (or ``parallel.checkpoint_format=sharded``) every process writes its shard instead, with
   torch.distributed.checkpoint (see "sharded checkpoints" below), resumable on any number of processes.
+* A write that fails (disk full, I/O error, read-only folder) raises :class:`CheckpointWriteError`, one line
+  naming the file and the errno; the previous file of that name is left intact and no temporary file stays.
+* :func:`checkpoint_problem` and :func:`sharded_checkpoint_problem` say, without loading any weights into a
+  model, why a checkpoint cannot be resumed from (truncated, empty, a shard missing ...), so that resuming can
+  fall back to the newest intact one (``openseer.run_state.find_resume_state``).
 * Loading always uses ``torch.load(weights_only=True)``: a checkpoint from an untrusted source cannot run
   code; one that needs arbitrary unpickling is rejected with a clear error.
 * The trained backbone is exported as ``backbone.safetensors`` plus ``backbone.json`` (how to rebuild it with
@@ -15,6 +20,7 @@
 
 from __future__ import annotations
 
+import errno as errno_names
 import json
 import os
 import pickle
@@ -33,6 +39,25 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used, reported as one line."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """Writing a run file failed (disk full, I/O error, read-only folder): one line naming the file and the
+    errno. It is an OSError as well, so ``except OSError`` still sees it; the CLI prints it and exits 2."""
+
+    def __init__(self, path: str | Path, error: OSError) -> None:
+        code = error.errno
+        name = errno_names.errorcode.get(code, "") if code is not None else ""
+        what = f"[Errno {code}{' ' + name if name else ''}] {error.strerror or error}" if code else str(error)
+        self.message = (
+            f"cannot write {path}: {what}; the previous version of the file is intact: fix the cause (e.g. "
+            f"free disk space) and run the same command again to resume"
+        )
+        super().__init__(self.message)
+        self.errno, self.strerror, self.filename = code, error.strerror, str(path)
+
+    def __str__(self) -> str:  # not OSError's "[Errno N] text: 'file'"
+        return self.message
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -47,25 +72,62 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: str | Path, write_fn) -> None:
-    """Write ``path`` via ``write_fn(tmp_path)`` then fsync + rename: readers see the old or the new file."""
+    """Write ``path`` via ``write_fn(tmp_path)`` then fsync + rename: readers see the old or the new file.
+
+    Raises:
+        CheckpointWriteError: an OSError while writing (ENOSPC, EIO, EROFS, EACCES ...), naming ``path``; the
+            old file is untouched and the temporary file removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write_fn(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
         _fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    except OSError as e:
+        if isinstance(e, CheckpointWriteError):
+            raise
+        raise CheckpointWriteError(path, _os_error_of(e)) from None
+    except RuntimeError as e:  # torch.save wraps a failed write in RuntimeError
+        cause = _os_error_of(e)
+        if cause is None:
+            raise
+        raise CheckpointWriteError(path, cause) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _os_error_of(error: BaseException) -> OSError | None:
+    """The OSError behind ``error`` (itself, or its cause/context, as torch.save's RuntimeError wraps it)."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return None
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Atomically write ``state`` with torch.save; a failed write raises :class:`CheckpointWriteError`."""
+
+    def write(tmp: str) -> None:
+        # through a Python file object, so that ENOSPC/EIO surface as OSError with their errno (torch.save to a
+        # path reports them as a RuntimeError of its C++ writer, without the errno)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -231,23 +293,74 @@ def save_sharded_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    dcp.save(_model_optim_state(model, optimizer), checkpoint_id=str(tmp))
+    try:
+        dcp.save(_model_optim_state(model, optimizer), checkpoint_id=str(tmp))
+    except Exception as e:  # DCP gathers each process's failure into one CheckpointException
+        cause = _os_error_of(e)
+        if cause is not None:
+            raise CheckpointWriteError(tmp, cause) from None
+        raise CheckpointError(f"cannot write sharded checkpoint {tmp}: {_first_line(e)}") from None
     if dist.is_main():
         save_checkpoint(tmp / META, meta)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        try:
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except OSError as e:
+            raise CheckpointWriteError(target, e) from None
         _fsync_dir(ckpt_dir)
         atomic_write(ckpt_dir / LATEST, lambda t: Path(t).write_text(name + "\n"))
     _barrier()
     return target
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def sharded_checkpoint_problem(path: str | Path) -> str | None:
+    """Why the sharded checkpoint directory ``path`` cannot be resumed from, or None when it looks intact.
+
+    Checks, without loading weights: ``meta.pt`` loads, DCP's ``.metadata`` reads, and every shard file the
+    metadata names exists and is long enough for the data it should hold (a missing or cut shard).
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+
+    path = Path(path)
+    if not path.is_dir():
+        return f"{path} does not exist"
+    try:
+        load_checkpoint(path / META)
+    except CheckpointError as e:
+        return str(e)
+    try:
+        metadata = FileSystemReader(str(path)).read_metadata()
+    except Exception as e:  # missing or damaged .metadata: pickle, EOF, OS errors
+        return f"cannot read {path / '.metadata'}: {_first_line(e)}"
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        name = getattr(info, "relative_path", None)
+        if name is not None:
+            needed[name] = max(needed.get(name, 0), int(info.offset) + int(info.length))
+    for name, size in sorted(needed.items()):
+        shard = path / name
+        if not shard.is_file():
+            return f"shard {shard} is missing"
+        if shard.stat().st_size < size:
+            return f"shard {shard} is cut short ({shard.stat().st_size} of at least {size} bytes)"
+    return None
+
+
 def latest_sharded_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The directory ``LATEST`` points at (None without a pointer); an incomplete one is a CheckpointError."""
     pointer = Path(ckpt_dir) / LATEST
     if not pointer.is_file():
         return None
-    path = Path(ckpt_dir) / pointer.read_text().strip()
+    try:
+        path = Path(ckpt_dir) / pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {pointer}: {_first_line(e)}") from None
     if not (path / META).is_file():
         raise CheckpointError(f"{pointer} points at {path}, which is not a complete sharded checkpoint")
     return path

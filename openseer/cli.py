@@ -177,8 +177,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     from openseer import dist
 
     if dist.is_main():  # under torchrun, one line for the whole run
+        final = summary["final_loss_mean"]  # None when resumed at the very end (no step left to run)
         print(
-            f"{summary['status']}: {summary['steps']} steps, final loss {summary['final_loss_mean']:.4f} "
+            f"{summary['status']}: {summary['steps']} steps, final loss "
+            f"{'n/a' if final is None else format(final, '.4f')} "
             f"(uniform: {summary['uniform_loss']:.4f}), {summary['skipped_images']} images skipped; "
             f"run dir {args.out}"
         )

@@ -99,6 +99,26 @@ def env_from_slurm() -> bool:
     return True
 
 
+def _restart_store():
+    """Under torchrun's agent store, a store whose keys are prefixed by the restart count, else None.
+
+    The agent's store outlives a worker group: after ``--max-restarts`` restarts it, the new processes would
+    read the old processes' gloo addresses (same keys) and fail with "connectFullMesh ... Connection refused".
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_ADDR" not in os.environ:
+        return None
+    from datetime import timedelta
+
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        int(os.environ["WORLD_SIZE"]),
+        is_master=False,
+        timeout=timedelta(minutes=30),
+    )
+    return dist.PrefixStore(f"/openseer/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def init_distributed(device: str = "auto") -> torch.device:
     """Initialise the default process group when launched by torchrun (or srun); return this process's device.
 
@@ -108,7 +128,13 @@ def init_distributed(device: str = "auto") -> torch.device:
     env_from_slurm()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_initialized():
-        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+        backend = "nccl" if want_cuda else "gloo"
+        store = _restart_store()
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
     if want_cuda:
         if not torch.cuda.is_available():
             raise RuntimeError("train.device asks for cuda but torch.cuda.is_available() is False")

@@ -18,7 +18,15 @@ import torch
 import yaml
 
 from openseer import dist
-from openseer.checkpoint import atomic_write, latest_sharded_checkpoint, load_checkpoint, load_sharded_meta
+from openseer.checkpoint import (
+    LATEST,
+    CheckpointError,
+    atomic_write,
+    latest_sharded_checkpoint,
+    load_checkpoint,
+    load_sharded_meta,
+    sharded_checkpoint_problem,
+)
 from openseer.config import Config, ConfigError, Derived, config_from_dict, global_batch_size, to_dict
 
 log = logging.getLogger("openseer")
@@ -92,13 +100,93 @@ def resume_blockers(state: dict[str, Any], cfg: Config) -> list[str]:
 
 
 def find_resume_state(ckpt_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
-    """The newest checkpoint of a run dir: (its state or meta, the sharded directory or None)."""
-    full = load_checkpoint(ckpt_dir / "last.pt") if (ckpt_dir / "last.pt").is_file() else None
-    sharded_dir = latest_sharded_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
-    sharded = load_sharded_meta(sharded_dir) if sharded_dir is not None else None
+    """The newest intact checkpoint of a run dir: (its state or meta, the sharded directory or None).
+
+    Candidates, newest first: ``last.pt`` then ``step_*.pt`` (full checkpoints), and the directory ``LATEST``
+    names then the other ``step_*/`` directories (sharded). A candidate that is truncated, empty, not a
+    training checkpoint or (sharded) missing a shard is passed over for the next older one, and one log line
+    says which was used and why; the newer of the best full and best sharded checkpoint wins.
+
+    Returns:
+        (None, None) when the folder holds no checkpoint at all (a fresh run).
+
+    Raises:
+        CheckpointError: checkpoints exist but none can be resumed from (one line naming each file and why),
+            so that a run never silently starts again from scratch.
+    """
+    problems: list[str] = []
+    full, full_path = _newest_intact_full(ckpt_dir, problems)
+    sharded, sharded_dir = _newest_intact_sharded(ckpt_dir, problems)
+    if full is None and sharded is None:
+        if problems:
+            raise CheckpointError(
+                f"no usable checkpoint in {ckpt_dir} ({'; '.join(problems)}); move the folder away to start "
+                f"afresh, or restore a checkpoint"
+            )
+        return None, None
     if sharded is not None and (full is None or sharded["step"] >= full["step"]):
-        return sharded, sharded_dir
-    return full, None
+        state, used = sharded, sharded_dir
+    else:
+        state, used = full, full_path
+    if problems and dist.is_main():
+        log.warning(
+            "resuming from the newest intact checkpoint %s (step %d); passed over: %s",
+            used,
+            state["step"],
+            "; ".join(problems),
+        )
+    return state, (sharded_dir if state is sharded else None)
+
+
+#: What a full training checkpoint must hold to be resumed from.
+_RESUME_KEYS = ("model", "optimizer", "step", "config", "rng")
+
+
+def _step_of(path: Path) -> int:
+    digits = path.name.split("_", 1)[-1].split(".", 1)[0]
+    return int(digits) if digits.isdigit() else -1
+
+
+def _newest_intact_full(ckpt_dir: Path, problems: list[str]) -> tuple[dict[str, Any] | None, Path | None]:
+    if not ckpt_dir.is_dir():
+        return None, None
+    steps = sorted((p for p in ckpt_dir.glob("step_*.pt") if p.is_file()), key=_step_of, reverse=True)
+    last = [ckpt_dir / "last.pt"] if (ckpt_dir / "last.pt").is_file() else []
+    for path in last + steps:
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        missing = [k for k in _RESUME_KEYS if k not in state]
+        if missing:
+            problems.append(f"{path} is not a training checkpoint (no {', '.join(missing)})")
+            continue
+        return state, path
+    return None, None
+
+
+def _newest_intact_sharded(ckpt_dir: Path, problems: list[str]) -> tuple[dict[str, Any] | None, Path | None]:
+    if not ckpt_dir.is_dir():
+        return None, None
+    dirs = sorted((p for p in ckpt_dir.glob("step_*") if p.is_dir()), key=_step_of, reverse=True)
+    try:
+        pointed = latest_sharded_checkpoint(ckpt_dir)
+    except CheckpointError as e:
+        problems.append(str(e))
+        pointed = None
+    if pointed is None and (ckpt_dir / LATEST).is_file() and not dirs:
+        problems.append(f"{ckpt_dir / LATEST} points at no sharded checkpoint")
+    candidates = ([pointed] if pointed is not None else []) + [d for d in dirs if d != pointed]
+    for path in candidates:
+        problem = sharded_checkpoint_problem(path)
+        if problem is None:
+            meta = load_sharded_meta(path)
+            if "step" in meta and "rng" in meta:
+                return meta, path
+            problem = f"{path / 'meta.pt'} is not a training checkpoint (no step or rng)"
+        problems.append(problem)
+    return None, None
 
 
 class ForcedStop(KeyboardInterrupt):
@@ -153,12 +241,17 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop metrics lines written after the checkpoint we resume from (they will be written again)."""
     if not path.is_file():
         return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= last_step
-    ]
+    kept = [line for line in path.read_text(errors="replace").splitlines() if _row_step(line) <= last_step]
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
+
+
+def _row_step(line: str) -> float:
+    """The step of a metrics line; a torn line (the process was killed mid-write) counts as after any step."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return math.inf
+    return row.get("step", 0) if isinstance(row, dict) else math.inf
 
 
 def run_summary(

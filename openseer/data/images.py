@@ -16,10 +16,23 @@ from collections.abc import Callable
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
+
+#: Formats PIL decodes only with a plugin: (reason of the skip without it, pip package, module to import).
+_PLUGINS = {
+    "heif": ("needs_pillow_heif", "pillow-heif", "pillow_heif"),
+    "avif": ("needs_pillow_avif", "pillow-avif-plugin", "pillow_avif"),
+}
 
 #: Reasons a :class:`BadImage` can carry.
-BAD_IMAGE_REASONS = ("empty", "truncated", "unreadable", "too_large")
+BAD_IMAGE_REASONS = (
+    "empty",
+    "truncated",
+    "unreadable",
+    "too_large",
+    "missing",
+    *(reason for reason, _, _ in _PLUGINS.values()),
+)
 
 # Transparent pixels are composited onto white: their colour values are undefined (often black), and
 # web images with alpha (logos, product photos) are designed to be seen on a white page.
@@ -38,7 +51,10 @@ class BadImage(Exception):
     Attributes:
         reason: why, one of ``"empty"`` (zero bytes), ``"truncated"`` (the data ends or breaks before the
             image does), ``"unreadable"`` (not an image, or a format/mode PIL cannot decode) and
-            ``"too_large"`` (over PIL's decompression-bomb limit, ``Image.MAX_IMAGE_PIXELS``).
+            ``"too_large"`` (over PIL's decompression-bomb limit, ``Image.MAX_IMAGE_PIXELS``), ``"missing"``
+            (the file vanished after the folder was listed), ``"needs_pillow_heif"`` / ``"needs_pillow_avif"``
+            (a HEIC/HEIF or AVIF image and no Pillow plugin installed to decode it: ``pip install pillow-heif``
+            or ``pillow-avif-plugin``).
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -100,6 +116,12 @@ def _decode(data: bytes, draft: Callable[[int, int], tuple[int, int]] | None = N
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImage("too_large", str(e)) from None
     except UnidentifiedImageError:
+        kind = _iso_media_kind(data)
+        if kind is not None and _register_plugin(kind):
+            return _decode(data, draft)  # the plugin is installed but was not registered yet
+        if kind is not None:
+            reason, package, _ = _PLUGINS[kind]
+            raise BadImage(reason, f"a {kind.upper()} image; pip install {package} to decode it") from None
         raise BadImage("unreadable", "not a recognised image format") from None
     except Exception as e:  # PIL's parsers raise many types (OSError, SyntaxError, struct.error, ...)
         raise BadImage(_load_failure_reason(e), f"{type(e).__name__}: {e}") from None
@@ -110,6 +132,37 @@ def _decode(data: bytes, draft: Callable[[int, int], tuple[int, int]] | None = N
     except Exception as e:
         raise BadImage(_load_failure_reason(e), f"{type(e).__name__}: {e}") from None
     return img
+
+
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"heif", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_registered: set[str] = set()
+
+
+def _iso_media_kind(data: bytes) -> str | None:
+    """'heif' or 'avif' for an ISO base media file of that kind (its ``ftyp`` box's brands), else None."""
+    if data[4:8] != b"ftyp":
+        return None
+    size = int.from_bytes(data[:4], "big")
+    brands = {data[i : i + 4] for i in range(8, min(max(size, 16), 64), 4)}  # major + compatible brands
+    if brands & _AVIF_BRANDS:
+        return "avif"
+    return "heif" if brands & _HEIF_BRANDS else None
+
+
+def _register_plugin(kind: str) -> bool:
+    """Register the Pillow plugin for ``kind`` if it is installed and was not registered yet."""
+    if kind in _registered:
+        return False
+    _registered.add(kind)
+    try:
+        module = __import__(_PLUGINS[kind][2])
+    except ImportError:
+        return False
+    register = getattr(module, "register_heif_opener", None) if kind == "heif" else None
+    if register is not None:
+        register()
+    return True
 
 
 def _load_failure_reason(error: Exception) -> str:
@@ -147,7 +200,11 @@ CONVERSION_NOTES = (
 
 def _conversion_notes(img: Image.Image, rotated: bool) -> list[str]:
     notes = ["exif_rotated"] if rotated else []
-    if getattr(img, "n_frames", 1) > 1:
+    try:  # counting frames seeks through the file: a damaged later frame must not cost the first one
+        frames = getattr(img, "n_frames", 1)
+    except Exception:
+        frames = 1
+    if frames > 1:
         notes.append("animated")
     mode = img.mode
     if mode == "CMYK":

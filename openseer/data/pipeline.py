@@ -54,6 +54,24 @@ class _BatchAugmented:
             yield batch
 
 
+class _WithListingSkips:
+    """Puts what listing the source passed over (unsafe tar members, the lost rest of a truncated tar, symlink
+    loops) into the first batch of every pass, so that the trainer reports and counts them like skipped
+    images (it counts each name once, so repeating them every epoch or after a resume changes nothing)."""
+
+    def __init__(self, loader: Any, skipped: list[tuple[str, str]]) -> None:
+        self.loader, self.skipped = loader, skipped
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[MultiCropBatch]:
+        for k, batch in enumerate(self.loader):
+            if k == 0:
+                batch.skipped = [*self.skipped, *batch.skipped]
+            yield batch
+
+
 def build_pretrain_data(
     cfg: Config, rank: int, world_size: int, device: torch.device, resumed_from: dict | None = None
 ) -> tuple[Any, Any, int]:
@@ -99,4 +117,6 @@ def build_pretrain_data(
     loader = build_pretrain_loader(dataset, sampler, batch, workers, pin_memory=device.type == "cuda")
     if fast:
         loader = _BatchAugmented(loader, sampler, batch_aug, cfg.train.seed, device)
+    if source.skipped:
+        loader = _WithListingSkips(loader, source.skipped)
     return sampler, loader, len(source)

@@ -31,7 +31,7 @@ from openseer.data.images import IMAGE_EXTENSIONS, DataError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "openseer-shards/1"
-IMAGE_SUFFIXES = (*(e.lstrip(".") for e in IMAGE_EXTENSIONS), "gif")  # web collections hold GIFs
+IMAGE_SUFFIXES = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 _BRACE = re.compile(r"\{[^{}]*(\.\.|,)[^{}]*\}")
 
 

@@ -13,16 +13,19 @@ in one piece and DataLoader workers forked from the main process do not touch pe
 from __future__ import annotations
 
 import bz2
-import gzip
 import io
+import logging
 import lzma
 import os
 import tarfile
+import zlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from openseer.data.images import IMAGE_EXTENSIONS, DataError
+from openseer.data.images import IMAGE_EXTENSIONS, BadImage, DataError
+
+log = logging.getLogger("openseer")
 
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _TAR_BLOCK = 512
@@ -51,14 +54,20 @@ class ImageSource:
     Attributes:
         root: the folder or archive the images come from, as given to :func:`open_source`.
         classes: class names in label order (sorted); empty when the source is unlabelled.
+        skipped: ``(name, reason)`` of what listing the source passed over and the user should hear about:
+            ``unsafe_member`` (a tar member named ``/abs/x.jpg`` or ``../x.jpg``), ``not_a_file`` (a link or
+            device with an image name), ``tar_truncated`` (the archive breaks off: the members after that
+            point), ``symlink_loop`` and ``broken_link`` (folders). The trainer counts them like skipped images.
     """
 
     root: str
     classes: list[str]
+    skipped: list[tuple[str, str]] = []
 
     def __init__(self, root: str, names: Sequence[str], labels: np.ndarray, classes: list[str]) -> None:
         self.root = root
         self.classes = classes
+        self.skipped = []
         self._names = _StringTable(names)
         self._labels = labels.astype(np.int64, copy=False)
 
@@ -96,8 +105,13 @@ class FolderSource(ImageSource):
         self._abs_root = os.path.abspath(root)  # reads keep working if the process changes directory
 
     def read(self, i: int) -> bytes:
-        with open(os.path.join(self._abs_root, self.name(i)), "rb") as f:
-            return f.read()
+        """The file's bytes; a file deleted since the listing is a ``BadImage("missing")`` (counted, not fatal)."""
+        path = os.path.join(self._abs_root, self.name(i))
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise BadImage("missing", "the file was deleted after the folder was listed") from None
 
 
 class TarSource(ImageSource):
@@ -127,6 +141,7 @@ class SubsetSource(ImageSource):
     def __init__(self, parent: ImageSource, indices: np.ndarray) -> None:
         self.root = parent.root
         self.classes = parent.classes
+        self.skipped = parent.skipped
         self._parent = parent
         self._indices = indices
 
@@ -177,12 +192,14 @@ def open_source(path: str | os.PathLike[str], labelled: bool = False) -> ImageSo
     contain at least one image are classes (an empty class folder is ignored).
 
     A folder is searched recursively; symbolic links to folders are followed unless they lead back to a
-    folder being searched (a loop). A tar archive (plain, or compressed with gzip, bzip2 or xz) is read
-    into memory once: only regular files are used (links and devices are skipped), as are members with an
-    absolute path or a '..' component, and nothing is ever extracted to disk. A truncated or malformed
-    archive raises :class:`DataError`, even when the members before the damage could be read, so that a
-    half-copied archive is not silently used as a smaller dataset. Tar sources live in memory: unpack a
-    collection larger than memory to a folder instead.
+    folder being searched (a loop, counted as ``symlink_loop`` in ``source.skipped``; a dangling link is a
+    ``broken_link``). A tar archive (plain, or compressed with gzip, bzip2 or xz) is read into memory once:
+    only regular files are used (links and devices with image names are counted as ``not_a_file``), members
+    with an absolute path or a '..' component are counted as ``unsafe_member``, and nothing is ever extracted
+    to disk. A truncated or damaged archive behaves like a truncated shard: the members before the damage are
+    used, the loss is one ``tar_truncated`` entry in ``source.skipped`` (and a warning), and only an archive
+    with no intact image raises :class:`DataError`. Tar sources live in memory: unpack a collection larger
+    than memory to a folder instead.
 
     Args:
         path: a folder, or a tar file.
@@ -206,10 +223,10 @@ def open_source(path: str | os.PathLike[str], labelled: bool = False) -> ImageSo
     if not os.path.exists(root):
         raise DataError(f"data path {root} does not exist")
     if os.path.isdir(root):
-        names, ignored = _list_folder(root)
+        names, ignored, skipped = _list_folder(root)
         _require_images(root, names, ignored)
         labels, classes = _labels_for(root, names, labelled)
-        return FolderSource(root, names, labels, classes)
+        return _with_skips(FolderSource(root, names, labels, classes), skipped)
     if not os.path.isfile(root):
         raise DataError(f"data path {root} is neither a folder nor a regular file")
     if not (root.lower().endswith(_TAR_SUFFIXES) or tarfile.is_tarfile(root)):
@@ -217,20 +234,40 @@ def open_source(path: str | os.PathLike[str], labelled: bool = False) -> ImageSo
             f"data path {root} is a file but not a tar archive; pass a folder of images "
             "(searched recursively) or a .tar of one"
         )
-    names, blob, offsets, ignored = _read_tar(root)
+    names, blob, offsets, ignored, skipped = _read_tar(root)
+    if not names and any(reason == "tar_truncated" for _, reason in skipped):
+        raise DataError(f"tar archive {root} is malformed or truncated and holds no intact image ({skipped[-1][0]})")
     _require_images(root, names, ignored)
     labels, classes = _labels_for(root, names, labelled)
-    return TarSource(root, names, labels, classes, blob, offsets)
+    return _with_skips(TarSource(root, names, labels, classes, blob, offsets), skipped)
+
+
+def _with_skips(source: ImageSource, skipped: list[tuple[str, str]]) -> ImageSource:
+    """Attach what listing passed over, and say it once."""
+    source.skipped = skipped
+    if skipped:
+        counts: dict[str, int] = {}
+        for _, reason in skipped:
+            counts[reason] = counts.get(reason, 0) + 1
+        log.warning(
+            "%s: passed over %s, e.g. %r",
+            source.root,
+            ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())),
+            skipped[0][0],
+        )
+    return source
 
 
 def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _list_folder(root: str) -> tuple[list[str], list[str]]:
-    """Relative paths of the image files under ``root`` (sorted) and of the other files seen."""
+def _list_folder(root: str) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """Relative paths of the image files under ``root`` (sorted), of the other files seen, and the
+    ``(name, reason)`` of links passed over (``symlink_loop``, ``broken_link``)."""
     images: list[str] = []
     ignored: list[str] = []
+    skipped: list[tuple[str, str]] = []
     root_stat = os.stat(root)
     # Each pending folder carries the (device, inode) of its ancestors, to detect symlink loops.
     root_key = (root_stat.st_dev, root_stat.st_ino)
@@ -247,7 +284,11 @@ def _list_folder(root: str) -> tuple[list[str], list[str]]:
             if entry.name.startswith("."):
                 continue
             rel_name = f"{rel}/{entry.name}" if rel else entry.name
-            if entry.is_dir():  # follows symlinks
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()  # both follow symlinks
+            except OSError:  # e.g. ELOOP: a link that points at itself
+                is_dir = is_file = False
+            if is_dir:
                 try:
                     st = entry.stat()
                 except OSError:
@@ -255,10 +296,22 @@ def _list_folder(root: str) -> tuple[list[str], list[str]]:
                 key = (st.st_dev, st.st_ino)
                 if key not in ancestors:
                     stack.append((rel_name, ancestors | {key}))
-            elif entry.is_file():
+                else:
+                    skipped.append((rel_name, "symlink_loop"))
+            elif is_file:
                 (images if _is_image_name(entry.name) else ignored).append(rel_name)
+            elif entry.is_symlink():
+                skipped.append((rel_name, "symlink_loop" if _loops(entry.path) else "broken_link"))
     images.sort()
-    return images, ignored
+    return images, ignored, sorted(skipped)
+
+
+def _loops(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == 40  # ELOOP
+    return False
 
 
 def _require_images(root: str, names: list[str], ignored: list[str]) -> None:
@@ -291,16 +344,35 @@ def _labels_for(root: str, names: list[str], labelled: bool) -> tuple[np.ndarray
     return np.array([index[c] for c in first], dtype=np.int64), classes
 
 
-def _decompress(raw: bytes, path: str) -> bytes:
-    """Undo gzip/bzip2/xz compression of a tar archive, recognised by its magic bytes."""
-    codecs = {b"\x1f\x8b": gzip.decompress, b"BZh": bz2.decompress, b"\xfd7zXZ\x00": lzma.decompress}
-    for magic, decompress in codecs.items():
+def _decompress(raw: bytes, path: str) -> tuple[bytes, bool]:
+    """Undo gzip/bzip2/xz compression of a tar archive, recognised by its magic bytes.
+
+    Returns:
+        (the decompressed bytes, or as many as could be decompressed; whether the stream was complete).
+    """
+    makers = {
+        b"\x1f\x8b": lambda: zlib.decompressobj(wbits=31),
+        b"BZh": bz2.BZ2Decompressor,
+        b"\xfd7zXZ\x00": lzma.LZMADecompressor,
+    }
+    for magic, make in makers.items():
         if raw.startswith(magic):
+            out, rest, done = [], raw, False
             try:
-                return decompress(raw)
-            except (OSError, EOFError, ValueError, lzma.LZMAError) as e:
-                raise DataError(f"tar archive {path} is truncated or corrupt ({e})") from None
-    return raw
+                while rest and not done:
+                    d = make()
+                    for start in range(0, len(rest), 1 << 16):  # in pieces, to keep what precedes damage
+                        out.append(d.decompress(rest[start : start + (1 << 16)]))
+                        if d.eof:
+                            break
+                    done, rest = d.eof, d.unused_data
+                    if done and rest.startswith(magic):  # concatenated streams (e.g. pigz, multi-member gzip)
+                        done = False
+            except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as e:
+                log.warning("tar archive %s: the compressed data is corrupt (%s)", path, e)
+                return b"".join(out), False
+            return b"".join(out), done
+    return raw, True
 
 
 def _member_name(name: str) -> str | None:
@@ -313,41 +385,59 @@ def _member_name(name: str) -> str | None:
     return "/".join(parts)
 
 
-def _read_tar(path: str) -> tuple[list[str], bytes, np.ndarray, list[str]]:
-    """Read the image members of a tar archive into one blob.
+def _read_tar(path: str) -> tuple[list[str], bytes, np.ndarray, list[str], list[tuple[str, str]]]:
+    """Read the image members of a tar archive into one blob, up to any damage.
 
     Returns:
-        (sorted names, blob of their bytes in that order, offsets into the blob (len + 1), ignored names).
+        (sorted names, blob of their bytes in that order, offsets into the blob (len + 1), ignored names,
+        ``(name, reason)`` of what was passed over: unsafe members, links, and the truncated rest).
     """
     with open(path, "rb") as f:
-        raw = _decompress(f.read(), path)
-    if raw[:_TAR_BLOCK] == bytes(_TAR_BLOCK):  # an empty archive: just the end-of-archive marker
-        return [], b"", np.zeros(1, dtype=np.int64), []
+        raw, complete = _decompress(f.read(), path)
     found: dict[str, tuple[int, int]] = {}  # later members of the same name win, as when extracting
     ignored: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    if complete and raw[:_TAR_BLOCK] == bytes(_TAR_BLOCK):  # an empty archive: just the end-of-archive marker
+        return [], b"", np.zeros(1, dtype=np.int64), [], []
+    damage, end = "", 0
     try:
         archive = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
         for member in archive:
-            if not member.isreg() or member.issparse():
-                continue
+            end = member.offset
             name = _member_name(member.name)
             if name is None:
+                if not member.isdir() and _is_unsafe(member.name) and not _is_hidden(member.name):
+                    skipped.append((member.name, "unsafe_member"))
+                continue
+            if not member.isreg() or member.issparse():
+                if not member.isdir() and _is_image_name(name):
+                    skipped.append((name, "not_a_file"))
                 continue
             if not _is_image_name(name):
                 ignored.append(name)
                 continue
             if member.offset_data + member.size > len(raw):
-                raise tarfile.ReadError(f"member {name!r} runs past the end of the file")
+                damage = f"member {name!r} runs past the end of the file"
+                break
             found[name] = (member.offset_data, member.size)
-        end = archive.offset
+        else:
+            end = archive.offset
     except (tarfile.TarError, EOFError) as e:
-        raise DataError(f"tar archive {path} is malformed or truncated ({e})") from None
+        damage = str(e) or type(e).__name__
     # tarfile silently stops at a header it cannot parse after the first one; a complete archive ends with
     # a zero block there (POSIX end-of-archive marker), so anything else means truncation or damage.
-    if raw[end : end + _TAR_BLOCK] != bytes(_TAR_BLOCK):
-        raise DataError(
-            f"tar archive {path} is malformed or truncated (no end-of-archive marker after byte {end} of "
-            f"{len(raw)}; read {len(found)} images before that point)"
+    if not damage and (not complete or raw[end : end + _TAR_BLOCK] != bytes(_TAR_BLOCK)):
+        damage = "no end-of-archive marker"
+    if damage:
+        skipped.append((f"{path}@{end}", "tar_truncated"))
+        log.warning(
+            "tar archive %s is malformed or truncated (%s after byte %d of %d): using the %d images before "
+            "that point, like a truncated shard",
+            path,
+            damage,
+            end,
+            len(raw),
+            len(found),
         )
     names = sorted(found)
     view = memoryview(raw)
@@ -355,4 +445,15 @@ def _read_tar(path: str) -> tuple[list[str], bytes, np.ndarray, list[str]]:
     offsets = np.zeros(len(names) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(sizes, dtype=np.int64)
     blob = b"".join(view[o : o + s] for o, s in (found[n] for n in names))
-    return names, blob, offsets, ignored
+    return names, blob, offsets, ignored, skipped
+
+
+def _is_unsafe(name: str) -> bool:
+    """An absolute path or one with a '..' component: it could reach outside the data if extracted."""
+    return name.startswith("/") or ".." in name.split("/")
+
+
+def _is_hidden(name: str) -> bool:
+    """A member that a folder listing would skip as well (a '.' file or folder), not worth reporting."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    return any(p.startswith(".") and p != ".." for p in parts)

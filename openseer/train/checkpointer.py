@@ -98,7 +98,7 @@ class Checkpointer:
         except OSError:
             save_checkpoint(named, ckpt)
         old = sorted(self.dir.glob("step_*.pt"))
-        for p in old[: len(old) - self.cfg.train.keep_checkpoints]:
+        for p in old[: max(len(old) - self.cfg.train.keep_checkpoints, 0)]:
             p.unlink(missing_ok=True)
 
     def restore(self, state: dict[str, Any], sharded_dir: Path | None) -> Progress:

@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from openseer.checkpoint import CheckpointWriteError
 from openseer.train.step import StepResult
 
 
@@ -42,7 +43,9 @@ class MetricsLogger:
             desc="pretrain",
             file=sys.stderr,
         )
-        self.file = open(path, "a") if enabled else None  # noqa: SIM115
+        # unbuffered: a failed write (disk full) fails here, once, not again when the file is closed
+        self.path = path
+        self.file = open(path, "ab", buffering=0) if enabled else None  # noqa: SIM115
         self._reset(time.time())
 
     def _reset(self, now: float) -> None:
@@ -85,8 +88,10 @@ class MetricsLogger:
         if self.monitor is not None:  # online kNN; its time is kept out of the next window
             row.update(self.monitor(step, last, backbone))
             now = time.time()
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write((json.dumps(row) + "\n").encode())
+        except OSError as e:  # one line naming the file and errno; checkpoints are intact
+            raise CheckpointWriteError(self.path, e) from None
         shown = {name: f"{row[name]:.3g}" for name in self.scalars}
         self.bar.set_postfix(
             loss=f"{mean_loss or float('nan'):.3f}", lr=f"{result.lr:.3g}", img_s=f"{rate:.0f}", **shown

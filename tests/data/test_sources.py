@@ -9,6 +9,7 @@ import pickle
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from openseer.data.images import DataError, load_rgb
@@ -147,29 +148,46 @@ def test_tar_matches_folder_and_gzip(tmp_path):
 
 
 def test_truncated_or_malformed_tar(tmp_path):
+    """A damaged single tar behaves like a damaged shard: the members before the damage are used, the loss is
+    one counted ``tar_truncated`` skip, and only an archive with no intact image is an error."""
     archive = tmp_path / "ok.tar"
     with tarfile.open(archive, "w") as tar:
         for k in range(3):
             add_member(tar, f"c{k}/{k}.jpg", bytes([k]) * 1500)
+    with tarfile.open(archive) as tar:
         offsets = [m.offset for m in tar.getmembers()]
     raw = archive.read_bytes()
-    assert len(open_source(archive)) == 3
+    assert len(open_source(archive)) == 3 and open_source(archive).skipped == []
     second_header, end_of_data = offsets[1], offsets[2] + 512 + 1536
     # cut at a member boundary (tarfile alone would see a shorter archive), inside a header, inside data,
-    # before the end-of-archive marker, and inside the first header
-    for cut in (second_header, second_header + 100, second_header + 700, end_of_data, 100):
+    # and before the end-of-archive marker: the intact members before the cut are used, the rest is counted
+    for cut, intact in ((second_header, 1), (second_header + 100, 1), (second_header + 700, 1), (end_of_data, 3)):
         bad = tmp_path / f"cut{cut}.tar"
         bad.write_bytes(raw[:cut])
-        with pytest.raises(DataError, match="malformed or truncated"):
-            open_source(bad)
+        src = open_source(bad)
+        assert [src.read(i) for i in range(len(src))] == [bytes([k]) * 1500 for k in range(intact)]
+        assert [reason for _, reason in src.skipped] == ["tar_truncated"]
+    bad = tmp_path / "cut100.tar"  # inside the first header: nothing usable
+    bad.write_bytes(raw[:100])
+    with pytest.raises(DataError, match="malformed or truncated"):
+        open_source(bad)
     garbage = tmp_path / "garbage.tar"
     garbage.write_bytes(raw[:512] + b"\x07" * 3000)
-    with pytest.raises(DataError, match="malformed or truncated"):
-        open_source(garbage)
+    src = open_source(garbage)
+    assert len(src) == 1 and [reason for _, reason in src.skipped] == ["tar_truncated"]
+    noisy = tmp_path / "noisy.tar"  # members that do not compress, so that half the .gz holds a whole one
+    members = [np.random.default_rng(k).bytes(1500) for k in range(3)]
+    with tarfile.open(noisy, "w") as tar:
+        for k, data in enumerate(members):
+            add_member(tar, f"c{k}/{k}.jpg", data)
     cut_gzip = tmp_path / "cut.tar.gz"
-    packed = gzip.compress(raw)
+    packed = gzip.compress(noisy.read_bytes())
     cut_gzip.write_bytes(packed[: len(packed) // 2])
-    with pytest.raises(DataError, match="truncated or corrupt"):
+    src = open_source(cut_gzip)
+    assert [src.read(i) for i in range(len(src))] == members[:1]
+    assert [reason for _, reason in src.skipped] == ["tar_truncated"]
+    cut_gzip.write_bytes(packed[:30])
+    with pytest.raises(DataError, match="malformed or truncated"):
         open_source(cut_gzip)
 
 
