@@ -25,12 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from openseer.errors import CheckpointError
+
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_SPEC = "backbone.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, reported as one line."""
 
 
 def _fsync_dir(path: Path) -> None:

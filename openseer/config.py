@@ -24,11 +24,9 @@ from typing import Any, Literal
 
 import yaml
 
+from openseer.errors import ConfigError
+
 PRESET_DIR = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A configuration problem, reported to the user as one line."""
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:

@@ -20,8 +20,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from openseer.config import Config, derive
+from openseer.config import Config, derive, load_config
+from openseer.methods import METHODS
+from openseer.models.backbone import backbone_spec, create_backbone_from_spec
+from openseer.parallel import apply_activation_checkpointing, find_blocks
 
 GB = 1024**3
 
@@ -55,8 +59,6 @@ def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
 
 
 def _unit_sizes(method: nn.Module, unit: str) -> list[int]:
-    from openseer.parallel import find_blocks
-
     stages = find_blocks(method.backbone)
     if unit == "stage":
         sizes = [sum(p.numel() for b in s for p in b.parameters()) for s in stages]
@@ -70,12 +72,6 @@ def _unit_sizes(method: nn.Module, unit: str) -> list[int]:
 
 def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
     """Parameters, FLOPs and memory per process for ``cfg`` on ``world_size`` processes (meta device)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from openseer.methods import METHODS
-    from openseer.models.backbone import backbone_spec, create_backbone_from_spec
-    from openseer.parallel import apply_activation_checkpointing
-
     p = cfg.parallel
     with torch.device("meta"):
         backbone = create_backbone_from_spec(backbone_spec(cfg.model))
@@ -129,8 +125,6 @@ def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
 
 
 def _largest_block_activation(backbone: nn.Module, cfg: Config) -> float:
-    from openseer.parallel import find_blocks
-
     x = torch.empty(cfg.train.batch_size, 3, cfg.aug.global_size, cfg.aug.global_size, device="meta")
     sizes = []
     hooks = [
@@ -187,15 +181,11 @@ def format_info(cfg: Config, info: ModelInfo, world_size: int, preset: str = "")
 
 
 def info_main(preset: str, overrides: list[str], world_size: int) -> str:
-    from openseer.config import load_config
-
     cfg = load_config(preset, overrides)
     return format_info(cfg, model_info(cfg, world_size), world_size, preset)
 
 
 def param_count(cfg: Any) -> int:
     """Backbone parameters of ``cfg`` counted on the meta device."""
-    from openseer.models.backbone import backbone_spec, create_backbone_from_spec
-
     with torch.device("meta"):
         return sum(p.numel() for p in create_backbone_from_spec(backbone_spec(cfg.model)).parameters())

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from openseer.data.images import BadImage, DataError, load_rgb
 from openseer.data.sources import ImageSource
+from openseer.errors import ConfigError
 
 #: How many consecutive undecodable images a sample may skip before the data is declared broken.
 MAX_SKIPS = 50
@@ -235,7 +236,7 @@ def auto_num_workers(requested: int) -> int:
     if requested >= 0:
         return requested
     if requested != -1:
-        raise ValueError(f"num_workers={requested}; expected -1 (automatic) or a count >= 0")
+        raise ConfigError(f"num_workers={requested}; expected -1 (automatic) or a count >= 0")
     cores = available_cores()
     return 0 if cores <= 2 else min(8, cores - 1)
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from openseer.config import Config, ConfigError
+from openseer.data.fast import BatchColorAugment, FastCropTransform
 from openseer.data.loader import (
     EpochSampler,
     MultiCropBatch,
@@ -59,8 +60,6 @@ def build_pretrain_data(
 ) -> tuple[Any, Any, int]:
     """(sampler, loader, images per epoch) for ``cfg.data``; ``sampler.set_epoch(epoch, step)`` positions
     the loader, and iterating the loader gives :class:`MultiCropBatch` es."""
-    from openseer.data.fast import BatchColorAugment, FastCropTransform
-
     d, batch = cfg.data, cfg.train.batch_size
     fast = d.augment == "fast"
     transform = FastCropTransform(cfg.aug) if fast else MultiCropTransform(cfg.aug)

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from openseer.checkpoint import atomic_write
+from openseer.errors import ConfigError
 from openseer.eval.features import Features
 from openseer.eval.knn import knn_classify
 from openseer.eval.linear import DEFAULT_LRS, DEFAULT_WDS, linear_probe
@@ -32,7 +34,7 @@ def class_balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
     does not change the others' subsets, and a larger fraction under the same seed is a superset.
     """
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+        raise ConfigError(f"fraction must lie in (0, 1], got {fraction}")
     parts = []
     for c in torch.unique(labels).tolist():
         members = (labels == c).nonzero().flatten()
@@ -79,7 +81,7 @@ def run_lowshot(
     started = time.perf_counter()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
-        raise ValueError("need at least one seed")
+        raise ConfigError("need at least one seed")
     num_classes = len(train.classes) if train.classes else int(train.labels.max()) + 1
     subsets: dict[str, dict[str, dict]] = {}
     results: dict[str, dict] = {}
@@ -115,8 +117,6 @@ def run_lowshot(
             "runs": runs,
         }
     if subsets_out is not None:
-        from openseer.checkpoint import atomic_write
-
         text = json.dumps({"train_classes": train.classes, "subsets": subsets})
         atomic_write(subsets_out, lambda tmp: Path(tmp).write_text(text))
     return {
