@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,40 +25,10 @@ import torch
 from torch import nn
 
 from openseer.errors import CheckpointError
+from openseer.io import atomic_write, atomic_write_json, fsync_dir
 
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_SPEC = "backbone.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, write_fn) -> None:
-    """Write ``path`` via ``write_fn(tmp_path)`` then fsync + rename: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -91,13 +60,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def export_backbone(run_dir: str | Path, backbone: nn.Module, spec: dict[str, Any]) -> Path:
     """Write the backbone's weights (safetensors) and its timm spec into ``run_dir``."""
-    from safetensors.torch import save_file
-
-    run_dir = Path(run_dir)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    atomic_write(run_dir / BACKBONE_WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    atomic_write(run_dir / BACKBONE_SPEC, lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2)))
-    return run_dir / BACKBONE_WEIGHTS
+    return export_backbone_state(run_dir, backbone.state_dict(), spec)
 
 
 def _backbone_state_from_training(state: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -235,7 +198,7 @@ def save_sharded_checkpoint(
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-        _fsync_dir(ckpt_dir)
+        fsync_dir(ckpt_dir)
         atomic_write(ckpt_dir / LATEST, lambda t: Path(t).write_text(name + "\n"))
     _barrier()
     return target
@@ -313,5 +276,5 @@ def export_backbone_state(
     run_dir = Path(run_dir)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(run_dir / BACKBONE_WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    atomic_write(run_dir / BACKBONE_SPEC, lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2)))
+    atomic_write_json(run_dir / BACKBONE_SPEC, spec)
     return run_dir / BACKBONE_WEIGHTS

@@ -11,7 +11,6 @@ uses exactly the code paths a user's own folder would: ``pretrain`` on the unlab
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from PIL import Image
 from openseer.config import load_config
 from openseer.eval.knn import format_table
 from openseer.eval.pipeline import knn_from_checkpoint, random_init_backbone
+from openseer.io import atomic_write_json
 from openseer.train import pretrain
 
 log = logging.getLogger("openseer")
@@ -80,7 +80,7 @@ def run_demo(out: str | Path = "demo_out", max_steps: int = 0) -> dict[str, Any]
         "seconds": time.time() - started,
         "run_dir": str(run_dir),
     }
-    (out / "demo.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(out / "demo.json", result)
     print(format_table({int(k): v for k, v in pretrained["top1"].items()}, "kNN top-1, SwAV-pretrained"))
     print(format_table({int(k): v for k, v in random_init["top1"].items()}, "kNN top-1, random init"))
     verdict = "beats" if top["pretrained"] > top["random"] else "does NOT beat"

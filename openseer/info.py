@@ -83,7 +83,7 @@ def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
         crops[cfg.aug.local_size] = crops.get(cfg.aug.local_size, 0) + cfg.aug.local_crops
     flops, acts = {}, 0.0
     if p.activation_checkpointing:
-        apply_activation_checkpointing(backbone, p.checkpoint_every, p.checkpoint_stages)
+        apply_activation_checkpointing(backbone, p.recompute_every, p.checkpoint_stages)
     backbone.train()
     for size, count in crops.items():
         # two images (batch norm needs more than one value per channel at 1x1), reported per image
@@ -157,10 +157,10 @@ def format_info(cfg: Config, info: ModelInfo, world_size: int, preset: str = "")
         f"{preset or 'config'}: {cfg.method} on "
         + (
             cfg.model.backbone
-            if not cfg.model.regnet_depth
-            else f"RegNet(d={cfg.model.regnet_depth}, "
-            f"w0={cfg.model.regnet_w0}, wa={cfg.model.regnet_wa}, wm={cfg.model.regnet_wm}, "
-            f"g={cfg.model.regnet_group_size})"
+            if not cfg.model.regnet.depth
+            else f"RegNet(d={cfg.model.regnet.depth}, "
+            f"w0={cfg.model.regnet.w0}, wa={cfg.model.regnet.wa}, wm={cfg.model.regnet.wm}, "
+            f"g={cfg.model.regnet.group_size})"
         ),
         f"parameters     backbone {info.params_backbone / 1e6:,.1f}M, head + prototypes "
         f"{info.params_head / 1e6:,.1f}M, total {info.params_total / 1e6:,.1f}M",

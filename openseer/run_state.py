@@ -18,30 +18,11 @@ import torch
 import yaml
 
 from openseer import dist
-from openseer.checkpoint import atomic_write, latest_sharded_checkpoint, load_checkpoint, load_sharded_meta
-from openseer.config import Config, ConfigError, Derived, config_from_dict, to_dict
+from openseer.checkpoint import latest_sharded_checkpoint, load_checkpoint, load_sharded_meta
+from openseer.config import Config, ConfigError, Derived, config_from_dict, resumable_keys, to_dict, upgrade_keys
+from openseer.io import atomic_write_text
 
 log = logging.getLogger("openseer")
-
-# Settings that may change between an interrupted run and its resumption; anything else must match.
-RESUMABLE_CHANGES = {
-    "train.max_steps",
-    "train.epochs",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.max_nonfinite_steps",
-    "data.num_workers",
-    "data.path",
-    "train.device",
-    "monitor.train",
-    "monitor.test",
-    "monitor.every",
-    "monitor.k",
-    "monitor.max_train",
-    "monitor.max_test",
-}
-
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -63,9 +44,9 @@ def resume_blockers(state: dict[str, Any], cfg: Config) -> list[str]:
     """Config changes that forbid resuming ``state``. How the run is executed (parallel.*) may change, and so
     may the split of the global batch into processes x micro-batches, as long as the global batch is the same.
     """
-    old = state["config"]
-    diff = [k for k in config_differences(old, to_dict(cfg)) if k not in RESUMABLE_CHANGES]
-    diff = [k for k in diff if not k.startswith("parallel.")]
+    old = upgrade_keys(state["config"])
+    resumable = resumable_keys()  # declared on the config fields (how the run is executed, its length, ...)
+    diff = [k for k in config_differences(old, to_dict(cfg)) if k not in resumable]
     old_train = old.get("train", {})
     old_global = old_train.get("batch_size", 0) * state.get("world_size", 1)
     old_global *= old_train.get("accumulate_steps", 1)
@@ -144,7 +125,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         for line in path.read_text().splitlines()
         if line.strip() and json.loads(line).get("step", 0) <= last_step
     ]
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def run_summary(
@@ -176,7 +157,7 @@ def run_summary(
         "skipped_by_reason": reasons,
         "skipped": skipped,
         "seconds": time.time() - started,
-        "backbone": cfg.model.backbone if not cfg.model.regnet_depth else "regnet",
+        "backbone": cfg.model.backbone if not cfg.model.regnet.depth else "regnet",
     }
 
 

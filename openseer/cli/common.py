@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openseer.checkpoint import atomic_write
 from openseer.errors import ConfigError
 from openseer.eval.settings import EvalSettings
+from openseer.io import atomic_write_json
 
 CHECKPOINT_HELP = "run dir, backbone.safetensors or a .pt checkpoint"
 LABELLED_HELP = "labelled {} images: <class>/<image> folder or tar, file list, shards"
@@ -153,5 +153,4 @@ def ints(text: str, name: str) -> tuple[int, ...]:
 def write_json(result: dict[str, Any], out: str | Path | None) -> None:
     """Write ``result`` to ``out`` atomically (nothing when ``out`` is None)."""
     if out:
-        text = json.dumps(result, indent=2)
-        atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_json(out, result)

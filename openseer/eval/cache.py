@@ -27,12 +27,13 @@ from typing import Any
 
 import torch
 
-from openseer.checkpoint import BACKBONE_SPEC, atomic_write, load_backbone, resolve_checkpoint
+from openseer.checkpoint import BACKBONE_SPEC, load_backbone, resolve_checkpoint
 from openseer.data import open_source
 from openseer.errors import CheckpointError, DataError
 from openseer.eval.features import Features, feature_extractor, source_features
 from openseer.eval.knn import check_label_sets
 from openseer.eval.settings import FROM_RUN, EvalSettings
+from openseer.io import atomic_write
 
 CACHE_FORMAT = "openseer-features/1"
 

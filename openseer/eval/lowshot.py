@@ -11,7 +11,6 @@ standard deviation over seeds are reported.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -20,11 +19,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from openseer.checkpoint import atomic_write
 from openseer.errors import ConfigError
 from openseer.eval.features import Features
 from openseer.eval.knn import knn_classify
 from openseer.eval.linear import DEFAULT_LRS, DEFAULT_WDS, linear_probe
+from openseer.io import atomic_write_json
 
 
 def class_balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
@@ -117,8 +116,7 @@ def run_lowshot(
             "runs": runs,
         }
     if subsets_out is not None:
-        text = json.dumps({"train_classes": train.classes, "subsets": subsets})
-        atomic_write(subsets_out, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_json(subsets_out, {"train_classes": train.classes, "subsets": subsets}, indent=None)
     return {
         "eval": "lowshot",
         "fractions": [float(f) for f in fractions],

@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
-from openseer.checkpoint import atomic_write, export_backbone, load_backbone, read_backbone_spec
+from openseer.checkpoint import export_backbone, load_backbone, read_backbone_spec
 from openseer.config import dump_yaml
 from openseer.eval.cache import cached_features, check_pair
 from openseer.eval.features import Features
 from openseer.eval.knn import DEFAULT_KS, align_labels, knn_result
 from openseer.eval.settings import FROM_RUN, EvalSettings, as_config
+from openseer.io import atomic_write_json, atomic_write_text
 from openseer.models.backbone import create_backbone_from_spec
 
 RANDOM_INIT = "random_init"
@@ -94,7 +95,7 @@ def random_init_backbone(checkpoint: str | os.PathLike[str], out_dir: str | os.P
     target.mkdir(parents=True, exist_ok=True)
     if config:
         text = dump_yaml(as_config(config))
-        atomic_write(target / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+        atomic_write_text(target / "config.yaml", text)
     marker = target / "random_init.json"
     made_from = {"spec": spec, "seed": seed}
     fresh = (target / "backbone.safetensors").is_file() and marker.is_file()
@@ -102,5 +103,5 @@ def random_init_backbone(checkpoint: str | os.PathLike[str], out_dir: str | os.P
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             export_backbone(target, create_backbone_from_spec(spec), spec)
-        atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(made_from)))
+        atomic_write_json(marker, made_from)
     return target

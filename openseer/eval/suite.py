@@ -11,19 +11,19 @@ into the output folder (``pretrained_*.json``, ``random_*.json``, low-shot subse
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from openseer.checkpoint import atomic_write, load_backbone
+from openseer.checkpoint import load_backbone
 from openseer.eval.finetune import finetune
 from openseer.eval.knn import knn_result
 from openseer.eval.linear import linear_probe
 from openseer.eval.lowshot import run_lowshot
 from openseer.eval.pipeline import frozen_pair, random_init_backbone
 from openseer.eval.settings import FROM_RUN, EvalSettings
+from openseer.io import atomic_write_json, atomic_write_text
 
 
 def default_out_dir(checkpoint: str | Path) -> Path:
@@ -116,9 +116,7 @@ def run_suite(
             timing["finetune"] = time.perf_counter() - started
         for kind, result in results.items():
             result = {**result, "checkpoint": str(ckpt)}
-            atomic_write(
-                out / f"{name}_{kind}.json", lambda tmp, r=result: Path(tmp).write_text(json.dumps(r, indent=2))
-            )
+            atomic_write_json(out / f"{name}_{kind}.json", result)
         rows[name] = _cells(results, ks, fractions)
         timings[name] = {k: round(v, 3) for k, v in timing.items()}
     header = [f"kNN k={k}" for k in ks] + ["linear"]
@@ -132,6 +130,6 @@ def run_suite(
     table = "\n".join(lines)
     summary = {"checkpoint": str(checkpoint), "train": str(train), "test": str(test), "header": header}
     summary.update(rows=rows, timings=timings, table=table, out_dir=str(out))
-    atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(table + "\n"))
-    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    atomic_write_text(out / "summary.md", table + "\n")
+    atomic_write_json(out / "summary.json", summary)
     return summary

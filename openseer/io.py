@@ -1,0 +1,58 @@
+"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one.
+
+Everything openseer writes that a later step reads (checkpoints, exported weights, ``config.yaml``,
+``summary.json``, evaluation results, feature caches, shard manifests) goes through :func:`atomic_write`:
+the data is written to a temporary file in the same folder, fsync'ed, renamed over the target, and the
+folder is fsync'ed so that the rename itself survives a power loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[str], Any]) -> None:
+    """Write ``path`` via ``write_fn(tmp_path)`` then fsync + rename: readers see the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_json(path: str | os.PathLike[str], value: Any, indent: int | None = 2) -> None:
+    """Write ``value`` as JSON to ``path`` atomically (serialised first, so a failure leaves no file)."""
+    atomic_write_text(path, json.dumps(value, indent=indent))
