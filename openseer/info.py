@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from openseer.config import Config, derive, load_config
 from openseer.methods import METHODS
-from openseer.models.backbone import backbone_spec, create_backbone_from_spec
+from openseer.models.backbone import backbone_spec, count_parameters, create_backbone_from_spec
 from openseer.parallel import apply_activation_checkpointing, find_blocks
 
 GB = 1024**3
@@ -61,12 +61,12 @@ def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
 def _unit_sizes(method: nn.Module, unit: str) -> list[int]:
     stages = find_blocks(method.backbone)
     if unit == "stage":
-        sizes = [sum(p.numel() for b in s for p in b.parameters()) for s in stages]
+        sizes = [sum(count_parameters(b) for b in s) for s in stages]
     else:
-        sizes = [sum(p.numel() for p in b.parameters()) for s in stages for b in s]
+        sizes = [count_parameters(b) for s in stages for b in s]
     head = getattr(method, "head", None)
     if head is not None:
-        sizes.append(sum(p.numel() for p in head.parameters()))
+        sizes.append(count_parameters(head))
     return sizes
 
 
@@ -186,6 +186,6 @@ def info_main(preset: str, overrides: list[str], world_size: int) -> str:
 
 
 def param_count(cfg: Any) -> int:
-    """Backbone parameters of ``cfg`` counted on the meta device."""
+    """Backbone parameters of ``cfg``, counted on the meta device (`count_parameters`, no weights allocated)."""
     with torch.device("meta"):
-        return sum(p.numel() for p in create_backbone_from_spec(backbone_spec(cfg.model)).parameters())
+        return count_parameters(create_backbone_from_spec(backbone_spec(cfg.model)))

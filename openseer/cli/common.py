@@ -128,24 +128,26 @@ def config_overrides(args: argparse.Namespace, keys: dict[str, str | tuple[str, 
     return out
 
 
-def floats(text: str, name: str) -> tuple[float, ...]:
-    """``"0.01,0.1"`` -> (0.01, 0.1); a clear ConfigError naming the flag otherwise."""
+def _numbers(text: str, name: str, kind: type, example: str) -> tuple:
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise ConfigError(f"{name} {text!r} must be comma-separated numbers") from None
+        what = "integers" if kind is int else "numbers"
+        raise ConfigError(f"{name} {text!r} must be comma-separated {what}, e.g. {example}") from None
     if not values:
         raise ConfigError(f"{name} is empty")
     return values
 
 
+def floats(text: str, name: str) -> tuple[float, ...]:
+    """``"0.01,0.1"`` -> (0.01, 0.1); a clear ConfigError naming the flag otherwise."""
+    return _numbers(text, name, float, "0.01,0.1")
+
+
 def ints(text: str, name: str) -> tuple[int, ...]:
     """``"10,20,200"`` -> (10, 20, 200), all positive; a clear ConfigError naming the flag otherwise."""
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{name} {text!r} must be comma-separated integers, e.g. 10,20,200") from None
-    if not values or min(values) < 1:
+    values = _numbers(text, name, int, "10,20,200")
+    if min(values) < 1:
         raise ConfigError(f"{name} {text!r} must hold positive integers")
     return values
 

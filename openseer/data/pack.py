@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from openseer.data.images import BadImage, DataError, load_rgb
-from openseer.data.shards import MANIFEST, MANIFEST_FORMAT, _file_sha256, verify_shards
+from openseer.data.shards import MANIFEST, MANIFEST_FORMAT, file_sha256, verify_shards
 from openseer.data.sources import open_source
 from openseer.io import atomic_write_json
 
@@ -108,7 +108,7 @@ def write_shards(
         writer.close()
         name = f"{prefix}-{len(shards):06d}.tar"
         os.replace(tmp, out_dir / name)
-        nbytes, sha = _file_sha256(str(out_dir / name))
+        nbytes, sha = file_sha256(str(out_dir / name))
         shards.append({"name": name, "count": count, "bytes": nbytes, "sha256": sha})
         writer = None
 

@@ -223,7 +223,8 @@ def open_source(path: str | os.PathLike[str], labelled: bool = False) -> ImageSo
     return TarSource(root, names, labels, classes, blob, offsets)
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
+    """Whether a file name has one of the image extensions (:data:`IMAGE_EXTENSIONS`)."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
@@ -256,7 +257,7 @@ def _list_folder(root: str) -> tuple[list[str], list[str]]:
                 if key not in ancestors:
                     stack.append((rel_name, ancestors | {key}))
             elif entry.is_file():
-                (images if _is_image_name(entry.name) else ignored).append(rel_name)
+                (images if is_image_name(entry.name) else ignored).append(rel_name)
     images.sort()
     return images, ignored
 
@@ -333,7 +334,7 @@ def _read_tar(path: str) -> tuple[list[str], bytes, np.ndarray, list[str]]:
             name = _member_name(member.name)
             if name is None:
                 continue
-            if not _is_image_name(name):
+            if not is_image_name(name):
                 ignored.append(name)
                 continue
             if member.offset_data + member.size > len(raw):

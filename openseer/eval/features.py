@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from openseer.data import LabelledDataset
 from openseer.errors import ConfigError, DataError
+from openseer.parallel import PRECISION_DTYPES
 
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -61,7 +61,7 @@ def _precision_context(device: torch.device, precision: str) -> contextlib.Abstr
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=PRECISION_DTYPES[precision])
 
 
 def _name_lookup(dataset: Dataset):

@@ -13,10 +13,13 @@ from openseer.eval.knn import align_labels
 from openseer.eval.pipeline import frozen_pair
 
 
-def parents_of(parents: Parents) -> list:
-    """The parent parsers of a frozen-feature command."""
-    optional = [parents.checkpoint_optional, parents.pair_optional]  # features files can replace them
-    return [*optional, parents.features, parents.layer, parents.settings, parents.out]
+def add_frozen_parser(sub: argparse._SubParsersAction, parents: Parents, name: str, help: str):
+    """The parser of a frozen-feature command, with its shared flags (``--checkpoint --train --test`` are
+    optional: ``--train-features --test-features`` can replace them)."""
+    optional = [parents.checkpoint_optional, parents.pair_optional]
+    return sub.add_parser(
+        name, help=help, parents=[*optional, parents.features, parents.layer, parents.settings, parents.out]
+    )
 
 
 def load_pair(args: argparse.Namespace) -> tuple[Features, Features, dict]:

@@ -6,16 +6,12 @@ from __future__ import annotations
 import argparse
 
 from openseer.cli.common import Parents, ints, write_json
-from openseer.cli.eval.frozen import load_pair, parents_of
+from openseer.cli.eval.frozen import add_frozen_parser, load_pair
 from openseer.eval.knn import format_table, knn_result
 
 
 def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
-    p = sub.add_parser(
-        "knn",
-        help="weighted kNN on frozen features (DINO protocol: cosine, T=0.07)",
-        parents=parents_of(parents),
-    )
+    p = add_frozen_parser(sub, parents, "knn", "weighted kNN on frozen features (DINO protocol: cosine, T=0.07)")
     p.add_argument("--k", default="10,20,200", help="comma-separated k values [10,20,200]")
     p.add_argument("--temperature", type=float, default=0.07, help="vote temperature T [0.07]")
     p.set_defaults(run=run)

@@ -6,16 +6,12 @@ from __future__ import annotations
 import argparse
 
 from openseer.cli.common import Parents, floats, write_json
-from openseer.cli.eval.frozen import load_pair, parents_of
+from openseer.cli.eval.frozen import add_frozen_parser, load_pair
 from openseer.eval.linear import linear_probe
 
 
 def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
-    p = sub.add_parser(
-        "linear",
-        help="grid of linear probes on frozen features (val split from train)",
-        parents=parents_of(parents),
-    )
+    p = add_frozen_parser(sub, parents, "linear", "grid of linear probes on frozen features (val split from train)")
     p.add_argument("--lrs", default="0.01,0.03,0.1,0.3,1.0", help="learning rates of the grid")
     p.add_argument("--wds", default="0,1e-4,1e-3", help="weight decays of the grid")
     p.add_argument("--epochs", type=int, default=30)

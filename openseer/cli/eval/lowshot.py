@@ -7,16 +7,12 @@ import argparse
 from pathlib import Path
 
 from openseer.cli.common import Parents, floats, ints, write_json
-from openseer.cli.eval.frozen import load_pair, parents_of
+from openseer.cli.eval.frozen import add_frozen_parser, load_pair
 from openseer.eval.lowshot import run_lowshot
 
 
 def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
-    p = sub.add_parser(
-        "lowshot",
-        help="linear + kNN on class-balanced label fractions over seeds",
-        parents=parents_of(parents),
-    )
+    p = add_frozen_parser(sub, parents, "lowshot", "linear + kNN on class-balanced label fractions over seeds")
     p.add_argument("--fractions", default="0.01,0.1", help="label fractions per class [0.01,0.1]")
     p.add_argument("--seeds", type=int, default=3, help="number of seeded subsets per fraction [3]")
     p.add_argument("--k", default="10,20", help="kNN k values [10,20]")
