@@ -20,102 +20,20 @@
 
 from __future__ import annotations
 
-import errno as errno_names
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from openseer.errors import CheckpointError, CheckpointWriteError
+from openseer.io import atomic_write, atomic_write_json, fsync_dir, os_error_of
+
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_SPEC = "backbone.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, reported as one line."""
-
-
-class CheckpointWriteError(CheckpointError, OSError):
-    """Writing a run file failed (disk full, I/O error, read-only folder): one line naming the file and the
-    errno. It is an OSError as well, so ``except OSError`` still sees it; the CLI prints it and exits 2."""
-
-    def __init__(self, path: str | Path, error: OSError) -> None:
-        code = error.errno
-        name = errno_names.errorcode.get(code, "") if code is not None else ""
-        what = f"[Errno {code}{' ' + name if name else ''}] {error.strerror or error}" if code else str(error)
-        self.message = (
-            f"cannot write {path}: {what}; the previous version of the file is intact: fix the cause (e.g. "
-            f"free disk space) and run the same command again to resume"
-        )
-        super().__init__(self.message)
-        self.errno, self.strerror, self.filename = code, error.strerror, str(path)
-
-    def __str__(self) -> str:  # not OSError's "[Errno N] text: 'file'"
-        return self.message
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, write_fn) -> None:
-    """Write ``path`` via ``write_fn(tmp_path)`` then fsync + rename: readers see the old or the new file.
-
-    Raises:
-        CheckpointWriteError: an OSError while writing (ENOSPC, EIO, EROFS, EACCES ...), naming ``path``; the
-            old file is untouched and the temporary file removed.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write_fn(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)
-    except OSError as e:
-        if isinstance(e, CheckpointWriteError):
-            raise
-        raise CheckpointWriteError(path, _os_error_of(e)) from None
-    except RuntimeError as e:  # torch.save wraps a failed write in RuntimeError
-        cause = _os_error_of(e)
-        if cause is None:
-            raise
-        raise CheckpointWriteError(path, cause) from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def _os_error_of(error: BaseException) -> OSError | None:
-    """The OSError behind ``error`` (itself, or its cause/context, as torch.save's RuntimeError wraps it)."""
-    seen = 0
-    while error is not None and seen < 8:
-        if isinstance(error, OSError):
-            return error
-        error = error.__cause__ or error.__context__
-        seen += 1
-    return None
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -155,13 +73,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def export_backbone(run_dir: str | Path, backbone: nn.Module, spec: dict[str, Any]) -> Path:
     """Write the backbone's weights (safetensors) and its timm spec into ``run_dir``."""
-    from safetensors.torch import save_file
-
-    run_dir = Path(run_dir)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    atomic_write(run_dir / BACKBONE_WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    atomic_write(run_dir / BACKBONE_SPEC, lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2)))
-    return run_dir / BACKBONE_WEIGHTS
+    return export_backbone_state(run_dir, backbone.state_dict(), spec)
 
 
 def _backbone_state_from_training(state: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -296,7 +208,7 @@ def save_sharded_checkpoint(
     try:
         dcp.save(_model_optim_state(model, optimizer), checkpoint_id=str(tmp))
     except Exception as e:  # DCP gathers each process's failure into one CheckpointException
-        cause = _os_error_of(e)
+        cause = os_error_of(e)
         if cause is not None:
             raise CheckpointWriteError(tmp, cause) from None
         raise CheckpointError(f"cannot write sharded checkpoint {tmp}: {_first_line(e)}") from None
@@ -308,7 +220,7 @@ def save_sharded_checkpoint(
             os.replace(tmp, target)
         except OSError as e:
             raise CheckpointWriteError(target, e) from None
-        _fsync_dir(ckpt_dir)
+        fsync_dir(ckpt_dir)
         atomic_write(ckpt_dir / LATEST, lambda t: Path(t).write_text(name + "\n"))
     _barrier()
     return target
@@ -429,5 +341,5 @@ def export_backbone_state(
     run_dir = Path(run_dir)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(run_dir / BACKBONE_WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    atomic_write(run_dir / BACKBONE_SPEC, lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2)))
+    atomic_write_json(run_dir / BACKBONE_SPEC, spec)
     return run_dir / BACKBONE_WEIGHTS

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import types
 import typing
@@ -24,20 +25,22 @@ from typing import Any, Literal
 
 import yaml
 
+from openseer.errors import ConfigError
 from openseer.methods.base import RunInfo
 from openseer.methods.registry import METHODS, method_configs
+
+log = logging.getLogger("openseer")
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
-class ConfigError(ValueError):
-    """A configuration problem, reported to the user as one line."""
-
-
-def _f(default: Any, help: str, **kw: Any) -> Any:
+def _f(default: Any, help: str, resumable: bool = False, **kw: Any) -> Any:
+    """A config field with its ``help`` text; ``resumable`` fields may change when a run is resumed
+    (`resumable_keys`)."""
+    metadata = {"help": help, "resumable": resumable}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
 
 
 @dataclass
@@ -48,11 +51,13 @@ class DataConfig:
         "per line), or tar shards to stream: a glob, a brace pattern (shards/train-{000000..000127}.tar), "
         "'::'-joined paths, an fsspec URL (s3://...), or a folder written by `openseer shard` "
         "(docs/data.md). Set by --data.",
+        resumable=True,
     )
     num_workers: int = _f(
         -1,
         "DataLoader worker processes; -1 picks from the cores available "
         "(0 on <=2 cores, where workers steal CPU from the model).",
+        resumable=True,
     )
     seed_augmentations: bool = _f(
         True,
@@ -99,22 +104,30 @@ class AugConfig:
 
 
 @dataclass
+class RegNetConfig:
+    """A RegNet given by its design-space parameters (Radosavovic et al. 2020, "Designing Network Design
+    Spaces"), built with timm's ``RegNetCfg``; SEER's RegNetY-10B is depth 27, w0 1744, wa 620.83, wm 2.52,
+    group width 1010."""
+
+    depth: int = _f(0, "Total depth d; 0 = no custom RegNet, use model.backbone.")
+    w0: int = _f(0, "Initial width w0.")
+    wa: float = _f(0.0, "Width slope wa.")
+    wm: float = _f(0.0, "Width multiplier wm.")
+    group_size: int = _f(0, "Group width g.")
+    se_ratio: float = _f(0.25, "Squeeze-excitation ratio (RegNetY: 0.25, RegNetX: 0).")
+
+
+@dataclass
 class ModelConfig:
     backbone: str = _f(
         "regnety_016",
         "timm model name (regnety_*, regnetx_*, resnet*; SEER sizes: regnety_320, "
-        "regnety_640, regnety_1280, regnety_2560). Ignored when regnet_depth > 0.",
+        "regnety_640, regnety_1280, regnety_2560). Ignored when model.regnet.depth > 0.",
     )
-    regnet_depth: int = _f(
-        0,
-        "Build a RegNet from its design-space parameters instead of a timm name "
-        "(Radosavovic et al. 2020): total depth d. 0 = use `backbone`.",
+    regnet: RegNetConfig = field(
+        default_factory=RegNetConfig,
+        metadata={"help": "A RegNet from its design-space parameters instead of a timm name."},
     )
-    regnet_w0: int = _f(0, "RegNet initial width w0.")
-    regnet_wa: float = _f(0.0, "RegNet width slope wa.")
-    regnet_wm: float = _f(0.0, "RegNet width multiplier wm.")
-    regnet_group_size: int = _f(0, "RegNet group width g.")
-    regnet_se_ratio: float = _f(0.25, "RegNet squeeze-excitation ratio (RegNetY: 0.25, RegNetX: 0).")
     zero_init_residual: bool = _f(
         True,
         "Zero-initialise the last batch-norm of each residual block (timm's "
@@ -163,24 +176,26 @@ class TrainConfig:
     epochs: int = _f(
         100,
         "Training length in epochs (--epochs). Schedules span whichever of epochs and max_steps ends first.",
+        resumable=True,
     )
-    max_steps: int = _f(0, "Stop after this many optimizer steps (--max-steps); 0 = no limit.")
+    max_steps: int = _f(0, "Stop after this many optimizer steps (--max-steps); 0 = no limit.", resumable=True)
     batch_size: int = _f(64, "Images per process per step (the global batch is this times the world size).")
     precision: Literal["fp32", "bf16", "fp16"] = _f(
         "bf16",
         "Autocast precision. bf16 is fastest on recent CPUs and GPUs; fp16 uses a gradient scaler (GPU).",
     )
-    device: str = _f("auto", "'auto' (cuda if available, else cpu), 'cpu' or 'cuda'.")
+    device: str = _f("auto", "'auto' (cuda if available, else cpu), 'cpu' or 'cuda'.", resumable=True)
     seed: int = _f(0, "Seed for initialisation, data order and augmentation.")
-    log_every: int = _f(10, "Write a metrics.jsonl line every N steps (and at the last step).")
+    log_every: int = _f(10, "Write a metrics.jsonl line every N steps (and at the last step).", resumable=True)
     checkpoint_every: int = _f(
-        500, "Write a checkpoint every N steps (and at each epoch end and the last step)."
+        500, "Write a checkpoint every N steps (and at each epoch end and the last step).", resumable=True
     )
-    keep_checkpoints: int = _f(2, "Step checkpoints kept besides last.pt (older ones are deleted).")
+    keep_checkpoints: int = _f(2, "Step checkpoints kept besides last.pt (older ones are deleted).", resumable=True)
     max_nonfinite_steps: int = _f(
         20,
         "Abort after this many consecutive steps with a non-finite loss or "
         "gradient (each is skipped and reported).",
+        resumable=True,
     )
     accumulate_steps: int = _f(
         1,
@@ -199,43 +214,51 @@ class ParallelConfig:
         "ddp",
         "Data-parallel wrapper when launched on several processes (--strategy): ddp replicates the model; "
         "fsdp (FSDP2 fully_shard) shards parameters, gradients and optimizer state (SEER-sized models).",
+        resumable=True,
     )
     fsdp_unit: Literal["block", "stage"] = _f(
         "block",
         "FSDP2 sharding unit: every residual block (least memory) or every stage (fewer, larger "
         "collectives).",
+        resumable=True,
     )
     fsdp_reshard_after_forward: bool = _f(
         True,
         "Free gathered parameters after each unit's forward (ZeRO-3); false keeps them (ZeRO-2, faster).",
+        resumable=True,
     )
     fsdp_cpu_offload: bool = _f(
         False,
         "Keep sharded parameters, gradients and optimizer state in CPU memory (FSDP2 CPUOffloadPolicy).",
+        resumable=True,
     )
     activation_checkpointing: bool = _f(
         False,
         "Recompute the activations of residual blocks in the backward pass (torch.utils.checkpoint): "
         "much less activation memory for about 30% more compute. SEER used it for 256GF and 10B.",
+        resumable=True,
     )
-    checkpoint_every: int = _f(
-        1, "With activation_checkpointing: checkpoint every k-th block of each stage (1 = every block)."
+    recompute_every: int = _f(
+        1, "With activation_checkpointing: recompute every k-th block of each stage (1 = every block).", resumable=True
     )
     checkpoint_stages: list[int] = _f(
-        [], "With activation_checkpointing: 1-based stages whose blocks are checkpointed; [] = all stages."
+        [], "With activation_checkpointing: 1-based stages whose blocks are checkpointed; [] = all stages.",
+        resumable=True,
     )
     sync_batchnorm: bool = _f(
         False,
         "Compute batch-norm statistics over the processes of a group (an all-reduce that works on gloo "
         "and nccl) instead of per process. SEER: true.",
+        resumable=True,
     )
     batchnorm_group_size: int = _f(
-        0, "Processes per batch-norm group with sync_batchnorm (0 = all; SEER: 64 of 512 GPUs)."
+        0, "Processes per batch-norm group with sync_batchnorm (0 = all; SEER: 64 of 512 GPUs).", resumable=True
     )
     checkpoint_format: Literal["auto", "full", "sharded"] = _f(
         "auto",
         "full: one last.pt written by rank 0; sharded: torch.distributed.checkpoint, every process writes "
         "its shard (resumable on another number of processes); auto = sharded with fsdp, else full.",
+        resumable=True,
     )
 
 
@@ -252,12 +275,16 @@ class EvalConfig:
 
 @dataclass
 class MonitorConfig:
-    train: str = _f("", "Labelled images (ImageFolder folder or tar) used as the kNN bank while training; '' = off.")
-    test: str = _f("", "Labelled images the online kNN monitor classifies (set together with monitor.train).")
-    every: int = _f(100, "Steps between monitor runs (and at the last step).")
-    k: int = _f(20, "Neighbours of the weighted kNN vote.")
-    max_train: int = _f(5000, "Class-balanced cap on the bank images (0 = all).")
-    max_test: int = _f(1000, "Class-balanced cap on the classified images (0 = all).")
+    train: str = _f(
+        "", "Labelled images (ImageFolder folder or tar) used as the kNN bank while training; '' = off.", resumable=True
+    )
+    test: str = _f(
+        "", "Labelled images the online kNN monitor classifies (set together with monitor.train).", resumable=True
+    )
+    every: int = _f(100, "Steps between monitor runs (and at the last step).", resumable=True)
+    k: int = _f(20, "Neighbours of the weighted kNN vote.", resumable=True)
+    max_train: int = _f(5000, "Class-balanced cap on the bank images (0 = all).", resumable=True)
+    max_test: int = _f(1000, "Class-balanced cap on the classified images (0 = all).", resumable=True)
 
 
 @dataclass(eq=False)
@@ -315,6 +342,46 @@ class Config:
 
 # --------------------------------------------------------------------------------------------------------
 # loading, overriding, checking
+
+
+#: Keys that moved (old dotted key -> new one). Old YAML files, overrides and run directories keep loading: the
+#: value goes to the new key and a note says so.
+RENAMED_KEYS = {
+    **{f"model.regnet_{k}": f"model.regnet.{k}" for k in ("depth", "w0", "wa", "wm", "group_size", "se_ratio")},
+    # activation recompute, not to be confused with train.checkpoint_every (checkpoint files)
+    "parallel.checkpoint_every": "parallel.recompute_every",
+}
+
+
+def upgrade_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the nested config dict ``values`` with every key of `RENAMED_KEYS` moved to its new place."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for old, new in RENAMED_KEYS.items():
+        section, name = old.split(".")
+        if not isinstance(values.get(section), dict) or name not in values[section]:
+            continue
+        value = values[section].pop(name)
+        log.warning("config key %r is now %r; using the value there (rename it in your YAML/overrides)", old, new)
+        *parents, leaf = new.split(".")
+        target = values
+        for part in parents:
+            target[part] = dict(target.get(part) or {})
+            target = target[part]
+        target[leaf] = value
+    return values
+
+
+def resumable_keys(cls: type | None = None, prefix: str = "") -> set[str]:
+    """Dotted keys whose fields are declared ``resumable``: a resumed run may change them."""
+    cls = cls or Config
+    keys = set()
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys |= resumable_keys(hints[f.name], f"{prefix}{f.name}.")
+        elif f.metadata.get("resumable"):
+            keys.add(f"{prefix}{f.name}")
+    return keys
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -399,6 +466,8 @@ def _unknown(key: str, valid: list[str]) -> ConfigError:
 
 
 def _apply_dict(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    if not prefix:
+        values = upgrade_keys(values)
     hints = _field_types(type(obj))
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else str(name)
@@ -454,22 +523,57 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _preset_path(preset: str, relative_to: Path | None = None) -> Path:
+    """The YAML file of a preset name or path (a relative path in a ``base:`` is relative to that file)."""
+    path = Path(preset)
+    if relative_to is not None and not path.is_absolute() and path.suffix in (".yaml", ".yml"):
+        path = relative_to.parent / path
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {preset!r} does not exist")
+        return path
+    path = PRESET_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        names = sorted(list_presets())
+        close = difflib.get_close_matches(preset, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown preset {preset!r}{hint}; presets: {', '.join(names)}")
+    return path
+
+
+def _merge(base: dict[str, Any], diff: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``diff`` laid over it, section by section (a list or a value replaces the base's)."""
+    out = dict(base)
+    for key, value in diff.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_preset(preset: str, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The values of a preset (name or YAML path) with its ``base:`` chain resolved.
+
+    A preset may start with ``base: other-preset`` (a name, or a YAML path relative to this file) and then list
+    only what differs; the base's values come first, this file's replace them key by key.
+    """
+    path = _preset_path(preset, _chain[-1] if _chain else None).resolve()
+    if path in _chain:
+        names = " -> ".join(p.stem for p in (*_chain, path))
+        raise ConfigError(f"presets inherit in a circle: {names}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return upgrade_keys(data)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must name a preset or a YAML file, got {base!r}")
+    return _merge(read_preset(base, (*_chain, path)), upgrade_keys(data))
+
+
 def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a config from the defaults, an optional preset name or YAML path, and overrides."""
+    """Build a config from the defaults, an optional preset name or YAML path (with its ``base:`` chain), and
+    overrides."""
     cfg = Config()
     if preset:
-        path = Path(preset)
-        if path.suffix in (".yaml", ".yml") or path.exists():
-            if not path.is_file():
-                raise ConfigError(f"config file {preset!r} does not exist")
-        else:
-            path = PRESET_DIR / f"{preset}.yaml"
-            if not path.is_file():
-                names = sorted(list_presets())
-                close = difflib.get_close_matches(preset, names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"unknown preset {preset!r}{hint}; presets: {', '.join(names)}")
-        _apply_dict(cfg, _read_yaml(path))
+        _apply_dict(cfg, read_preset(preset))
     for text in overrides:
         key, value = parse_override(text)
         set_value(cfg, key, value)
@@ -521,7 +625,7 @@ def validate(cfg: Config) -> None:
         "train.log_every": t.log_every,
         "train.checkpoint_every": t.checkpoint_every,
         "train.accumulate_steps": t.accumulate_steps,
-        "parallel.checkpoint_every": cfg.parallel.checkpoint_every,
+        "parallel.recompute_every": cfg.parallel.recompute_every,
         "monitor.every": cfg.monitor.every,
         "monitor.k": cfg.monitor.k,
     }
@@ -551,10 +655,8 @@ def validate(cfg: Config) -> None:
     for key in ("flip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob"):
         if not 0.0 <= getattr(a, key) <= 1.0:
             raise ConfigError(f"aug.{key}={getattr(a, key)} must be a probability in [0, 1]")
-    if m.regnet_depth and min(m.regnet_w0, m.regnet_group_size) <= 0:
-        raise ConfigError(
-            "model.regnet_depth > 0 needs model.regnet_w0, regnet_wa, regnet_wm, regnet_group_size"
-        )
+    if m.regnet.depth and min(m.regnet.w0, m.regnet.group_size) <= 0:
+        raise ConfigError("model.regnet.depth > 0 needs model.regnet.w0, wa, wm and group_size")
     if cfg.parallel.batchnorm_group_size < 0 or any(s < 1 for s in cfg.parallel.checkpoint_stages):
         raise ConfigError("parallel.batchnorm_group_size must be >= 0 and parallel.checkpoint_stages 1-based")
     if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):

@@ -5,18 +5,25 @@ with ``sklearn.datasets.load_digits``, so nothing is downloaded). It is the only
 installs with a common pip package and no network; torchvision's and tensorflow's sets all download.
 The images are upscaled to 32 px and written as PNG folders (``<out>/data/{train,test}/<digit>/``), so the demo
 uses exactly the code paths a user's own folder would: ``pretrain`` on the unlabeled train images, then
-``eval knn`` for the pretrained backbone and for the same backbone at random initialisation.
+``eval knn`` for the pretrained backbone and for the same backbone at random initialisation (the floor of
+``openseer eval all``, `openseer.eval.pipeline.random_init_backbone`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from openseer.config import load_config
+from openseer.eval.knn import format_table
+from openseer.eval.pipeline import knn_from_checkpoint, random_init_backbone
+from openseer.io import atomic_write_json
+from openseer.train import pretrain
 
 log = logging.getLogger("openseer")
 
@@ -26,8 +33,7 @@ IMAGE_SIDE = 32
 
 def write_digits(root: Path, test_fraction: float = 0.3, seed: int = 0) -> tuple[Path, Path]:
     """Write the digits as ImageFolder PNGs; a stratified, seeded train/test split. Idempotent."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # optional heavy dependency: only the demo needs it
 
     train_dir, test_dir = root / "train", root / "test"
     done = root / ".complete"
@@ -52,14 +58,6 @@ def write_digits(root: Path, test_fraction: float = 0.3, seed: int = 0) -> tuple
 
 def run_demo(out: str | Path = "demo_out", max_steps: int = 0) -> dict[str, Any]:
     """Pretrain the ``demo`` preset on the digits, evaluate pretrained vs random init, write demo.json."""
-    import torch
-
-    from openseer.config import load_config
-    from openseer.eval import format_table
-    from openseer.eval.run import knn_for_backbone, knn_from_checkpoint
-    from openseer.models.backbone import build_backbone
-    from openseer.train import pretrain
-
     started = time.time()
     out = Path(out)
     train_dir, test_dir = write_digits(out / "data")
@@ -68,9 +66,8 @@ def run_demo(out: str | Path = "demo_out", max_steps: int = 0) -> dict[str, Any]
     run_dir = out / "run"
     summary = pretrain(cfg, run_dir)
     ks = (10, 20)
-    pretrained = knn_from_checkpoint(str(run_dir), str(train_dir), str(test_dir), ks=ks)
-    torch.manual_seed(cfg.train.seed)
-    random_init = knn_for_backbone(build_backbone(cfg.model), cfg, str(train_dir), str(test_dir), ks=ks)
+    pretrained = knn_from_checkpoint(run_dir, train_dir, test_dir, ks=ks)
+    random_init = knn_from_checkpoint(random_init_backbone(run_dir, out), train_dir, test_dir, ks=ks)
     top = {name: max(r["top1"].values()) for name, r in (("pretrained", pretrained), ("random", random_init))}
     result = {
         "knn_top1_pretrained": top["pretrained"],
@@ -83,7 +80,7 @@ def run_demo(out: str | Path = "demo_out", max_steps: int = 0) -> dict[str, Any]
         "seconds": time.time() - started,
         "run_dir": str(run_dir),
     }
-    (out / "demo.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(out / "demo.json", result)
     print(format_table({int(k): v for k, v in pretrained["top1"].items()}, "kNN top-1, SwAV-pretrained"))
     print(format_table({int(k): v for k, v in random_init["top1"].items()}, "kNN top-1, random init"))
     verdict = "beats" if top["pretrained"] > top["random"] else "does NOT beat"

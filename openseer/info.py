@@ -20,9 +20,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from openseer.config import Config, global_batch_size, run_info
+from openseer.config import Config, global_batch_size, load_config, run_info
 from openseer.methods import get_method
+from openseer.models.backbone import backbone_spec, count_parameters, create_backbone_from_spec
+from openseer.parallel import apply_activation_checkpointing, find_blocks
 
 GB = 1024**3
 
@@ -56,26 +59,19 @@ def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
 
 
 def _unit_sizes(method: nn.Module, unit: str) -> list[int]:
-    from openseer.parallel import find_blocks
-
     stages = find_blocks(method.backbone)
     if unit == "stage":
-        sizes = [sum(p.numel() for b in s for p in b.parameters()) for s in stages]
+        sizes = [sum(count_parameters(b) for b in s) for s in stages]
     else:
-        sizes = [sum(p.numel() for p in b.parameters()) for s in stages for b in s]
+        sizes = [count_parameters(b) for s in stages for b in s]
     head = getattr(method, "head", None)
     if head is not None:
-        sizes.append(sum(p.numel() for p in head.parameters()))
+        sizes.append(count_parameters(head))
     return sizes
 
 
 def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
     """Parameters, FLOPs and memory per process for ``cfg`` on ``world_size`` processes (meta device)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from openseer.models.backbone import backbone_spec, create_backbone_from_spec
-    from openseer.parallel import apply_activation_checkpointing
-
     p = cfg.parallel
     with torch.device("meta"):
         backbone = create_backbone_from_spec(backbone_spec(cfg.model))
@@ -87,7 +83,7 @@ def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
         crops[cfg.aug.local_size] = crops.get(cfg.aug.local_size, 0) + cfg.aug.local_crops
     flops, acts = {}, 0.0
     if p.activation_checkpointing:
-        apply_activation_checkpointing(backbone, p.checkpoint_every, p.checkpoint_stages)
+        apply_activation_checkpointing(backbone, p.recompute_every, p.checkpoint_stages)
     backbone.train()
     for size, count in crops.items():
         # two images (batch norm needs more than one value per channel at 1x1), reported per image
@@ -129,8 +125,6 @@ def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
 
 
 def _largest_block_activation(backbone: nn.Module, cfg: Config) -> float:
-    from openseer.parallel import find_blocks
-
     x = torch.empty(cfg.train.batch_size, 3, cfg.aug.global_size, cfg.aug.global_size, device="meta")
     sizes = []
     hooks = [
@@ -160,10 +154,10 @@ def format_info(cfg: Config, info: ModelInfo, world_size: int, preset: str = "")
         f"{preset or 'config'}: {cfg.method} on "
         + (
             cfg.model.backbone
-            if not cfg.model.regnet_depth
-            else f"RegNet(d={cfg.model.regnet_depth}, "
-            f"w0={cfg.model.regnet_w0}, wa={cfg.model.regnet_wa}, wm={cfg.model.regnet_wm}, "
-            f"g={cfg.model.regnet_group_size})"
+            if not cfg.model.regnet.depth
+            else f"RegNet(d={cfg.model.regnet.depth}, "
+            f"w0={cfg.model.regnet.w0}, wa={cfg.model.regnet.wa}, wm={cfg.model.regnet.wm}, "
+            f"g={cfg.model.regnet.group_size})"
         ),
         f"parameters     backbone {info.params_backbone / 1e6:,.1f}M, head + prototypes "
         f"{info.params_head / 1e6:,.1f}M, total {info.params_total / 1e6:,.1f}M",
@@ -184,15 +178,11 @@ def format_info(cfg: Config, info: ModelInfo, world_size: int, preset: str = "")
 
 
 def info_main(preset: str, overrides: list[str], world_size: int) -> str:
-    from openseer.config import load_config
-
     cfg = load_config(preset, overrides)
     return format_info(cfg, model_info(cfg, world_size), world_size, preset)
 
 
 def param_count(cfg: Any) -> int:
-    """Backbone parameters of ``cfg`` counted on the meta device."""
-    from openseer.models.backbone import backbone_spec, create_backbone_from_spec
-
+    """Backbone parameters of ``cfg``, counted on the meta device (`count_parameters`, no weights allocated)."""
     with torch.device("meta"):
-        return sum(p.numel() for p in create_backbone_from_spec(backbone_spec(cfg.model)).parameters())
+        return count_parameters(create_backbone_from_spec(backbone_spec(cfg.model)))

@@ -187,7 +187,7 @@ def prepare_model(method: nn.Module, pcfg: Any, device: torch.device, precision:
     place), or a DDP wrapper. Build the optimizer *after* this call (FSDP replaces the parameters).
     """
     if pcfg.activation_checkpointing and getattr(method, "backbone", None) is not None:
-        apply_activation_checkpointing(method.backbone, pcfg.checkpoint_every, pcfg.checkpoint_stages)
+        apply_activation_checkpointing(method.backbone, pcfg.recompute_every, pcfg.checkpoint_stages)
     if dist.world_size() == 1:
         return method
     if pcfg.sync_batchnorm:

@@ -21,35 +21,24 @@ from openseer import dist
 from openseer.checkpoint import (
     LATEST,
     CheckpointError,
-    atomic_write,
     latest_sharded_checkpoint,
     load_checkpoint,
     load_sharded_meta,
     sharded_checkpoint_problem,
 )
-from openseer.config import Config, ConfigError, Derived, config_from_dict, global_batch_size, to_dict
+from openseer.config import (
+    Config,
+    ConfigError,
+    Derived,
+    config_from_dict,
+    global_batch_size,
+    resumable_keys,
+    to_dict,
+    upgrade_keys,
+)
+from openseer.io import atomic_write_text
 
 log = logging.getLogger("openseer")
-
-# Settings that may change between an interrupted run and its resumption; anything else must match.
-RESUMABLE_CHANGES = {
-    "train.max_steps",
-    "train.epochs",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.max_nonfinite_steps",
-    "data.num_workers",
-    "data.path",
-    "train.device",
-    "monitor.train",
-    "monitor.test",
-    "monitor.every",
-    "monitor.k",
-    "monitor.max_train",
-    "monitor.max_test",
-}
-
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -82,12 +71,12 @@ def resume_blockers(state: dict[str, Any], cfg: Config) -> list[str]:
     """Config changes that forbid resuming ``state``. How the run is executed (parallel.*) may change, and so
     may the split of the global batch into processes x micro-batches, as long as the global batch is the same.
     """
-    old = state["config"]
+    old = upgrade_keys(state["config"])
     # a field added since the checkpoint was written counts as its default (e.g. optim.weight_decay_end)
     defaults = _flatten(to_dict(Config()))
     old = _unflatten({**{k: v for k, v in defaults.items() if k.split(".")[0] in old}, **_flatten(old)})
-    diff = [k for k in config_differences(old, to_dict(cfg)) if k not in RESUMABLE_CHANGES]
-    diff = [k for k in diff if not k.startswith("parallel.")]
+    resumable = resumable_keys()  # declared on the config fields (how the run is executed, its length, ...)
+    diff = [k for k in config_differences(old, to_dict(cfg)) if k not in resumable]
     old_train = old.get("train", {})
     old_global = old_train.get("batch_size", 0) * state.get("world_size", 1)
     old_global *= old_train.get("accumulate_steps", 1)
@@ -242,7 +231,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text(errors="replace").splitlines() if _row_step(line) <= last_step]
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _row_step(line: str) -> float:
@@ -283,7 +272,7 @@ def run_summary(
         "skipped_by_reason": reasons,
         "skipped": skipped,
         "seconds": time.time() - started,
-        "backbone": cfg.model.backbone if not cfg.model.regnet_depth else "regnet",
+        "backbone": cfg.model.backbone if not cfg.model.regnet.depth else "regnet",
     }
 
 

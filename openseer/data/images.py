@@ -16,6 +16,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from openseer.errors import BAD_IMAGE_REASONS, BadImage, DataError  # noqa: F401 (re-exported: old import path)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
 
 #: Formats PIL decodes only with a plugin: (reason of the skip without it, pip package, module to import).
@@ -24,45 +26,12 @@ _PLUGINS = {
     "avif": ("needs_pillow_avif", "pillow-avif-plugin", "pillow_avif"),
 }
 
-#: Reasons a :class:`BadImage` can carry.
-BAD_IMAGE_REASONS = (
-    "empty",
-    "truncated",
-    "unreadable",
-    "too_large",
-    "missing",
-    *(reason for reason, _, _ in _PLUGINS.values()),
-)
 
 # Transparent pixels are composited onto white: their colour values are undefined (often black), and
 # web images with alpha (logos, product photos) are designed to be seen on a white page.
 _BACKGROUND = (255, 255, 255)
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-
-
-class DataError(ValueError):
-    """A problem with the user's data, reported as one clear line (e.g. "data path /x does not exist")."""
-
-
-class BadImage(Exception):
-    """A file that cannot be used as an image.
-
-    Attributes:
-        reason: why, one of ``"empty"`` (zero bytes), ``"truncated"`` (the data ends or breaks before the
-            image does), ``"unreadable"`` (not an image, or a format/mode PIL cannot decode) and
-            ``"too_large"`` (over PIL's decompression-bomb limit, ``Image.MAX_IMAGE_PIXELS``), ``"missing"``
-            (the file vanished after the folder was listed), ``"needs_pillow_heif"`` / ``"needs_pillow_avif"``
-            (a HEIC/HEIF or AVIF image and no Pillow plugin installed to decode it: ``pip install pillow-heif``
-            or ``pillow-avif-plugin``).
-    """
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        if reason not in BAD_IMAGE_REASONS:
-            raise ValueError(f"unknown BadImage reason {reason!r}; expected one of {BAD_IMAGE_REASONS}")
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 def load_rgb(

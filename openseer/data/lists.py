@@ -19,7 +19,7 @@ import numpy as np
 
 from openseer.data.images import IMAGE_EXTENSIONS, DataError
 from openseer.data.shards import ShardStats, expand_shards, iter_shard, read_manifest
-from openseer.data.sources import FolderSource, TarSource, _is_image_name
+from openseer.data.sources import FolderSource, TarSource, is_image_name
 
 LIST_SUFFIXES = (".txt", ".lst", ".list", ".tsv")
 
@@ -44,13 +44,13 @@ def open_file_list(path: str, labelled: bool = False) -> FolderSource:
                 continue
             if "\t" in line:
                 name, label = line.split("\t", 1)
-            elif " " in line.strip() and not _is_image_name(line.strip().rsplit(" ", 1)[1]):
+            elif " " in line.strip() and not is_image_name(line.strip().rsplit(" ", 1)[1]):
                 name, label = line.strip().rsplit(" ", 1)
             else:
                 name, label = line.strip(), None
             if label is not None and not label.strip():
                 raise DataError(f"{path}:{number}: empty label")
-            if not _is_image_name(name.strip()):
+            if not is_image_name(name.strip()):
                 raise DataError(
                     f"{path} is a file but not a tar archive or a file list of images (line {number}: "
                     f"{name.strip()[:80]!r} has no image extension, {', '.join(IMAGE_EXTENSIONS)})"

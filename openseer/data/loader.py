@@ -23,15 +23,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from openseer.data.images import BadImage, DataError, load_rgb
 from openseer.data.sources import ImageSource
+from openseer.errors import ConfigError
 
 #: How many consecutive undecodable images a sample may skip before the data is declared broken.
 MAX_SKIPS = 50
 
 _MASK64 = (1 << 64) - 1
 _ORDER_STREAM = 0x5EED_0D0E  # separates the sample-order seeds from the augmentation seeds
-_AUGMENT_STREAM = 0xA06_C0DE
+#: Seed streams of `mix_seed`: per-sample augmentation (PIL path), per-batch augmentation (fast path, batched).
+AUGMENT_STREAM = 0xA06_C0DE
+BATCH_AUG_STREAM = 0xBA7C4
 
-#: One sample of :class:`PretrainDataset`: (crops, index of the image used, skipped (name, reason) pairs).
+#: One sample of :class:`PretrainDataset`: (crops, index of the image used, skipped (name, reason) pairs,
+#: conversion notes of the image used).
 Sample = tuple[list[torch.Tensor], int, list[tuple[str, str]], list[str]]
 
 
@@ -120,8 +124,9 @@ class PretrainDataset(Dataset):
     torch's CPU generator seeded from (seed, epoch, index) and restored afterwards, so the crops of a key do
     not depend on worker count, order or resumption, and the caller's random stream is untouched.
 
-    ``__getitem__`` returns ``(crops, index, skipped)`` where ``index`` is the image actually used (the
-    key's index unless it was substituted); the seed always comes from the key's index.
+    ``__getitem__`` returns a :data:`Sample` ``(crops, index, skipped, notes)`` where ``index`` is the image
+    actually used (the key's index unless it was substituted) and ``notes`` the conversions it needed (CMYK,
+    16-bit, EXIF rotation, ...); the seed always comes from the key's index.
     """
 
     def __init__(
@@ -141,7 +146,7 @@ class PretrainDataset(Dataset):
 
     def sample_seed(self, epoch: int, index: int) -> int:
         """The augmentation seed of one key."""
-        return mix_seed(_AUGMENT_STREAM, self.seed, epoch, index)
+        return mix_seed(AUGMENT_STREAM, self.seed, epoch, index)
 
     def _first_good(self, index: int) -> tuple[Image.Image, int, list[tuple[str, str]], list[str]]:
         n = len(self.source)
@@ -235,7 +240,7 @@ def auto_num_workers(requested: int) -> int:
     if requested >= 0:
         return requested
     if requested != -1:
-        raise ValueError(f"num_workers={requested}; expected -1 (automatic) or a count >= 0")
+        raise ConfigError(f"num_workers={requested}; expected -1 (automatic) or a count >= 0")
     cores = available_cores()
     return 0 if cores <= 2 else min(8, cores - 1)
 

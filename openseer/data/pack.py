@@ -11,7 +11,6 @@ shard's sample count, size and sha256, the classes, and the totals.
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import time
@@ -20,8 +19,9 @@ from pathlib import Path
 from PIL import Image
 
 from openseer.data.images import BadImage, DataError, load_rgb
-from openseer.data.shards import MANIFEST, MANIFEST_FORMAT, _file_sha256, verify_shards
+from openseer.data.shards import MANIFEST, MANIFEST_FORMAT, file_sha256, verify_shards
 from openseer.data.sources import open_source
+from openseer.io import atomic_write_json
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
@@ -108,7 +108,7 @@ def write_shards(
         writer.close()
         name = f"{prefix}-{len(shards):06d}.tar"
         os.replace(tmp, out_dir / name)
-        nbytes, sha = _file_sha256(str(out_dir / name))
+        nbytes, sha = file_sha256(str(out_dir / name))
         shards.append({"name": name, "count": count, "bytes": nbytes, "sha256": sha})
         writer = None
 
@@ -158,9 +158,7 @@ def write_shards(
         "seconds": round(time.time() - started, 2),
         "shards": shards,
     }
-    tmp_manifest = out_dir / f".{MANIFEST}.partial"
-    tmp_manifest.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp_manifest, out_dir / MANIFEST)
+    atomic_write_json(out_dir / MANIFEST, manifest, indent=1)
     if verify:
         result = verify_shards(str(out_dir))
         if not result["ok"]:

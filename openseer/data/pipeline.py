@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from openseer.config import Config, ConfigError
+from openseer.data.fast import BatchColorAugment, FastCropTransform
 from openseer.data.loader import (
+    BATCH_AUG_STREAM,
     EpochSampler,
     MultiCropBatch,
     PretrainDataset,
@@ -27,7 +29,7 @@ from openseer.data.loader import (
 )
 from openseer.data.shards import ShardSet, is_shard_spec
 from openseer.data.sources import open_source
-from openseer.data.stream import _BATCH_AUG_STREAM, ShardStream
+from openseer.data.stream import ShardStream
 from openseer.data.transforms import MultiCropTransform
 
 log = logging.getLogger("openseer")
@@ -48,7 +50,7 @@ class _BatchAugmented:
         for batch in self.loader:
             batch = batch.to(self.device, non_blocking=True)
             gen = torch.Generator(device=batch.crops[0].device)
-            gen.manual_seed(mix_seed(_BATCH_AUG_STREAM, self.seed, epoch, step))
+            gen.manual_seed(mix_seed(BATCH_AUG_STREAM, self.seed, epoch, step))
             batch.crops = self.augment(batch.crops, gen)
             step += 1
             yield batch
@@ -77,8 +79,6 @@ def build_pretrain_data(
 ) -> tuple[Any, Any, int]:
     """(sampler, loader, images per epoch) for ``cfg.data``; ``sampler.set_epoch(epoch, step)`` positions
     the loader, and iterating the loader gives :class:`MultiCropBatch` es."""
-    from openseer.data.fast import BatchColorAugment, FastCropTransform
-
     d, batch = cfg.data, cfg.train.batch_size
     fast = d.augment == "fast"
     transform = FastCropTransform(cfg.aug) if fast else MultiCropTransform(cfg.aug)

@@ -233,7 +233,8 @@ def iter_shard(path: str, stats: ShardStats | None = None) -> Iterator[ShardReco
             logging.getLogger("openseer").warning("shard %s is truncated or corrupt: %s", path, e)
 
 
-def _file_sha256(path: str) -> tuple[int, str]:
+def file_sha256(path: str) -> tuple[int, str]:
+    """(size in bytes, SHA-256 hex digest) of a local or fsspec file, read in 1 MiB chunks."""
     digest, size = hashlib.sha256(), 0
     with _open(path) as f:
         while chunk := f.read(1 << 20):
@@ -295,7 +296,7 @@ def verify_shards(spec: str | os.PathLike[str]) -> dict:
         stats = ShardStats()
         n = sum(1 for _ in iter_shard(path, stats))
         total += n
-        size, sha = _file_sha256(path) if not stats.counts.get("shard_unreadable") else (0, "")
+        size, sha = file_sha256(path) if not stats.counts.get("shard_unreadable") else (0, "")
         if n != entry["count"]:
             problems.append(f"{entry['name']}: {n} samples, manifest says {entry['count']}")
         if sha != entry["sha256"] or size != entry["bytes"]:

@@ -258,7 +258,8 @@ def _with_skips(source: ImageSource, skipped: list[tuple[str, str]]) -> ImageSou
     return source
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
+    """Whether a file name has one of the image extensions (:data:`IMAGE_EXTENSIONS`)."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
@@ -299,7 +300,7 @@ def _list_folder(root: str) -> tuple[list[str], list[str], list[tuple[str, str]]
                 else:
                     skipped.append((rel_name, "symlink_loop"))
             elif is_file:
-                (images if _is_image_name(entry.name) else ignored).append(rel_name)
+                (images if is_image_name(entry.name) else ignored).append(rel_name)
             elif entry.is_symlink():
                 skipped.append((rel_name, "symlink_loop" if _loops(entry.path) else "broken_link"))
     images.sort()
@@ -410,10 +411,10 @@ def _read_tar(path: str) -> tuple[list[str], bytes, np.ndarray, list[str], list[
                     skipped.append((member.name, "unsafe_member"))
                 continue
             if not member.isreg() or member.issparse():
-                if not member.isdir() and _is_image_name(name):
+                if not member.isdir() and is_image_name(name):
                     skipped.append((name, "not_a_file"))
                 continue
-            if not _is_image_name(name):
+            if not is_image_name(name):
                 ignored.append(name)
                 continue
             if member.offset_data + member.size > len(raw):

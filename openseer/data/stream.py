@@ -37,14 +37,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from openseer.data.images import BadImage, DataError, load_rgb
-from openseer.data.loader import _AUGMENT_STREAM, MultiCropBatch, mix_seed
+from openseer.data.loader import AUGMENT_STREAM, BATCH_AUG_STREAM, MultiCropBatch, mix_seed
 from openseer.data.shards import ShardRecord, ShardSet, ShardStats, iter_shard
 
 log = logging.getLogger("openseer")
 
 _SHARD_ORDER_STREAM = 0x5_4A2D
 _SHUFFLE_STREAM = 0x5_4FF1
-_BATCH_AUG_STREAM = 0xBA7C4
 #: A worker that has met this many samples and no decodable image stops the run: the data is not images.
 MAX_BAD_START = 1000
 
@@ -257,7 +256,7 @@ class ShardStream:
             elif good == 0 and seen >= MAX_BAD_START:
                 raise DataError(f"the first {seen} samples of a worker's shards held no decodable image")
             with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(mix_seed(_AUGMENT_STREAM, self.seed, epoch, gid))
+                torch.default_generator.manual_seed(mix_seed(AUGMENT_STREAM, self.seed, epoch, gid))
                 crops_acc.append(self.transform(last_good))
             ids.append(gid)
             if len(ids) == b - (start % b if chunk == start // b else 0):
@@ -326,7 +325,7 @@ class ShardStream:
                 if self.device is not None:
                     batch = batch.to(self.device, non_blocking=True)
                 gen = torch.Generator(device=batch.crops[0].device)
-                gen.manual_seed(mix_seed(_BATCH_AUG_STREAM, self.seed, epoch, step))
+                gen.manual_seed(mix_seed(BATCH_AUG_STREAM, self.seed, epoch, step))
                 batch.crops = self.batch_transform(batch.crops, gen)
             step += 1
             self.start_step = step  # the position a checkpoint taken after this batch records

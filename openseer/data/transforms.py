@@ -25,6 +25,7 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
 from openseer.config import AugConfig
+from openseer.errors import ConfigError
 
 
 def _uniform(low: float, high: float) -> float:
@@ -134,9 +135,9 @@ def eval_transform(
         std: normalisation std (RGB).
     """
     if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct={crop_pct} must lie in (0, 1]")
+        raise ConfigError(f"crop_pct={crop_pct} must lie in (0, 1]")
     if image_size <= 0:
-        raise ValueError(f"image_size={image_size} must be positive")
+        raise ConfigError(f"image_size={image_size} must be positive")
     return v2.Compose(
         [
             v2.RGB(),

@@ -27,8 +27,13 @@ from typing import Any
 
 import torch
 
-from openseer.checkpoint import BACKBONE_SPEC, CheckpointError, atomic_write, resolve_checkpoint
-from openseer.eval.features import Features
+from openseer.checkpoint import BACKBONE_SPEC, load_backbone, resolve_checkpoint
+from openseer.data import open_source
+from openseer.errors import CheckpointError, DataError
+from openseer.eval.features import Features, feature_extractor, source_features
+from openseer.eval.knn import check_label_sets
+from openseer.eval.settings import FROM_RUN, EvalSettings
+from openseer.io import atomic_write
 
 CACHE_FORMAT = "openseer-features/1"
 
@@ -134,14 +139,10 @@ def default_cache_dir(checkpoint: str | os.PathLike[str]) -> Path:
 def cached_features(
     checkpoint: str | os.PathLike[str],
     data: str | os.PathLike[str],
+    settings: EvalSettings = FROM_RUN,
     out: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     layer: str = "pooled",
-    image_size: int = 0,
-    crop_pct: float = 0.0,
-    batch_size: int = 256,
-    num_workers: int = -1,
-    device: str = "auto",
     backbone: torch.nn.Module | None = None,
     config: dict[str, Any] | None = None,
 ) -> tuple[Features, dict[str, Any]]:
@@ -151,47 +152,32 @@ def cached_features(
     Args:
         checkpoint: run dir, ``backbone.safetensors`` or training checkpoint.
         data: labelled ImageFolder folder or tar.
+        settings: image size, crop, batch size, workers, device (what is left at 0/auto comes from the run).
         out: exact file to write/reuse; cache_dir: folder of cache files (default `default_cache_dir`).
         layer: ``"pooled"`` or a stage name/index (`openseer.eval.features.feature_extractor`).
-        image_size, crop_pct: evaluation transform (0: from the run's config).
-        batch_size, num_workers, device: extraction settings.
         backbone, config: an already loaded backbone and its config (skips reloading the checkpoint).
 
     Returns:
         (features with ``classes`` set, metadata dict with ``key``, ``cached`` (bool), ``path``, ``seconds``).
     """
-    from openseer.data import DataError, LabelledDataset, auto_num_workers, eval_transform, open_source
-    from openseer.eval.features import extract_features, feature_extractor
-    from openseer.eval.run import eval_settings, pick_device
-
     started = time.perf_counter()
     source = open_source(data, labelled=True)
     ckpt_fp = checkpoint_fingerprint(checkpoint)
     if backbone is None:
-        from openseer.checkpoint import load_backbone
-
         backbone, config = load_backbone(checkpoint)
-    s = eval_settings(config or {}, image_size, crop_pct)
-    precision = "bf16" if s["precision"] == "bf16" else "fp32"
-    settings = {
-        "image_size": s["image_size"],
-        "crop_pct": s["crop_pct"],
-        "mean": list(s["mean"]),
-        "std": list(s["std"]),
-        "layer": layer or "pooled",
-        "precision": precision,
-    }
-    key = cache_key(ckpt_fp, source_fingerprint(source), settings)
+    run = settings.resolve(config)
+    fingerprint = {**run.fingerprint(), "layer": layer or "pooled"}
+    key = cache_key(ckpt_fp, source_fingerprint(source), fingerprint)
     if out is None:
         stem = Path(str(data).rstrip("/")).name.split(".")[0] or "data"
-        out = Path(cache_dir or default_cache_dir(checkpoint)) / f"{stem}-{settings['layer']}-{key[:16]}.pt"
+        out = Path(cache_dir or default_cache_dir(checkpoint)) / f"{stem}-{fingerprint['layer']}-{key[:16]}.pt"
     out = Path(out)
     meta = {
         "key": key,
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": ckpt_fp["sha256"],
         "data": str(data),
-        "settings": settings,
+        "settings": fingerprint,
     }
     if out.is_file():
         try:
@@ -200,20 +186,16 @@ def cached_features(
             old_key = None
         if old_key == key:
             return feats, {**old_meta, "cached": True, "path": str(out), "seconds": 0.0}
-    device = pick_device(device)
-    transform = eval_transform(s["image_size"], s["crop_pct"], s["mean"], s["std"])
-    feats = extract_features(
-        feature_extractor(backbone, settings["layer"]),
-        LabelledDataset(source, transform),
-        batch_size=batch_size,
-        num_workers=auto_num_workers(num_workers),
-        device=device,
-        precision=precision,
-        channels_last=s["channels_last"],
+    feats = source_features(
+        feature_extractor(backbone, fingerprint["layer"]),
+        source,
+        run.transform(),
+        batch_size=run.batch_size,
+        num_workers=run.num_workers,
+        device=run.device,
+        precision=run.precision,
+        channels_last=run.channels_last,
     )
-    if len(feats) == 0:
-        raise DataError(f"no decodable images in {data} ({feats.num_failed} failed)")
-    feats.classes = list(source.classes)
     meta.update(num_images=len(feats), num_failed=feats.num_failed, feature_dim=feats.dim)
     meta["extract_seconds"] = round(time.perf_counter() - started, 3)
     save_features(out, feats, key, meta)
@@ -230,9 +212,6 @@ def check_pair(
             any image (e.g. an empty class folder in the listing, or all of its images undecodable).
         CheckpointError: the two files come from different checkpoints, layers or transforms.
     """
-    from openseer.data import DataError
-    from openseer.eval.knn import check_label_sets
-
     if train.classes is None or test.classes is None:
         raise DataError("features carry no class names; extract them with `openseer embed`")
     check_label_sets(train.classes, test.classes)

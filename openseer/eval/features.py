@@ -19,8 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from openseer.data import LabelledDataset
+from openseer.errors import ConfigError, DataError
+from openseer.parallel import PRECISION_DTYPES
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -54,10 +58,10 @@ class Features:
 def _precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Autocast context for ``precision``; fp32 runs without autocast."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=PRECISION_DTYPES[precision])
 
 
 def _name_lookup(dataset: Dataset):
@@ -70,8 +74,6 @@ def _name_lookup(dataset: Dataset):
 def _progress(loader: DataLoader, enabled: bool, desc: str) -> Iterator:
     """Wrap ``loader`` in a tqdm bar when asked and stderr is an interactive terminal."""
     if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-
         return iter(tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True))
     return iter(loader)
 
@@ -163,6 +165,42 @@ def extract_features(
     return Features(features=features, labels=labels_out, names=names, num_failed=num_failed)
 
 
+def source_features(
+    backbone: nn.Module,
+    source,
+    transform,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> Features:
+    """Features of every decodable image of a labelled source, with the source's class names.
+
+    Args:
+        backbone: module returning (B, D) features (see `feature_extractor` for an intermediate layer).
+        source: labelled `openseer.data.ImageSource` (``open_source(path, labelled=True)``).
+        transform: evaluation transform (`openseer.eval.settings.ResolvedEval.transform`).
+        batch_size, num_workers, device, precision, channels_last: see `extract_features`.
+
+    Raises:
+        DataError: no image of the source could be decoded.
+    """
+    feats = extract_features(
+        backbone,
+        LabelledDataset(source, transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+    )
+    if len(feats) == 0:
+        raise DataError(f"no decodable images in {source.root} ({feats.num_failed} failed)")
+    feats.classes = list(source.classes)
+    return feats
+
+
 class PooledLayer(nn.Module):
     """Global-average-pooled output of one intermediate stage of a timm backbone.
 
@@ -178,12 +216,12 @@ class PooledLayer(nn.Module):
         if layer.lstrip("-").isdigit():
             index = int(layer)
             if not -len(names) <= index < len(names):
-                raise ValueError(f"layer index {layer} out of range; layers: {', '.join(names)}")
+                raise ConfigError(f"layer index {layer} out of range; layers: {', '.join(names)}")
             index %= len(names)
         elif layer in names:
             index = names.index(layer)
         else:
-            raise ValueError(f"unknown layer {layer!r}; this backbone has: pooled, {', '.join(names)}")
+            raise ConfigError(f"unknown layer {layer!r}; this backbone has: pooled, {', '.join(names)}")
         self.backbone = backbone
         self.index = index
         self.layer = names[index]
@@ -206,5 +244,5 @@ def feature_extractor(backbone: nn.Module, layer: str = "pooled") -> nn.Module:
     if layer in ("pooled", "", None):
         return backbone
     if len(available_layers(backbone)) == 1:
-        raise ValueError(f"layer {layer!r}: this backbone exposes no intermediate stages; use 'pooled'")
+        raise ConfigError(f"layer {layer!r}: this backbone exposes no intermediate stages; use 'pooled'")
     return PooledLayer(backbone, str(layer))

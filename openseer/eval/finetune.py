@@ -20,16 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
+from openseer.data import LabelledDataset, open_source, subset
+from openseer.errors import DataError
+from openseer.eval.knn import check_label_sets
 from openseer.eval.linear import topk_accuracy
 from openseer.eval.lowshot import class_balanced_subset
+from openseer.eval.settings import FROM_RUN, EvalSettings
+from openseer.models.backbone import feature_dim
 
 log = logging.getLogger("openseer")
 
 def light_augmentation(image_size: int, mean, std, min_scale: float = 0.35):
     """Random resized crop (scale [min_scale, 1]) + horizontal flip + normalisation."""
-    from torchvision.transforms import v2
-
     return v2.Compose(
         [
             v2.RGB(),
@@ -66,8 +70,6 @@ def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tup
             logits.append(model(images[ok].to(device)).float().cpu())
             labels.append(torch.as_tensor(y)[ok])
     if not logits:
-        from openseer.data import DataError
-
         raise DataError("no decodable test images")
     return topk_accuracy(torch.cat(logits), torch.cat(labels), (1, 5)), sum(len(y) for y in labels)
 
@@ -84,44 +86,39 @@ def finetune(
     weight_decay: float = 0.0,
     batch_size: int = 64,
     seed: int = 0,
-    image_size: int = 0,
-    crop_pct: float = 0.0,
-    num_workers: int = -1,
-    device: str = "auto",
+    settings: EvalSettings = FROM_RUN,
 ) -> dict[str, Any]:
     """Fine-tune ``backbone`` with a new head on a class-balanced ``fraction`` of ``train``; score ``test``.
+
+    ``batch_size`` is the training batch; ``settings`` give the image size, crop, test batch size, workers and
+    device (`openseer.eval.settings.EvalSettings`; what is left at 0/auto comes from the run's ``config``).
 
     Returns:
         JSON-able dict with ``top1``, ``top5``, the subset size, the settings and ``seconds``.
     """
-    from openseer.data import LabelledDataset, auto_num_workers, eval_transform, open_source, subset
-    from openseer.eval.knn import check_label_sets
-    from openseer.eval.run import eval_settings, pick_device
-    from openseer.models.backbone import feature_dim
-
     started = time.perf_counter()
     train_src, test_src = open_source(train, labelled=True), open_source(test, labelled=True)
     check_label_sets(train_src.classes, test_src.classes)
-    s = eval_settings(config or {}, image_size, crop_pct)
+    run = settings.resolve(config)
     labels = torch.tensor([train_src.label(i) for i in range(len(train_src))])
     chosen = class_balanced_subset(labels, fraction, seed)
-    workers = auto_num_workers(num_workers)
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(
         LabelledDataset(
             subset(train_src, chosen),
-            light_augmentation(s["image_size"], s["mean"], s["std"]),
-            s["image_size"],
+            light_augmentation(run.image_size, run.mean, run.std),
+            run.image_size,
         ),
         batch_size=min(batch_size, len(chosen)),
         shuffle=True,
         drop_last=len(chosen) > batch_size,  # no 1-image BatchNorm batch at an epoch's end
-        num_workers=workers,
+        num_workers=run.num_workers,
         generator=generator,
     )
-    eval_tf = eval_transform(s["image_size"], s["crop_pct"], s["mean"], s["std"])
-    test_loader = DataLoader(LabelledDataset(test_src, eval_tf), batch_size=256, num_workers=workers)
-    dev = torch.device(pick_device(device))
+    test_loader = DataLoader(
+        LabelledDataset(test_src, run.transform()), batch_size=run.batch_size, num_workers=run.num_workers
+    )
+    dev = torch.device(run.device)
     torch.manual_seed(seed)
     model = Classifier(backbone, feature_dim(backbone), len(train_src.classes)).to(dev)
     optimizer = torch.optim.SGD(
@@ -175,6 +172,6 @@ def finetune(
         "weight_decay": weight_decay,
         "batch_size": batch_size,
         "final_train_loss": losses[-1] if losses else None,
-        "image_size": s["image_size"],
+        "image_size": run.image_size,
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -10,14 +10,16 @@ after pretraining.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from openseer.eval.features import extract_features
+from openseer.errors import ConfigError, DataError
+from openseer.eval.features import Features
 
 DEFAULT_KS = (10, 20, 200)
 
@@ -86,11 +88,11 @@ def knn_classify(
     """
     _check_inputs(train_features, train_labels, test_features, test_labels)
     if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {list(ks)}")
+        raise ConfigError(f"ks must be positive integers, got {list(ks)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
     device = train_features.device
     train, test = _as_float(train_features, test_features.to(device))
     train = F.normalize(train, dim=1)
@@ -119,13 +121,6 @@ def knn_classify(
     return {k: int(correct[k]) / test.shape[0] for k in ks}
 
 
-def _data_error(message: str) -> Exception:
-    """Build an `openseer.data.DataError` (imported lazily so this module loads without the data stack)."""
-    from openseer.data import DataError
-
-    return DataError(message)
-
-
 def _preview(names: Sequence[str], limit: int = 5) -> str:
     """Comma-separated names, shortened to ``limit`` with a count of the rest."""
     shown = ", ".join(repr(n) for n in names[:limit])
@@ -140,7 +135,7 @@ def check_label_sets(train_classes: Sequence[str], test_classes: Sequence[str]) 
             message names the classes missing on each side).
     """
     if len(set(train_classes)) < 2:
-        raise _data_error(
+        raise DataError(
             f"the train split needs at least 2 classes to evaluate, found {len(set(train_classes))}"
             + (f" ({_preview(list(train_classes))})" if train_classes else "")
         )
@@ -154,7 +149,7 @@ def check_label_sets(train_classes: Sequence[str], test_classes: Sequence[str]) 
         problems.append(f"missing from train: {_preview(only_test)}")
     if only_train:
         problems.append(f"missing from test: {_preview(only_train)}")
-    raise _data_error(f"train and test class lists differ; {'; '.join(problems)}")
+    raise DataError(f"train and test class lists differ; {'; '.join(problems)}")
 
 
 def format_table(results: dict[int, float], title: str) -> str:
@@ -165,73 +160,47 @@ def format_table(results: dict[int, float], title: str) -> str:
     return "\n".join([title, "-" * width, header, *rows])
 
 
-def _label_permutation(train_classes: Sequence[str], test_classes: Sequence[str]) -> Tensor | None:
-    """Map test class indices to train class indices when both hold the same names in another order."""
-    if list(train_classes) == list(test_classes):
-        return None
-    train_index = {name: i for i, name in enumerate(train_classes)}
-    return torch.tensor([train_index[name] for name in test_classes], dtype=torch.int64)
+def align_labels(train: Features, test: Features) -> Features:
+    """``test`` with its labels renumbered to ``train``'s class order (both list the same class names,
+    perhaps in another order, e.g. two file lists); ``test`` itself when the orders already agree."""
+    if list(train.classes or []) == list(test.classes or []):
+        return test
+    train_index = {name: i for i, name in enumerate(train.classes)}
+    permutation = torch.tensor([train_index[name] for name in test.classes], dtype=torch.int64)
+    return dataclasses.replace(test, labels=permutation[test.labels], classes=list(train.classes))
 
 
-def run_knn(
-    backbone: nn.Module,
-    train_source,
-    test_source,
-    transform,
-    ks: Sequence[int] = DEFAULT_KS,
-    temperature: float = 0.07,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    channels_last: bool = False,
+def knn_result(
+    train: Features, test: Features, ks: Sequence[int] = DEFAULT_KS, temperature: float = 0.07
 ) -> dict:
-    """Extract features of a labelled train/test pair and score them with the weighted kNN.
+    """Score ``test`` by the weighted kNN vote over ``train``: the result every kNN evaluation writes.
 
-    Args:
-        backbone: module returning pooled (B, D) features.
-        train_source: labelled `openseer.data.ImageSource` used as the neighbour bank.
-        test_source: labelled `ImageSource` to classify; it must hold the same class names.
-        transform: evaluation transform (`openseer.data.eval_transform`).
-        ks: neighbour counts; temperature: vote temperature (see `knn_classify`).
-        batch_size, num_workers, device, precision, channels_last: see `extract_features`.
+    Both carry class names (`openseer.eval.features.source_features`, the feature cache); test labels are
+    mapped to train's by name, so two listings of the same classes in another order still score correctly.
 
     Returns:
-        A JSON-able dict: ``top1`` (``{str(k): fraction}``), ``k``, ``temperature``, ``num_train``,
-        ``num_test`` (images actually scored), ``num_failed`` (undecodable images, both splits; also split
-        into ``num_failed_train``/``num_failed_test``), ``num_classes``, ``feature_dim`` and ``seconds``.
-    """
-    from openseer.data import LabelledDataset
+        A JSON-able dict: ``eval`` ("knn"), ``top1`` (``{str(k): fraction}``), ``k``, ``temperature``,
+        ``num_train``, ``num_test`` (images scored), ``num_failed`` (undecodable images of both splits; also
+        split into ``num_failed_train``/``num_failed_test``), ``num_classes``, ``feature_dim``, ``seconds``.
 
+    Raises:
+        DataError: fewer than 2 train classes, or the class sets differ.
+    """
     started = time.perf_counter()
-    check_label_sets(train_source.classes, test_source.classes)
-    options = dict(
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
-        precision=precision,
-        channels_last=channels_last,
-    )
-    train = extract_features(backbone, LabelledDataset(train_source, transform), **options)
-    test = extract_features(backbone, LabelledDataset(test_source, transform), **options)
-    for split, feats in (("train", train), ("test", test)):
-        if len(feats) == 0:
-            raise _data_error(f"no decodable images in the {split} split ({feats.num_failed} failed)")
-    test_labels = test.labels
-    permutation = _label_permutation(train_source.classes, test_source.classes)
-    if permutation is not None:
-        test_labels = permutation[test_labels]
-    results = knn_classify(
-        train.features.to(device),
+    check_label_sets(train.classes or [], test.classes or [])
+    test = align_labels(train, test)
+    top1 = knn_classify(
+        train.features,
         train.labels,
         test.features,
-        test_labels,
+        test.labels,
         ks=ks,
         temperature=temperature,
-        num_classes=len(train_source.classes),
+        num_classes=len(train.classes),
     )
     return {
-        "top1": {str(k): acc for k, acc in results.items()},
+        "eval": "knn",
+        "top1": {str(k): acc for k, acc in top1.items()},
         "k": [int(k) for k in ks],
         "temperature": float(temperature),
         "num_train": len(train),
@@ -239,7 +208,7 @@ def run_knn(
         "num_failed": train.num_failed + test.num_failed,
         "num_failed_train": train.num_failed,
         "num_failed_test": test.num_failed,
-        "num_classes": len(train_source.classes),
+        "num_classes": len(train.classes),
         "feature_dim": train.dim,
         "seconds": round(time.perf_counter() - started, 3),
     }

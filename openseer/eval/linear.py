@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from openseer.errors import ConfigError
+
 DEFAULT_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_WDS = (0.0, 1e-4, 1e-3)
 
@@ -31,7 +33,7 @@ def stratified_split(labels: Tensor, fraction: float, seed: int = 0) -> tuple[Te
     """Split indices into (train, val), taking ``round(fraction * n_c)`` of each class for validation
     (at least 1, and never the last image of a class). Seeded, sorted, disjoint."""
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"validation fraction must lie in [0, 1), got {fraction}")
+        raise ConfigError(f"validation fraction must lie in [0, 1), got {fraction}")
     generator = torch.Generator().manual_seed(seed)
     val_parts = []
     for c in torch.unique(labels):
@@ -154,7 +156,7 @@ def linear_probe(
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
     grid = [(float(lr), float(wd)) for lr in lrs for wd in wds]
     if not grid:
-        raise ValueError("the lr/wd grid is empty")
+        raise ConfigError("the lr/wd grid is empty")
     x_all = train_features.float()
     y_all = train_labels.long()
     fit_idx, val_idx = stratified_split(y_all, val_fraction, seed)

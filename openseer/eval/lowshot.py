@@ -11,7 +11,6 @@ standard deviation over seeds are reported.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -20,9 +19,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from openseer.errors import ConfigError
 from openseer.eval.features import Features
 from openseer.eval.knn import knn_classify
 from openseer.eval.linear import DEFAULT_LRS, DEFAULT_WDS, linear_probe
+from openseer.io import atomic_write_json
 
 
 def class_balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
@@ -32,7 +33,7 @@ def class_balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
     does not change the others' subsets, and a larger fraction under the same seed is a superset.
     """
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+        raise ConfigError(f"fraction must lie in (0, 1], got {fraction}")
     parts = []
     for c in torch.unique(labels).tolist():
         members = (labels == c).nonzero().flatten()
@@ -79,7 +80,7 @@ def run_lowshot(
     started = time.perf_counter()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
-        raise ValueError("need at least one seed")
+        raise ConfigError("need at least one seed")
     num_classes = len(train.classes) if train.classes else int(train.labels.max()) + 1
     subsets: dict[str, dict[str, dict]] = {}
     results: dict[str, dict] = {}
@@ -115,10 +116,7 @@ def run_lowshot(
             "runs": runs,
         }
     if subsets_out is not None:
-        from openseer.checkpoint import atomic_write
-
-        text = json.dumps({"train_classes": train.classes, "subsets": subsets})
-        atomic_write(subsets_out, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_json(subsets_out, {"train_classes": train.classes, "subsets": subsets}, indent=None)
     return {
         "eval": "lowshot",
         "fractions": [float(f) for f in fractions],

@@ -19,7 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from openseer.data import LabelledDataset, eval_transform, open_source, subset
+from openseer.errors import ConfigError, DataError
 from openseer.eval.knn import check_label_sets, knn_classify
+from openseer.eval.settings import FROM_RUN
 
 
 def _balanced_first(labels: list[int], cap: int) -> list[int]:
@@ -63,10 +66,8 @@ class KnnMonitor:
         max_test: int = 1000,
         batch_size: int = 256,
     ) -> None:
-        from openseer.data import DataError, LabelledDataset, eval_transform, open_source, subset
-
         if every < 1:
-            raise ValueError(f"monitor every={every} must be >= 1")
+            raise ConfigError(f"monitor every={every} must be >= 1")
         train_src, test_src = open_source(train, labelled=True), open_source(test, labelled=True)
         check_label_sets(train_src.classes, test_src.classes)
         transform = eval_transform(image_size, crop_pct, mean, std)
@@ -125,22 +126,20 @@ class KnnMonitor:
 
 def monitor_from_config(cfg) -> KnnMonitor | None:
     """The ``monitor`` section's monitor with the run's evaluation transform, or None when it is off."""
-    from openseer.eval.run import eval_settings
-
     m = cfg.monitor
     if not m.train:
         return None
-    s = eval_settings(cfg)
+    run = FROM_RUN.resolve(cfg)
     return KnnMonitor(
         m.train,
         m.test,
-        s["image_size"],
-        s["crop_pct"],
-        s["mean"],
-        s["std"],
+        run.image_size,
+        run.crop_pct,
+        run.mean,
+        run.std,
         every=m.every,
         k=m.k,
         max_train=m.max_train,
         max_test=m.max_test,
-        batch_size=cfg.eval.batch_size,
+        batch_size=run.batch_size,
     )

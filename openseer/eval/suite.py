@@ -11,16 +11,19 @@ into the output folder (``pretrained_*.json``, ``random_*.json``, low-shot subse
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from openseer.checkpoint import atomic_write, export_backbone, load_backbone, read_backbone_spec
-from openseer.config import config_from_dict, dump_yaml
+from openseer.checkpoint import load_backbone
+from openseer.eval.finetune import finetune
+from openseer.eval.knn import knn_result
+from openseer.eval.linear import linear_probe
+from openseer.eval.lowshot import run_lowshot
+from openseer.eval.pipeline import frozen_pair, random_init_backbone
+from openseer.eval.settings import FROM_RUN, EvalSettings
+from openseer.io import atomic_write_json, atomic_write_text
 
 
 def default_out_dir(checkpoint: str | Path) -> Path:
@@ -29,34 +32,10 @@ def default_out_dir(checkpoint: str | Path) -> Path:
     return path / "eval" if path.is_dir() else path.parent / "eval"
 
 
-def random_init_backbone(checkpoint: str | Path, out_dir: Path) -> Path:
-    """A randomly initialised backbone of the checkpoint's architecture (seed 0), exported into
-    ``out_dir/random_init`` with the run's config beside it (so every command evaluates it the same way)."""
-    from openseer.models.backbone import create_backbone_from_spec
-
-    spec, config = read_backbone_spec(checkpoint)
-    target = out_dir / "random_init"
-    target.mkdir(parents=True, exist_ok=True)
-    if config:
-        text = dump_yaml(config_from_dict(config))
-        atomic_write(target / "config.yaml", lambda tmp: Path(tmp).write_text(text))
-    spec_file = target / "backbone.json"
-    fresh = (target / "backbone.safetensors").is_file() and spec_file.is_file()
-    if not fresh or json.loads(spec_file.read_text()) != spec:  # absent, or left by another architecture
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            export_backbone(target, create_backbone_from_spec(spec), spec)
-    return target
-
-
 def _frozen(train, test, ks, fractions, seeds, out_dir: Path, name: str) -> tuple[dict, dict]:
-    from openseer.eval.knn import knn_classify
-    from openseer.eval.linear import linear_probe
-    from openseer.eval.lowshot import run_lowshot
-
     timings = {}
     started = time.perf_counter()
-    knn = knn_classify(train.features, train.labels, test.features, test.labels, ks=ks)
+    knn = knn_result(train, test, ks=ks)
     timings["knn"] = time.perf_counter() - started
     started = time.perf_counter()
     linear = linear_probe(train.features, train.labels, test.features, test.labels, len(train.classes))
@@ -68,7 +47,7 @@ def _frozen(train, test, ks, fractions, seeds, out_dir: Path, name: str) -> tupl
     )
     timings["lowshot"] = time.perf_counter() - started
     results = {
-        "knn": {"eval": "knn", "top1": {str(k): v for k, v in knn.items()}, "k": list(ks)},
+        "knn": knn,
         "linear": linear,
         "lowshot": lowshot,
     }
@@ -103,17 +82,12 @@ def run_suite(
     baseline: bool = True,
     finetune_fraction: float = 0.0,
     finetune_epochs: int = 10,
-    image_size: int = 0,
-    crop_pct: float = 0.0,
-    num_workers: int = -1,
-    device: str = "auto",
+    settings: EvalSettings = FROM_RUN,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (and a random-init floor when ``baseline``) on a labelled train/test pair.
 
     Returns a dict with ``table`` (markdown), ``rows`` (label -> cells), ``timings`` and ``out_dir``.
     """
-    from openseer.eval.cache import cached_features, check_pair
-
     out = Path(out_dir) if out_dir else default_out_dir(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     candidates = [("pretrained", Path(checkpoint))]
@@ -122,24 +96,13 @@ def run_suite(
     rows, timings = {}, {}
     for name, ckpt in candidates:
         backbone, config = load_backbone(ckpt)
-        options = dict(
-            image_size=image_size,
-            crop_pct=crop_pct,
-            num_workers=num_workers,
-            device=device,
-            backbone=backbone,
-            config=config,
-        )
         started = time.perf_counter()
-        train_f, train_meta = cached_features(ckpt, train, **options)
-        test_f, test_meta = cached_features(ckpt, test, **options)
-        check_pair(train_f, test_f, train_meta, test_meta)
+        train_f, test_f, meta = frozen_pair(ckpt, train, test, settings, backbone=backbone, config=config)
         extraction = time.perf_counter() - started
         results, timing = _frozen(train_f, test_f, ks, fractions, seeds, out, name)
+        results["knn"].update(meta)
         timing["features"] = extraction
         if finetune_fraction > 0:
-            from openseer.eval.finetune import finetune
-
             started = time.perf_counter()
             results["finetune"] = finetune(
                 backbone,
@@ -148,17 +111,12 @@ def run_suite(
                 test,
                 fraction=finetune_fraction,
                 epochs=finetune_epochs,
-                image_size=image_size,
-                crop_pct=crop_pct,
-                num_workers=num_workers,
-                device=device,
+                settings=settings,
             )
             timing["finetune"] = time.perf_counter() - started
         for kind, result in results.items():
             result = {**result, "checkpoint": str(ckpt)}
-            atomic_write(
-                out / f"{name}_{kind}.json", lambda tmp, r=result: Path(tmp).write_text(json.dumps(r, indent=2))
-            )
+            atomic_write_json(out / f"{name}_{kind}.json", result)
         rows[name] = _cells(results, ks, fractions)
         timings[name] = {k: round(v, 3) for k, v in timing.items()}
     header = [f"kNN k={k}" for k in ks] + ["linear"]
@@ -172,6 +130,6 @@ def run_suite(
     table = "\n".join(lines)
     summary = {"checkpoint": str(checkpoint), "train": str(train), "test": str(test), "header": header}
     summary.update(rows=rows, timings=timings, table=table, out_dir=str(out))
-    atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(table + "\n"))
-    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    atomic_write_text(out / "summary.md", table + "\n")
+    atomic_write_json(out / "summary.json", summary)
     return summary

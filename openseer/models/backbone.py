@@ -11,6 +11,7 @@ A *spec* (a small JSON-able dict) is saved next to exported weights so the backb
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import timm
@@ -28,17 +29,8 @@ def backbone_spec(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def _arch_spec(cfg: ModelConfig) -> dict[str, Any]:
-    if cfg.regnet_depth:
-        return {
-            "regnet_cfg": {
-                "depth": cfg.regnet_depth,
-                "w0": cfg.regnet_w0,
-                "wa": cfg.regnet_wa,
-                "wm": cfg.regnet_wm,
-                "group_size": cfg.regnet_group_size,
-                "se_ratio": cfg.regnet_se_ratio,
-            }
-        }
+    if cfg.regnet.depth:
+        return {"regnet_cfg": dataclasses.asdict(cfg.regnet)}
     return {"timm_name": cfg.backbone}
 
 

@@ -18,7 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from openseer.checkpoint import load_backbone, load_checkpoint
+from openseer.data import load_rgb, open_source
+from openseer.errors import BadImage, CheckpointError, DataError
+from openseer.eval.settings import FROM_RUN
+from openseer.config import run_info
+from openseer.methods import get_method
 from openseer.report.plots import image_grid, plot_curves, read_metrics
+from openseer.run_state import load_run_config
 
 log = logging.getLogger("openseer")
 _THUMB = 64
@@ -26,8 +33,6 @@ _THUMB = 64
 
 def _sample_images(data: str, max_images: int, seed: int, transform):
     """Up to ``max_images`` decodable images of ``data``: (thumbnails, eval tensors, names)."""
-    from openseer.data import BadImage, load_rgb, open_source
-
     source = open_source(data)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(source))[: max_images if max_images > 0 else None]
@@ -41,8 +46,6 @@ def _sample_images(data: str, max_images: int, seed: int, transform):
         tensors.append(transform(img))
         names.append(source.name(i))
     if len(tensors) < 2:
-        from openseer.data import DataError
-
         raise DataError(f"report: fewer than 2 decodable images in {data}")
     return thumbs, torch.stack(tensors), names
 
@@ -95,10 +98,6 @@ def prototype_grid(method, images, thumbs, out: Path, prototypes: int, k: int = 
 
 def _load_method(run_dir: Path, cfg, backbone):
     """The SwAV module of the run's last checkpoint (prototypes and head), or None when it has none."""
-    from openseer.checkpoint import CheckpointError, load_checkpoint
-    from openseer.config import run_info
-    from openseer.methods import get_method
-
     ckpt = run_dir / "checkpoints" / "last.pt"
     if not ckpt.is_file():
         return None
@@ -221,11 +220,6 @@ def write_report(
         max_images: images sampled (seeded) and embedded for the grids.
         queries, prototypes: rows of the two grids.
     """
-    from openseer.checkpoint import load_backbone
-    from openseer.data import eval_transform
-    from openseer.eval.run import eval_settings
-    from openseer.run_state import load_run_config
-
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     out = run_dir / "report"
@@ -240,12 +234,10 @@ def write_report(
     else:
         notes.append("metrics.jsonl is missing or empty: no curves")
     backbone, _ = load_backbone(run_dir)
-    s = eval_settings(cfg)
+    run = FROM_RUN.resolve(cfg)
     data = data or cfg.data.path
-    thumbs, images, names = _sample_images(
-        data, max_images, seed, eval_transform(s["image_size"], s["crop_pct"], s["mean"], s["std"])
-    )
-    features = _forward(backbone, images)
+    thumbs, images, names = _sample_images(data, max_images, seed, run.transform())
+    features = _forward(backbone, images, run.batch_size)
     neighbour_grid(features, thumbs, names, out / "neighbours.png", queries, seed)
     figures.append((f"Nearest neighbours among {len(images)} images of {data}", "neighbours.png"))
     method = _load_method(run_dir, cfg, backbone)

@@ -16,12 +16,10 @@ import torch
 from torch import nn
 
 from openseer import dist
+from openseer.errors import TrainingError  # noqa: F401 (re-exported)
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext
 from openseer.parallel import clip_grads, grad_norm, no_gradient_sync
 
-
-class TrainingError(RuntimeError):
-    """Training cannot continue (e.g. repeated non-finite losses); reported as one line."""
 
 
 @dataclass

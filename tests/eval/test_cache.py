@@ -9,6 +9,7 @@ from openseer.checkpoint import CheckpointError, export_backbone
 from openseer.data import DataError
 from openseer.eval.cache import cached_features, check_pair, load_features
 from openseer.eval.features import available_layers, feature_extractor
+from openseer.eval.settings import EvalSettings
 from openseer.models.backbone import create_backbone_from_spec
 from tests.helpers import write_images
 
@@ -25,7 +26,7 @@ def _run_dir(path, seed=0):
 def test_cache_reuse_and_invalidation(tmp_path):
     run = _run_dir(tmp_path / "run")
     data = write_images(tmp_path / "train", 6, size=16, classes=2)
-    options = dict(config=CONFIG, image_size=16, crop_pct=1.0, num_workers=0)
+    options = dict(config=CONFIG, settings=EvalSettings(image_size=16, crop_pct=1.0, num_workers=0))
     backbone = create_backbone_from_spec(SPEC)
     first, meta = cached_features(run, data, backbone=backbone, **options)
     assert not meta["cached"] and first.features.shape == (6, 368) and first.classes == ["class0", "class1"]
@@ -35,7 +36,8 @@ def test_cache_reuse_and_invalidation(tmp_path):
     assert key == meta["key"] and loaded.names == first.names
 
     # another transform setting -> another key
-    _, meta_tf = cached_features(run, data, backbone=backbone, **{**options, "image_size": 20})
+    bigger = EvalSettings(image_size=20, crop_pct=1.0, num_workers=0)
+    _, meta_tf = cached_features(run, data, backbone=backbone, **{**options, "settings": bigger})
     assert not meta_tf["cached"] and meta_tf["key"] != meta["key"]
     # the data changes (one more image) -> recomputed
     write_images(tmp_path / "extra", 1, size=16, classes=1)

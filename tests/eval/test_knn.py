@@ -1,8 +1,6 @@
 """Tests of the weighted kNN classifier against a per-sample float64 reference."""
 
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -11,7 +9,9 @@ from PIL import Image
 from torch import nn
 
 from openseer.data import DataError, eval_transform, open_source
-from openseer.eval import check_label_sets, format_table, knn_classify, run_knn
+from openseer.eval import check_label_sets, format_table, knn_classify, knn_result, source_features
+from openseer.eval import features as features_module
+from openseer.eval import knn as knn_module
 
 
 def reference_knn(train, train_labels, test, test_labels, ks, temperature, num_classes):
@@ -173,11 +173,16 @@ class _LetterBackbone(nn.Module):
         return code + 0.1 * torch.rand(x.shape[0], len(ALPHABET))
 
 
+def run_knn(backbone, train_source, test_source, transform, ks, batch_size=256):
+    """Extraction then scoring, the steps of the one kNN pipeline (`openseer.eval.pipeline`)."""
+    train = source_features(backbone, train_source, transform, batch_size=batch_size)
+    test = source_features(backbone, test_source, transform, batch_size=batch_size)
+    return knn_result(train, test, ks)
+
+
 def test_run_knn_end_to_end(monkeypatch):
-    fake_data = types.ModuleType("openseer.data")
-    fake_data.LabelledDataset = _LabelledDataset
-    fake_data.DataError = _DataError
-    monkeypatch.setitem(sys.modules, "openseer.data", fake_data)
+    monkeypatch.setattr(features_module, "LabelledDataset", _LabelledDataset)
+    monkeypatch.setattr(knn_module, "DataError", _DataError)
     train = _Source(["a", "b", "c"], ["a", "b", "c"] * 10 + [None])
     # The same classes listed in another order: labels are remapped by name, so kNN is still perfect.
     test = _Source(["c", "a", "b"], ["a", "b", "c", "c", None, None])

@@ -1,0 +1,7 @@
+"""``python -m openseer.cli ...`` (what `openseer launch` runs under torchrun)."""
+
+import sys
+
+from openseer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,158 @@
+"""What the ``openseer`` commands share: parent parsers for the flag families, flags -> config overrides,
+list-valued flags, JSON output.
+
+A command module builds its parser from these parents (argparse ``parents=[...]``, as dinov2's
+``eval/setup.py`` does), so ``--checkpoint``, ``--train/--test``, ``--image-size --crop-pct --batch-size
+--num-workers --device`` and the ``--monitor-*`` group are declared once, with one help text each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from openseer.errors import ConfigError
+from openseer.eval.settings import EvalSettings
+from openseer.io import atomic_write_json
+
+CHECKPOINT_HELP = "run dir, backbone.safetensors or a .pt checkpoint"
+LABELLED_HELP = "labelled {} images: <class>/<image> folder or tar, file list, shards"
+
+
+def _parent() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
+
+
+class Parents:
+    """The shared parent parsers, built once per ``openseer`` parser and handed to every command module.
+
+    Attributes:
+        checkpoint / checkpoint_optional: ``--checkpoint`` (required / optional).
+        pair / pair_optional: labelled ``--train`` and ``--test`` (required / optional).
+        settings: ``--image-size --crop-pct --batch-size --num-workers --device`` (`EvalSettings`).
+        settings_no_batch: the same without ``--batch-size``, for commands whose batch size means another thing.
+        layer: ``--layer``; features: ``--train-features --test-features --cache-dir``; out: ``--out FILE.json``.
+        monitor: pretrain's ``--monitor-*`` group (config section ``monitor``).
+    """
+
+    def __init__(self) -> None:
+        self.checkpoint = _checkpoint(required=True)
+        self.checkpoint_optional = _checkpoint(required=False)
+        self.pair = _pair(required=True)
+        self.pair_optional = _pair(required=False)
+        self.settings = _settings(batch_size=True)
+        self.settings_no_batch = _settings(batch_size=False)
+        self.layer = _parent()
+        self.layer.add_argument("--layer", default="pooled", help="'pooled' (default) or a stage name/index, e.g. s3")
+        self.features = _parent()
+        self.features.add_argument("--train-features", help="features file from `openseer embed` (instead of --train)")
+        self.features.add_argument("--test-features", help="features file from `openseer embed` (instead of --test)")
+        self.features.add_argument(
+            "--cache-dir", help="feature cache folder [RUN_DIR/features or beside the checkpoint]"
+        )
+        self.out = _parent()
+        self.out.add_argument("--out", help="write the results as JSON here")
+        self.monitor = _monitor()
+
+
+def _checkpoint(required: bool) -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--checkpoint", required=required, help=CHECKPOINT_HELP)
+    return p
+
+
+def _pair(required: bool) -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--train", required=required, help=LABELLED_HELP.format("train"))
+    p.add_argument("--test", required=required, help=LABELLED_HELP.format("test"))
+    return p
+
+
+def _settings(batch_size: bool) -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--image-size", type=int, default=0, help="evaluation image side [0: the run's eval size]")
+    p.add_argument("--crop-pct", type=float, default=0.0, help="resize-to-crop ratio [0: the run's eval.crop_pct]")
+    if batch_size:
+        p.add_argument(
+            "--batch-size", type=int, default=0, help="images per forward pass [0: the run's eval.batch_size, 256]"
+        )
+    p.add_argument("--num-workers", type=int, default=-1, help="DataLoader workers [-1: from the cores]")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
+    return p
+
+
+def _monitor() -> argparse.ArgumentParser:
+    p = _parent()
+    g = p.add_argument_group("online kNN monitor")
+    g.add_argument("--monitor-train", help="labelled images used as the kNN bank while training [monitor.train]")
+    g.add_argument("--monitor-test", help="labelled images classified by the monitor [monitor.test]")
+    g.add_argument("--monitor-every", type=int, help="steps between monitor runs [monitor.every: 100]")
+    g.add_argument("--monitor-max-train", type=int, help="class-balanced cap [monitor.max_train: 5000]")
+    g.add_argument("--monitor-max-test", type=int, help="class-balanced cap [monitor.max_test: 1000]")
+    return p
+
+
+#: The ``--monitor-*`` flags as config keys (for `config_overrides`).
+MONITOR_KEYS = {f"monitor_{k}": f"monitor.{k}" for k in ("train", "test", "every", "max_train", "max_test")}
+
+
+def eval_settings(args: argparse.Namespace) -> EvalSettings:
+    """The settings flags as `EvalSettings`; a command built on ``settings_no_batch`` leaves the extraction
+    batch size to the run."""
+    return EvalSettings(
+        image_size=args.image_size,
+        crop_pct=args.crop_pct,
+        batch_size=getattr(args, "batch_size", 0),
+        num_workers=args.num_workers,
+        device=args.device,
+    )
+
+
+def config_overrides(args: argparse.Namespace, keys: dict[str, str | tuple[str, Callable[[Any], Any]]]) -> list[str]:
+    """The one place where flags become ``section.key=value`` overrides.
+
+    Args:
+        args: the parsed command line.
+        keys: flag destination -> config key, or (config key, value converter); flags left at None are skipped.
+    """
+    out = []
+    for dest, target in keys.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        key, convert = target if isinstance(target, tuple) else (target, None)
+        out.append(f"{key}={json.dumps(convert(value) if convert else value)}")
+    return out
+
+
+def _numbers(text: str, name: str, kind: type, example: str) -> tuple:
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise ConfigError(f"{name} {text!r} must be comma-separated {what}, e.g. {example}") from None
+    if not values:
+        raise ConfigError(f"{name} is empty")
+    return values
+
+
+def floats(text: str, name: str) -> tuple[float, ...]:
+    """``"0.01,0.1"`` -> (0.01, 0.1); a clear ConfigError naming the flag otherwise."""
+    return _numbers(text, name, float, "0.01,0.1")
+
+
+def ints(text: str, name: str) -> tuple[int, ...]:
+    """``"10,20,200"`` -> (10, 20, 200), all positive; a clear ConfigError naming the flag otherwise."""
+    values = _numbers(text, name, int, "10,20,200")
+    if min(values) < 1:
+        raise ConfigError(f"{name} {text!r} must hold positive integers")
+    return values
+
+
+def write_json(result: dict[str, Any], out: str | Path | None) -> None:
+    """Write ``result`` to ``out`` atomically (nothing when ``out`` is None)."""
+    if out:
+        atomic_write_json(out, result)
