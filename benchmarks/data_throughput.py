@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from openseer.config import AugConfig, load_config  # noqa: E402
 from openseer.data.fast import BatchColorAugment, FastCropTransform  # noqa: E402
 from openseer.data.images import load_rgb  # noqa: E402
+from openseer.data.lists import open_source  # noqa: E402
 from openseer.data.loader import EpochSampler, PretrainDataset, build_pretrain_loader  # noqa: E402
 from openseer.data.pack import write_shards  # noqa: E402
 from openseer.data.shards import ShardSet, iter_shard  # noqa: E402
-from openseer.data.sources import open_source  # noqa: E402
 from openseer.data.stream import ShardStream  # noqa: E402
 from openseer.data.transforms import MultiCropTransform  # noqa: E402
 

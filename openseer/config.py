@@ -376,11 +376,12 @@ def resumable_keys(cls: type | None = None, prefix: str = "") -> set[str]:
     cls = cls or Config
     keys = set()
     hints = _field_types(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys |= resumable_keys(hints[f.name], f"{prefix}{f.name}.")
-        elif f.metadata.get("resumable"):
-            keys.add(f"{prefix}{f.name}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, tp in hints.items():  # the fixed fields and, for Config, the method sections
+        if dataclasses.is_dataclass(tp):
+            keys |= resumable_keys(tp, f"{prefix}{name}.")
+        elif name in fields and fields[name].metadata.get("resumable"):
+            keys.add(f"{prefix}{name}")
     return keys
 
 

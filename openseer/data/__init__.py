@@ -2,6 +2,7 @@
 samplers, the resumable shard stream and the packing tool (docs/data.md)."""
 
 from openseer.data.images import IMAGE_EXTENSIONS, BadImage, DataError, load_rgb
+from openseer.data.lists import open_source
 from openseer.data.loader import (
     EpochSampler,
     LabelledDataset,
@@ -14,7 +15,7 @@ from openseer.data.loader import (
 from openseer.data.pack import write_shards
 from openseer.data.pipeline import build_pretrain_data
 from openseer.data.shards import ShardSet, expand_shards, is_shard_spec
-from openseer.data.sources import ImageSource, open_source, subset
+from openseer.data.sources import ImageSource, subset
 from openseer.data.stream import ShardStream
 from openseer.data.transforms import MultiCropTransform, eval_transform
 

@@ -18,8 +18,8 @@ import os
 import numpy as np
 
 from openseer.data.images import IMAGE_EXTENSIONS, DataError
-from openseer.data.shards import ShardStats, expand_shards, iter_shard, read_manifest
-from openseer.data.sources import FolderSource, TarSource, is_image_name
+from openseer.data.shards import ShardStats, expand_shards, is_shard_spec, iter_shard, read_manifest
+from openseer.data.sources import FolderSource, ImageSource, TarSource, is_image_name, open_path
 
 LIST_SUFFIXES = (".txt", ".lst", ".list", ".tsv")
 
@@ -98,3 +98,48 @@ def open_shards(spec: str, labelled: bool = False) -> TarSource:
         else:
             raise DataError(f"labelled shards {spec!r} need a .cls per sample or <class>/<key> sample keys")
     return TarSource(str(spec), names, labels, classes, b"".join(blobs), offsets)
+
+
+def open_source(path: str | os.PathLike[str], labelled: bool = False) -> ImageSource:
+    """Open a folder, a tar archive, a file list or a set of tar shards of images.
+
+    File lists (``.txt``, ``.lst``, ``.list``, ``.tsv``) are read by
+    :func:`openseer.data.lists.open_file_list`, and shard sets (globs, brace patterns, URLs, ``::`` lists,
+    folders with a shard manifest) are read whole into memory by :func:`openseer.data.lists.open_shards`
+    (for evaluation sets; pretraining streams them).
+
+    Files are matched by extension (case-insensitive, :data:`IMAGE_EXTENSIONS`); files and folders whose
+    name starts with '.' are skipped. Images are sorted by their path relative to the root.
+
+    With ``labelled=True`` the layout is ImageFolder's, ``root/<class>/.../<image>``: the class is the first
+    path component, classes are sorted alphabetically and a label is the class's index. Only folders that
+    contain at least one image are classes (an empty class folder is ignored).
+
+    A folder is searched recursively; symbolic links to folders are followed unless they lead back to a
+    folder being searched (a loop, counted as ``symlink_loop`` in ``source.skipped``; a dangling link is a
+    ``broken_link``). A tar archive (plain, or compressed with gzip, bzip2 or xz) is read into memory once:
+    only regular files are used (links and devices with image names are counted as ``not_a_file``), members
+    with an absolute path or a '..' component are counted as ``unsafe_member``, and nothing is ever extracted
+    to disk. A truncated or damaged archive behaves like a truncated shard: the members before the damage are
+    used, the loss is one ``tar_truncated`` entry in ``source.skipped`` (and a warning), and only an archive
+    with no intact image raises :class:`DataError`. Tar sources live in memory: unpack a collection larger
+    than memory to a folder instead.
+
+    Args:
+        path: a folder, or a tar file.
+        labelled: read class labels from the first path component.
+
+    Returns:
+        The source.
+
+    Raises:
+        DataError: the path does not exist, is neither a folder nor a tar archive, holds no images, the
+            archive is damaged, or ``labelled`` is set and the layout has images in the root or fewer than
+            two classes.
+    """
+    if is_shard_spec(path):
+        return open_shards(path, labelled)
+    root = os.fspath(path)
+    if os.path.isfile(root) and root.lower().endswith(LIST_SUFFIXES):
+        return open_file_list(root, labelled)
+    return open_path(root, labelled)

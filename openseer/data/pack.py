@@ -19,8 +19,8 @@ from pathlib import Path
 from PIL import Image
 
 from openseer.data.images import BadImage, DataError, load_rgb
+from openseer.data.lists import open_source
 from openseer.data.shards import MANIFEST, MANIFEST_FORMAT, file_sha256, verify_shards
-from openseer.data.sources import open_source
 from openseer.io import atomic_write_json
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}

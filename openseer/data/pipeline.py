@@ -18,6 +18,7 @@ import torch
 
 from openseer.config import Config, ConfigError
 from openseer.data.fast import BatchColorAugment, FastCropTransform
+from openseer.data.lists import open_source
 from openseer.data.loader import (
     BATCH_AUG_STREAM,
     EpochSampler,
@@ -28,7 +29,6 @@ from openseer.data.loader import (
     mix_seed,
 )
 from openseer.data.shards import ShardSet, is_shard_spec
-from openseer.data.sources import open_source
 from openseer.data.stream import ShardStream
 from openseer.data.transforms import MultiCropTransform
 

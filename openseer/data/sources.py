@@ -52,7 +52,7 @@ class ImageSource:
     """A random-access, picklable collection of image files.
 
     Attributes:
-        root: the folder or archive the images come from, as given to :func:`open_source`.
+        root: the folder or archive the images come from, as given to :func:`openseer.data.open_source`.
         classes: class names in label order (sorted); empty when the source is unlabelled.
         skipped: ``(name, reason)`` of what listing the source passed over and the user should hear about:
             ``unsafe_member`` (a tar member named ``/abs/x.jpg`` or ``../x.jpg``), ``not_a_file`` (a link or
@@ -176,50 +176,10 @@ def subset(source: ImageSource, indices: Iterable[int]) -> ImageSource:
     return SubsetSource(source, idx)
 
 
-def open_source(path: str | os.PathLike[str], labelled: bool = False) -> ImageSource:
-    """Open a folder, a tar archive, a file list or a set of tar shards of images.
-
-    File lists (``.txt``, ``.lst``, ``.list``, ``.tsv``) are read by
-    :func:`openseer.data.lists.open_file_list`, and shard sets (globs, brace patterns, URLs, ``::`` lists,
-    folders with a shard manifest) are read whole into memory by :func:`openseer.data.lists.open_shards`
-    (for evaluation sets; pretraining streams them).
-
-    Files are matched by extension (case-insensitive, :data:`IMAGE_EXTENSIONS`); files and folders whose
-    name starts with '.' are skipped. Images are sorted by their path relative to the root.
-
-    With ``labelled=True`` the layout is ImageFolder's, ``root/<class>/.../<image>``: the class is the first
-    path component, classes are sorted alphabetically and a label is the class's index. Only folders that
-    contain at least one image are classes (an empty class folder is ignored).
-
-    A folder is searched recursively; symbolic links to folders are followed unless they lead back to a
-    folder being searched (a loop, counted as ``symlink_loop`` in ``source.skipped``; a dangling link is a
-    ``broken_link``). A tar archive (plain, or compressed with gzip, bzip2 or xz) is read into memory once:
-    only regular files are used (links and devices with image names are counted as ``not_a_file``), members
-    with an absolute path or a '..' component are counted as ``unsafe_member``, and nothing is ever extracted
-    to disk. A truncated or damaged archive behaves like a truncated shard: the members before the damage are
-    used, the loss is one ``tar_truncated`` entry in ``source.skipped`` (and a warning), and only an archive
-    with no intact image raises :class:`DataError`. Tar sources live in memory: unpack a collection larger
-    than memory to a folder instead.
-
-    Args:
-        path: a folder, or a tar file.
-        labelled: read class labels from the first path component.
-
-    Returns:
-        The source.
-
-    Raises:
-        DataError: the path does not exist, is neither a folder nor a tar archive, holds no images, the
-            archive is damaged, or ``labelled`` is set and the layout has images in the root or fewer than
-            two classes.
-    """
-    from openseer.data import lists, shards  # (they import this module)
-
-    if shards.is_shard_spec(path):
-        return lists.open_shards(path, labelled)
+def open_path(path: str | os.PathLike[str], labelled: bool = False) -> ImageSource:
+    """Open a folder or a tar archive of images (:func:`openseer.data.lists.open_source` also reads file lists
+    and shard sets, and calls this for the rest)."""
     root = os.fspath(path)
-    if os.path.isfile(root) and root.lower().endswith(lists.LIST_SUFFIXES):
-        return lists.open_file_list(root, labelled)
     if not os.path.exists(root):
         raise DataError(f"data path {root} does not exist")
     if os.path.isdir(root):

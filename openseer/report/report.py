@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from openseer.checkpoint import load_backbone, load_checkpoint
+from openseer.config import run_info
 from openseer.data import load_rgb, open_source
 from openseer.errors import BadImage, CheckpointError, DataError
 from openseer.eval.settings import FROM_RUN
-from openseer.config import run_info
 from openseer.methods import get_method
 from openseer.report.plots import image_grid, plot_curves, read_metrics
 from openseer.run_state import load_run_config

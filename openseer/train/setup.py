@@ -19,6 +19,7 @@ from openseer import dist
 from openseer.checkpoint import atomic_write
 from openseer.config import Config, ConfigError, Derived, derive, dump_yaml
 from openseer.data.pipeline import build_pretrain_data
+from openseer.eval.monitor import monitor_from_config
 from openseer.methods.base import Method, ParamGroup, RunInfo
 from openseer.methods.registry import get_method
 from openseer.models.backbone import build_backbone
@@ -109,8 +110,6 @@ def _monitor(cfg: Config, monitor: Monitor | None) -> Monitor | None:
         )
     if monitor is not None or not dist.is_main():
         return monitor
-    from openseer.eval.monitor import monitor_from_config  # eval imports the training stack lazily
-
     return monitor_from_config(cfg)
 
 

@@ -21,7 +21,6 @@ from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext
 from openseer.parallel import clip_grads, grad_norm, no_gradient_sync
 
 
-
 @dataclass
 class Trainer:
     """What a step needs: the method, its wrapped model, the optimizer with its tagged groups, schedules."""

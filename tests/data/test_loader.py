@@ -12,6 +12,7 @@ from PIL import Image
 from openseer.config import AugConfig
 from openseer.data import loader as loader_module
 from openseer.data.images import DataError
+from openseer.data.lists import open_source
 from openseer.data.loader import (
     EpochSampler,
     LabelledDataset,
@@ -21,7 +22,6 @@ from openseer.data.loader import (
     build_pretrain_loader,
     collate_multicrop,
 )
-from openseer.data.sources import open_source
 from openseer.data.transforms import MultiCropTransform, eval_transform
 from tests.helpers import png_bytes
 

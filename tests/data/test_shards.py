@@ -12,7 +12,7 @@ from PIL import Image
 
 from openseer.cli import main
 from openseer.data.images import DataError
-from openseer.data.lists import open_file_list
+from openseer.data.lists import open_file_list, open_source
 from openseer.data.pack import parse_size, write_shards
 from openseer.data.shards import (
     ShardSet,
@@ -22,7 +22,6 @@ from openseer.data.shards import (
     iter_shard,
     verify_shards,
 )
-from openseer.data.sources import open_source
 from tests.helpers import png_bytes, write_tar
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from openseer.data.images import DataError, load_rgb
-from openseer.data.sources import open_source, subset
+from openseer.data.lists import open_source
+from openseer.data.sources import subset
 
 CIFAR_TEST = Path("/work/shared/data/cifar10/cifar10-test.tar")
 CIFAR_README = CIFAR_TEST.parent / "README.md"
