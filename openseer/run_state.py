@@ -25,6 +25,10 @@ log = logging.getLogger("openseer")
 
 # Settings that may change between an interrupted run and its resumption; anything else must match.
 RESUMABLE_CHANGES = {
+    "log.tensorboard",  # where metrics are mirrored, not what is learnt
+    "log.wandb",
+    "model.init",  # the starting weights are applied once, at step 0; a resumed run continues from its checkpoint
+    "model.init_strict",
     "train.max_steps",
     "train.epochs",
     "train.log_every",

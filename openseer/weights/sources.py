@@ -100,6 +100,34 @@ def sniff(obj: Any) -> str | None:
     return None
 
 
+def source_path(source: str | Path) -> Path | None:
+    """The file or folder a SOURCE names (its ``FORMAT:`` prefix removed); None for a ``timm:`` tag."""
+    text = str(source)
+    if text.startswith("timm:"):
+        return None
+    fmt, _, rest = text.partition(":")
+    if fmt in FORMATS and rest and not Path(text).exists():
+        return Path(rest)
+    return Path(text)
+
+
+def is_openseer_path(source: str | Path) -> bool:
+    """A run directory or an exported ``backbone.safetensors`` (with its spec beside): openseer's own layout."""
+    from openseer.checkpoint import BACKBONE_SPEC
+
+    text = str(source)
+    if text.startswith("timm:") or text.partition(":")[0] in FORMATS and not Path(text).exists():
+        return False
+    path = Path(text)
+    return path.is_dir() or (path.suffix == ".safetensors" and path.with_name(BACKBONE_SPEC).is_file())
+
+
+def backbone_and_config(source: str | Path, strict: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """(backbone in eval mode, run config or {}) of any SOURCE: what evaluation needs."""
+    backbone, imported = backbone_from_source(source, strict=strict, log=log.info)
+    return backbone, imported.config
+
+
 # ---- timm ---------------------------------------------------------------------------------------------------
 def timm_weights(source: str) -> Imported:
     """``timm:NAME[.TAG][@FILE]`` through timm's own ``create_model(pretrained=True)`` and hub cache."""
