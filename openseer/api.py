@@ -133,7 +133,9 @@ def evaluate(
         return finetune(backbone, config, train, test, **options)
     if protocol not in ("linear", "lowshot"):
         raise ConfigError(f"unknown protocol {protocol!r}; choose knn, linear, lowshot, finetune or all")
-    extract = {k: options.pop(k) for k in ("image_size", "crop_pct", "batch_size", "num_workers", "device") if k in options}
+    extract = {
+        k: options.pop(k) for k in ("image_size", "crop_pct", "batch_size", "num_workers", "device") if k in options
+    }
     train_f = embed(source, train, backbone=backbone, config=config, **extract)
     test_f = embed(source, test, backbone=backbone, config=config, **extract)
     if protocol == "linear":

@@ -176,7 +176,7 @@ def _is_openseer_file(path: str | Path) -> bool:
 def read_backbone_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The timm spec of the backbone a run dir, ``backbone.safetensors`` or checkpoint holds, and the run's
     config dict (empty if unknown), without building the backbone (foreign SOURCEs: see openseer.weights)."""
-    from openseer.weights.sources import is_openseer_path, read_source, infer_spec
+    from openseer.weights.sources import infer_spec, is_openseer_path, read_source
 
     if not is_openseer_path(path) and not _is_openseer_file(path):
         imported = read_source(path, with_heads=False)

@@ -89,6 +89,4 @@ def fpn_backbone(
         param.requires_grad_(name.split(".")[0] not in frozen)
     return_layers = {info[i]["module"]: str(n) for n, i in enumerate(stages)}
     in_channels = [info[i]["num_chs"] for i in stages]
-    return BackboneWithFPN(
-        backbone, return_layers, in_channels, out_channels, extra_blocks=LastLevelMaxPool()
-    )
+    return BackboneWithFPN(backbone, return_layers, in_channels, out_channels, extra_blocks=LastLevelMaxPool())

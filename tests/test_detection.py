@@ -41,7 +41,9 @@ def test_faster_rcnn_training_step_on_synthetic_boxes(run_dir):
     detector = FasterRCNN(backbone, num_classes=3, min_size=64, max_size=64)
     detector.train()
     images = [torch.rand(3, 64, 64)]
-    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 20.0, 60.0, 50.0]]), "labels": torch.tensor([1, 2])}]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 20.0, 60.0, 50.0]]), "labels": torch.tensor([1, 2])}
+    ]
     losses = detector(images, targets)
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
     total = sum(losses.values())

@@ -19,6 +19,7 @@ def _png(path, colour):
 
 
 def test_tensorboard_event_file_reads_back(tmp_path):
+    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = load_config("demo", ["log.tensorboard=true"])
@@ -82,7 +83,9 @@ def test_wandb_sink_logs_the_same_scalars_and_images(tmp_path, monkeypatch):
 
 def test_off_by_default_and_missing_package_is_one_line(tmp_path, monkeypatch):
     assert isinstance(sink_from_config(load_config("demo"), tmp_path), NullSink)
-    assert isinstance(sink_from_config(load_config("demo", ["log.tensorboard=true"]), tmp_path, is_main=False), NullSink)
+    assert isinstance(
+        sink_from_config(load_config("demo", ["log.tensorboard=true"]), tmp_path, is_main=False), NullSink
+    )
     monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
     with pytest.raises(ConfigError, match=r"pip install 'openseer\[wandb\]'"):
         sink_from_config(load_config("demo", ["log.wandb=p"]), tmp_path)

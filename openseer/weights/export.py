@@ -11,6 +11,9 @@ torchvision     ``OUT`` (``.pth``), a state dict under torchvision's names for `
 onnx            ``OUT`` (``.onnx``): images ``(batch, 3, H, W)`` -> pooled features ``(batch, C)``, dynamic batch,
                 exported with ``torch.onnx.export`` and checked with ``onnx.checker``
 torchscript     ``OUT`` (``.pt``): ``torch.jit.trace`` of the backbone, dynamic batch; ``torch.jit.load(OUT)``
+detectron2      ``OUT`` (``.pth``): ``{"model": ...}`` under detectron2's RegNet names (pycls: ``f.a``, ``f.a_bn``,
+                ``f.se.f_ex.0`` ...) with the ``backbone.bottom_up.`` prefix of its FPN models, for
+                ``MODEL.WEIGHTS`` (RegNets only; docs/weights.md)
 ==============  ====================================================================================================
 
 Every file is written atomically (temporary name, then rename). The exported model computes exactly the
@@ -33,12 +36,10 @@ from torch import nn
 from openseer.checkpoint import BACKBONE_SPEC, atomic_write
 from openseer.weights.mapping import Imported, KeyTable, WeightsError
 
-FORMATS = ("safetensors", "timm", "torchvision", "onnx", "torchscript")
+FORMATS = ("safetensors", "timm", "torchvision", "onnx", "torchscript", "detectron2")
 
 
-def export_run(
-    source: str | Path, fmt: str, out: str | Path, image_size: int = 0, opset: int | None = None
-) -> Path:
+def export_run(source: str | Path, fmt: str, out: str | Path, image_size: int = 0, opset: int | None = None) -> Path:
     """Write the backbone of ``source`` (a run directory or any SOURCE) in ``fmt`` to ``out``; returns ``out``.
 
     ``image_size`` is the side of the example input used to trace ONNX/TorchScript (default: the run's
@@ -57,6 +58,8 @@ def export_run(
         return export_timm(backbone, imported, out, size)
     if fmt == "torchvision":
         return export_torchvision(backbone, imported.spec or {}, out)
+    if fmt == "detectron2":
+        return export_detectron2(backbone, imported.spec or {}, out)
     example = torch.randn(2, 3, size, size)
     if fmt == "onnx":
         return export_onnx(backbone, example, out, opset)
@@ -172,8 +175,7 @@ def torchvision_model(spec: dict[str, Any]) -> nn.Module:
         model = getattr(torchvision.models, name)()
     else:
         raise WeightsError(
-            f"no torchvision architecture for {spec}: the torchvision export covers RegNets and "
-            f"resnet18/34/50/101/152"
+            f"no torchvision architecture for {spec}: the torchvision export covers RegNets and resnet18/34/50/101/152"
         )
     model.fc = nn.Identity()
     return model
@@ -202,6 +204,36 @@ def _tv_recipe(spec: dict[str, Any]) -> str:
         f"group_width={params['group_size']}, se_ratio={params.get('se_ratio') or None})); "
         "model.fc = torch.nn.Identity()"
     )
+
+
+# ---- detectron2 ----------------------------------------------------------------------------------------------
+TIMM_TO_DETECTRON2_REGNET = KeyTable(
+    "timm RegNet -> detectron2 (pycls names)",
+    [
+        (r"stem\.(conv|bn)\.", r"stem.\1."),
+        (_TIMM_BLOCK + r"downsample\.conv\.", r"s\1.b\2.proj."),
+        (_TIMM_BLOCK + r"downsample\.bn\.", r"s\1.b\2.bn."),
+        (_TIMM_BLOCK + r"conv1\.conv\.", r"s\1.b\2.f.a."),
+        (_TIMM_BLOCK + r"conv1\.bn\.", r"s\1.b\2.f.a_bn."),
+        (_TIMM_BLOCK + r"conv2\.conv\.", r"s\1.b\2.f.b."),
+        (_TIMM_BLOCK + r"conv2\.bn\.", r"s\1.b\2.f.b_bn."),
+        (_TIMM_BLOCK + r"se\.fc1\.", r"s\1.b\2.f.se.f_ex.0."),
+        (_TIMM_BLOCK + r"se\.fc2\.", r"s\1.b\2.f.se.f_ex.2."),
+        (_TIMM_BLOCK + r"conv3\.conv\.", r"s\1.b\2.f.c."),
+        (_TIMM_BLOCK + r"conv3\.bn\.", r"s\1.b\2.f.c_bn."),
+    ],
+)
+
+
+def export_detectron2(
+    backbone: nn.Module, spec: dict[str, Any], out: Path, prefix: str = "backbone.bottom_up."
+) -> Path:
+    if regnet_params(spec) is None:
+        raise WeightsError(f"the detectron2 export covers RegNets; {spec} is not one (use torchvision for ResNets)")
+    state, _ = TIMM_TO_DETECTRON2_REGNET.apply(dict(backbone.state_dict()), f"backbone {spec}")
+    state = {prefix + k: v.detach().cpu() for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    atomic_write(out, lambda tmp: torch.save({"model": state, "__author__": "openseer", "spec": spec}, tmp))
+    return out
 
 
 # ---- onnx / torchscript ----------------------------------------------------------------------------------------

@@ -63,7 +63,11 @@ def convert(obj: Any, where: str, fmt: str = "auto") -> Imported:
     """A plain state dict; ``fmt`` is ``torchvision``, ``timm`` or ``auto`` (torchvision RegNet keys decide)."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict) and not any(torch.is_tensor(v) for v in obj.values()):
+    elif (
+        isinstance(obj, dict)
+        and isinstance(obj.get("model"), dict)
+        and not any(torch.is_tensor(v) for v in obj.values())
+    ):
         obj = obj["model"]
     state = strip_prefix(tensors_only(obj, where, EXPECTED), "module.")
     tv_regnet = any(k.startswith("trunk_output.") for k in state)
@@ -99,7 +103,7 @@ def convert_openseer_checkpoint(obj: dict[str, Any], where: str) -> Imported:
 
 def convert_openseer_dir(path: Path, with_heads: bool) -> Imported:
     """A run directory: its training checkpoint when heads are wanted, else its exported backbone."""
-    from openseer.checkpoint import BACKBONE_SPEC, BACKBONE_WEIGHTS
+    from openseer.checkpoint import BACKBONE_WEIGHTS
     from openseer.weights.mapping import read_file
 
     last = path / "checkpoints" / "last.pt"

@@ -37,9 +37,7 @@ from openseer.weights.mapping import Imported, WeightsError, describe, fit_repor
 log = logging.getLogger("openseer")
 
 FORMATS = ("vissl", "swav", "dino", "torchvision", "plain", "openseer")
-ANY_EXPECTED = (
-    "a timm:NAME tag, an openseer run directory, or a VISSL / SwAV / DINO / torchvision / timm checkpoint"
-)
+ANY_EXPECTED = "a timm:NAME tag, an openseer run directory, or a VISSL / SwAV / DINO / torchvision / timm checkpoint"
 
 
 def read_source(source: str | Path, with_heads: bool = True, checkpoint_key: str = "teacher") -> Imported:
@@ -78,7 +76,9 @@ def _read_file(path: Path, fmt: str, with_heads: bool, checkpoint_key: str) -> I
         return dino.convert(obj, where, checkpoint_key)
     if fmt == "openseer":
         if not plain.is_openseer_checkpoint(obj):
-            raise WeightsError(f"{where}: expected an openseer checkpoint (model + backbone_spec), found {describe(obj)}")
+            raise WeightsError(
+                f"{where}: expected an openseer checkpoint (model + backbone_spec), found {describe(obj)}"
+            )
         return plain.convert_openseer_checkpoint(obj, where)
     return plain.convert(obj, where, "torchvision" if fmt == "torchvision" else "auto")
 
@@ -292,7 +292,8 @@ def init_method_from(
             f"no place for; pass strict=False (--init-strict false) to take the backbone alone"
         )
     else:
-        log(f"init: heads stay randomly initialised ({imported.source} holds {'unused' if imported.heads else 'no'} heads)")
+        held = "unused" if imported.heads else "no"
+        log(f"init: heads stay randomly initialised ({imported.source} holds {held} heads)")
     for note in imported.notes:
         log(f"init: {note}")
     return imported

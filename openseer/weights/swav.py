@@ -75,7 +75,8 @@ def convert(obj: Any, where: str) -> Imported:
 def head_dims(heads: dict[str, torch.Tensor]) -> list[int]:
     """[in, hidden..., out] widths of a converted projection head (for error messages and configs)."""
     linears = sorted(
-        (int(k.split(".")[2]), v) for k, v in heads.items() if k.startswith("head.mlp.") and k.endswith("weight")
-        and v.ndim == 2
+        (int(k.split(".")[2]), v)
+        for k, v in heads.items()
+        if k.startswith("head.mlp.") and k.endswith("weight") and v.ndim == 2
     )
     return [linears[0][1].shape[1], *(v.shape[0] for _, v in linears)] if linears else []

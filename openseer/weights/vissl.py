@@ -90,9 +90,7 @@ def trunk_table(trunk: dict[str, torch.Tensor]) -> KeyTable:
         return REGNET_TRUNK
     if "_feature_blocks.conv1.weight" in trunk:
         return RESNET_TRUNK
-    raise WeightsError(
-        f"VISSL trunk with keys like {list(trunk)[:2]}: openseer reads RegNet and ResNet trunks only"
-    )
+    raise WeightsError(f"VISSL trunk with keys like {list(trunk)[:2]}: openseer reads RegNet and ResNet trunks only")
 
 
 def convert(obj: Any, where: str) -> Imported:
@@ -103,9 +101,7 @@ def convert(obj: Any, where: str) -> Imported:
     heads, dropped = SWAV_HEAD.apply(model.get("heads") or {}, where)
     extra = [k for k in dropped if "prototypes" in k and not k.endswith("prototypes0.weight")]
     if extra:
-        raise WeightsError(
-            f"{where}: has {len(extra) + 1} prototype sets (multi-head SwAV); openseer's SwAV has one"
-        )
+        raise WeightsError(f"{where}: has {len(extra) + 1} prototype sets (multi-head SwAV); openseer's SwAV has one")
     _fold_head_biases(heads)
     notes = [f"ignored VISSL head weights {dropped[:4]}"] if dropped else []
     return Imported(source=where, format="vissl", backbone=backbone, heads=heads, notes=notes)

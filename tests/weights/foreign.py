@@ -153,7 +153,14 @@ def write_dino(path: Path, trunk: nn.Module, head: DINOHead) -> Path:
     args = argparse.Namespace(arch="resnet18", out_dim=head.last_layer.weight_v.shape[0], lr=0.0005)
     center = torch.randn(1, head.last_layer.weight_v.shape[0])
     torch.save(
-        {"student": student, "teacher": teacher, "optimizer": {}, "epoch": 5, "args": args, "dino_loss": {"center": center}},
+        {
+            "student": student,
+            "teacher": teacher,
+            "optimizer": {},
+            "epoch": 5,
+            "args": args,
+            "dino_loss": {"center": center},
+        },
         path,
     )
     return path

@@ -20,7 +20,9 @@ TOL = {"rtol": 1e-4, "atol": 1e-5}  # float32 kernels of another runtime; measur
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    backbone = foreign.randomise(timm.models.regnet.RegNet(timm.models.regnet.RegNetCfg(**foreign.TINY_REGNET), num_classes=0), 12)
+    backbone = foreign.randomise(
+        timm.models.regnet.RegNet(timm.models.regnet.RegNetCfg(**foreign.TINY_REGNET), num_classes=0), 12
+    )
     export_backbone_state(run, backbone.state_dict(), foreign.TINY_REGNET_SPEC)
     (run / "config.yaml").write_text("aug:\n  global_size: 32\n")
     return run
@@ -43,6 +45,7 @@ def test_torchvision_export_loads_into_torchvision(run_dir, tmp_path):
 
 
 def test_onnx_export_matches_with_dynamic_batch(run_dir, tmp_path):
+    pytest.importorskip("onnxscript")  # the torch.export-based ONNX exporter
     ort = pytest.importorskip("onnxruntime")
     out = export_run(run_dir, "onnx", tmp_path / "b.onnx")
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -94,3 +97,23 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_detectron2_export_uses_pycls_names(run_dir, tmp_path):
+    out = export_run(run_dir, "detectron2", tmp_path / "d2.pth")
+    model = torch.load(out, weights_only=True)["model"]
+    assert "backbone.bottom_up.stem.conv.weight" in model
+    for key in (
+        "s1.b1.proj.weight",
+        "s1.b1.bn.running_mean",
+        "s1.b1.f.a.weight",
+        "s1.b1.f.a_bn.bias",
+        "s2.b1.f.b.weight",
+        "s4.b1.f.se.f_ex.0.bias",
+        "s4.b1.f.se.f_ex.2.weight",
+        "s3.b1.f.c.weight",
+        "s3.b1.f.c_bn.running_var",
+    ):
+        assert f"backbone.bottom_up.{key}" in model, key
+    backbone, _ = backbone_from_source(run_dir)
+    torch.testing.assert_close(model["backbone.bottom_up.s4.b1.f.c_bn.weight"], backbone.s4.b1.conv3.bn.weight)

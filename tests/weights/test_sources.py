@@ -14,8 +14,7 @@ from safetensors.torch import save_file
 from openseer.methods.swav import Config as SwAVConfig
 from openseer.methods.swav import SwAV
 from openseer.models.backbone import create_backbone_from_spec
-from openseer.weights import WeightsError, backbone_from_source, init_method_from, read_source
-from openseer.weights import dino, plain, swav, vissl
+from openseer.weights import WeightsError, backbone_from_source, dino, init_method_from, plain, read_source, swav, vissl
 from tests.weights import foreign
 
 TAG = "regnetx_002.pycls_in1k"
@@ -90,7 +89,9 @@ def test_unknown_key_in_a_known_layout_is_refused(tmp_path):
     trunk = foreign.torchvision_tiny_regnet()
     path = foreign.write_vissl(tmp_path / "seer.torch", trunk, None)
     state = torch.load(path, weights_only=True)
-    state["classy_state_dict"]["base_model"]["model"]["trunk"]["_feature_blocks.res2.block1-0.f.d.weight"] = torch.ones(1)
+    state["classy_state_dict"]["base_model"]["model"]["trunk"]["_feature_blocks.res2.block1-0.f.d.weight"] = torch.ones(
+        1
+    )
     torch.save(state, path)
     with pytest.raises(WeightsError, match=r"block1-0\.f\.d\.weight"):
         read_source(path)
@@ -159,7 +160,10 @@ def test_strict_false_loads_what_fits_and_prints_the_rest(tmp_path):
 
 
 def test_source_without_heads_keeps_heads_and_says_so(tmp_path, offline_hub):
-    method = SwAV(create_backbone_from_spec({"timm_name": "regnetx_002"}), SwAVConfig(hidden_dims=[16], output_dim=8, num_prototypes=5))
+    method = SwAV(
+        create_backbone_from_spec({"timm_name": "regnetx_002"}),
+        SwAVConfig(hidden_dims=[16], output_dim=8, num_prototypes=5),
+    )
     lines: list[str] = []
     init_method_from(method, f"timm:{TAG}", log=lines.append)
     assert any("heads stay randomly initialised" in line for line in lines)
