@@ -23,6 +23,8 @@ measure the differences.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import tempfile
@@ -246,7 +248,8 @@ def export_onnx(backbone: nn.Module, example: torch.Tensor, out: Path, opset: in
     kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
 
     def write(tmp: str) -> None:
-        with warnings.catch_warnings():
+        # the exporter reports its progress on stdout: keep the command's output to its one result line
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 backbone,

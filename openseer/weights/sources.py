@@ -190,9 +190,9 @@ def _preset_regnets() -> list[dict[str, Any]]:
 
     specs = []
     for name in list_presets():
-        cfg = load_config(name)
-        if cfg.model.regnet_depth:
-            specs.append(backbone_spec(cfg.model))
+        spec = backbone_spec(load_config(name).model)
+        if "regnet_cfg" in spec and spec not in specs:
+            specs.append({"regnet_cfg": spec["regnet_cfg"]})
     return specs
 
 
