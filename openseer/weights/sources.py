@@ -179,7 +179,9 @@ def _candidates(weights: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
     if "patch_embed.proj.weight" in weights and "pos_embed" in weights:
         dim, patch = weights["patch_embed.proj.weight"].shape[0], weights["patch_embed.proj.weight"].shape[-1]
         size = {192: "tiny", 384: "small", 768: "base", 1024: "large"}.get(dim, "?")
-        return [{"timm_name": n} for n in timm.list_models(f"vit_{size}_patch{patch}_*")]
+        side = int((weights["pos_embed"].shape[1] - 1) ** 0.5) * patch  # image side of the position grid
+        names = sorted(timm.list_models(f"vit_{size}_patch{patch}_*"), key=lambda n: f"_{side}" not in n)
+        return [{"timm_name": n} for n in names]
     return []
 
 
