@@ -85,15 +85,28 @@ def is_openseer_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "backbone_spec" in obj
 
 
+def _exported_prefix(obj: dict[str, Any]) -> str:
+    """Where the method keeps the backbone it exports ("backbone", "teacher.backbone" for DINO-style methods)."""
+    spec = obj.get("backbone_spec") or {}
+    if spec.get("exported"):
+        return spec["exported"] + "."
+    keys = obj["model"].keys()
+    for prefix in ("backbone.", "teacher.backbone."):
+        if any(k.startswith(prefix) for k in keys):
+            return prefix
+    return "backbone."
+
+
 def convert_openseer_checkpoint(obj: dict[str, Any], where: str) -> Imported:
     model = obj["model"]
-    backbone = {k[len("backbone.") :]: v for k, v in model.items() if k.startswith("backbone.")}
+    prefix = _exported_prefix(obj)
+    backbone = {k[len(prefix) :]: v for k, v in model.items() if k.startswith(prefix)}
     if not backbone:
-        raise WeightsError(f"{where}: expected an openseer checkpoint with backbone.* weights, found {describe(model)}")
+        raise WeightsError(f"{where}: expected an openseer checkpoint with {prefix}* weights, found {describe(model)}")
     heads = {
         k: v
         for k, v in model.items()
-        if not k.startswith("backbone.") and not k.endswith("_extra_state") and torch.is_tensor(v)
+        if not k.startswith(prefix) and not k.endswith("_extra_state") and torch.is_tensor(v)
     }
     spec = obj.get("backbone_spec")
     return Imported(
