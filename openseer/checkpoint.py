@@ -88,8 +88,16 @@ def _backbone_state_from_training(state: dict[str, Any]) -> dict[str, torch.Tens
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run dir -> its exported backbone if present, else its last training checkpoint; a file -> itself."""
-    path = Path(path)
+    """A run dir -> its exported backbone if present, else its last training checkpoint; a file -> itself.
+
+    A ``FORMAT:FILE`` SOURCE (``vissl:``, ``dino:`` ...) resolves to FILE; a ``timm:`` tag has no file.
+    """
+    from openseer.weights.sources import source_path
+
+    resolved = source_path(path)
+    if resolved is None:
+        raise CheckpointError(f"{path} is a timm tag, not a file or run directory")
+    path = resolved
     if path.is_dir():
         for candidate in (path / BACKBONE_WEIGHTS, path / "checkpoints" / "last.pt"):
             if candidate.is_file():
@@ -133,9 +141,20 @@ def _read_backbone(path: Path, with_weights: bool) -> tuple[dict[str, Any], dict
     return spec, config, weights
 
 
+def _is_openseer_file(path: str | Path) -> bool:
+    """An openseer training checkpoint (``.pt`` with a backbone_spec); only the file's name is looked at."""
+    p = Path(str(path))
+    return p.is_file() and p.suffix == ".pt" and (p.parent.name == "checkpoints" or p.name == "last.pt")
+
+
 def read_backbone_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The timm spec of the backbone a run dir, ``backbone.safetensors`` or checkpoint holds, and the run's
-    config dict (empty if unknown), without building the backbone."""
+    config dict (empty if unknown), without building the backbone (foreign SOURCEs: see openseer.weights)."""
+    from openseer.weights.sources import infer_spec, is_openseer_path, read_source
+
+    if not is_openseer_path(path) and not _is_openseer_file(path):
+        imported = read_source(path, with_heads=False)
+        return infer_spec(imported), imported.config
     spec, config, _ = _read_backbone(resolve_checkpoint(path), with_weights=False)
     return spec, config
 
@@ -143,9 +162,14 @@ def read_backbone_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
 def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the pretrained backbone from a run dir, ``backbone.safetensors`` or a training checkpoint.
 
-    Returns the backbone (eval mode, CPU) and the run's config dict (empty if unknown).
+    Returns the backbone (eval mode, CPU) and the run's config dict (empty if unknown). Any other SOURCE
+    (``timm:`` tags, VISSL / SwAV / DINO / torchvision files) goes through :mod:`openseer.weights`.
     """
     from openseer.models.backbone import create_backbone_from_spec
+    from openseer.weights.sources import backbone_and_config, is_openseer_path
+
+    if not is_openseer_path(path) and not _is_openseer_file(path):
+        return backbone_and_config(path)
 
     path = resolve_checkpoint(path)
     spec, config, weights = _read_backbone(path, with_weights=True)

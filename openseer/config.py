@@ -137,6 +137,18 @@ class ModelConfig:
     channels_last: bool = _f(
         True, "Use channels_last memory format (faster for convnets with bf16 on CPU and GPU)."
     )
+    init: str = _f(
+        "",
+        "Start from pretrained weights (--init): a timm tag (timm:regnety_320.seer), an openseer run dir, or a "
+        "VISSL/SEER, SwAV, DINO, torchvision or timm checkpoint file; heads and prototypes are taken too when "
+        "the file has them (docs/weights.md). '' = random initialisation. Not re-applied when a run resumes.",
+        resumable=True,
+    )
+    init_strict: bool = _f(
+        True,
+        "Refuse weights that do not fit exactly; false loads what fits and prints the rest (--init-strict).",
+        resumable=True,
+    )
 
 
 @dataclass
@@ -287,6 +299,14 @@ class MonitorConfig:
     max_test: int = _f(1000, "Class-balanced cap on the classified images (0 = all).", resumable=True)
 
 
+@dataclass
+class LogConfig:
+    """Where else the metrics go, besides metrics.jsonl (docs/weights.md; extras: tensorboard, wandb)."""
+
+    tensorboard: bool = _f(False, "Also write TensorBoard event files into RUN_DIR/tensorboard.", resumable=True)
+    wandb: str = _f("", "Also log to Weights & Biases under this project name ('' = off); needs `wandb login`.", resumable=True)
+
+
 @dataclass(eq=False)
 class Config:
     """The whole experiment. Besides the fixed sections, every registered method has a section named after it
@@ -303,6 +323,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def __getattr__(self, name: str) -> Any:  # only reached when ordinary lookup fails: method sections
         if name.startswith("_") or name == "sections":

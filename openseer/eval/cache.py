@@ -47,7 +47,9 @@ def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def checkpoint_fingerprint(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
-    """What identifies a checkpoint's weights: resolved path, size, mtime and content hash."""
+    """What identifies a checkpoint's weights: resolved path, size, mtime and content hash (a timm tag: itself)."""
+    if str(checkpoint).startswith("timm:"):
+        return {"source": str(checkpoint)}
     path = resolve_checkpoint(checkpoint)
     st = path.stat()
     out = {
@@ -131,8 +133,11 @@ def load_features(path: str | os.PathLike[str]) -> tuple[Features, str, dict[str
 
 
 def default_cache_dir(checkpoint: str | os.PathLike[str]) -> Path:
-    """``RUN_DIR/features`` for a run dir, else a ``features`` folder beside the checkpoint file."""
-    path = Path(checkpoint)
+    """``RUN_DIR/features`` for a run dir, else a ``features`` folder beside the checkpoint file (a timm tag:
+    ``./features``)."""
+    from openseer.weights.sources import source_path
+
+    path = source_path(checkpoint) or Path("timm")
     return path / "features" if path.is_dir() else path.parent / "features"
 
 

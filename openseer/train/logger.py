@@ -17,6 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from openseer.checkpoint import CheckpointWriteError
+from openseer.logging_backends import MetricsSink, NullSink
 from openseer.train.step import StepResult
 
 
@@ -32,8 +33,10 @@ class MetricsLogger:
         log_every: int,
         started: float,
         monitor: Callable[[int, bool, Any], dict[str, Any]] | None = None,
+        sink: MetricsSink | None = None,
     ):
         self.enabled, self.log_every, self.started, self.monitor = enabled, log_every, started, monitor
+        self.sink = sink or NullSink()  # TensorBoard / W&B (log.* config): the same rows as metrics.jsonl
         self.total_steps = total_steps
         self.bar = tqdm(
             total=total_steps,
@@ -92,6 +95,7 @@ class MetricsLogger:
             self.file.write((json.dumps(row) + "\n").encode())
         except OSError as e:  # one line naming the file and errno; checkpoints are intact
             raise CheckpointWriteError(self.path, e) from None
+        self.sink.log(step, row)
         shown = {name: f"{row[name]:.3g}" for name in self.scalars}
         self.bar.set_postfix(
             loss=f"{mean_loss or float('nan'):.3f}", lr=f"{result.lr:.3g}", img_s=f"{rate:.0f}", **shown
@@ -100,5 +104,6 @@ class MetricsLogger:
 
     def close(self) -> None:
         self.bar.close()
+        self.sink.close()
         if self.file is not None:
             self.file.close()

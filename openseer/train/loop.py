@@ -20,6 +20,7 @@ import torch
 from openseer import dist
 from openseer.checkpoint import atomic_write, export_backbone_state, full_backbone_state
 from openseer.config import Config
+from openseer.logging_backends import sink_from_config
 from openseer.models.backbone import backbone_spec
 from openseer.run_state import ForcedStop, StopFlag, run_summary
 from openseer.train.logger import MetricsLogger
@@ -61,7 +62,7 @@ def _train(run: Run, on_step: Callable[[int, float], None] | None) -> str:
     p, d = run.progress, run.derived
     logger = MetricsLogger(
         run.out / "metrics.jsonl", dist.is_main(), d.total_steps, p.step, run.cfg.train.log_every, run.started,
-        run.monitor,
+        run.monitor, sink_from_config(run.cfg, run.out, dist.is_main()),
     )  # fmt: skip
     try:
         with StopFlag() as stop:

@@ -28,6 +28,7 @@ from openseer.parallel import prepare_model
 from openseer.run_state import find_resume_state, resume_blockers, truncate_metrics
 from openseer.train.checkpointer import Checkpointer, Progress
 from openseer.train.step import Trainer
+from openseer.weights.sources import init_method_from
 
 log = logging.getLogger("openseer")
 
@@ -141,6 +142,8 @@ def setup_run(cfg: Config, out_dir: str | Path, resume: bool = True, monitor: Mo
     random.seed(cfg.train.seed)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     method = get_method(cfg.method).build(cfg, build_backbone(cfg.model), RunInfo.of(cfg, derived))
+    if cfg.model.init and state is None:  # starting weights (--init); a resumed run has its own
+        init_method_from(method, cfg.model.init, strict=cfg.model.init_strict, log=log.info)
     method = method.to(device).to(memory_format=memory_format)
     trainer = build_trainer(cfg, method, derived, device)
     sharded = cfg.parallel.checkpoint_format == "sharded" or (

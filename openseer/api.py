@@ -1,0 +1,160 @@
+"""The Python API: the same functions the ``openseer`` command calls, for notebooks and other programs.
+
+Example::
+
+    import openseer
+
+    summary = openseer.pretrain("cifar10", data="~/images", out="runs/a", init="timm:regnety_016.tv2_in1k",
+                                train={"max_steps": 200})
+    backbone = openseer.load_backbone("runs/a")                       # a timm model, pooled features
+    maps = openseer.load_backbone("runs/a", features_only=True)       # multi-scale maps for detection
+    knn = openseer.evaluate("runs/a", train="lab/train", test="lab/test", protocol="knn")
+    feats = openseer.embed("runs/a", "lab/test")                      # Features: .features, .labels, .classes
+
+Every ``source`` is a run directory or any SOURCE of :mod:`openseer.weights.sources` (``timm:`` tags, VISSL /
+SwAV / DINO / torchvision / timm checkpoint files).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from openseer.config import Config, ConfigError, load_config, set_value
+
+
+def build_config(
+    config_or_preset: Config | str | None = None, data: str | Path | None = None, **overrides: Any
+) -> Config:
+    """A validated config from a preset name / YAML file / Config, plus overrides.
+
+    Overrides are sections as dicts (``train={"max_steps": 10}``) or ``section__field=value``
+    (``train__max_steps=10``); both are checked like ``a.b=value`` on the command line.
+    """
+    dotted: list[tuple[str, Any]] = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            dotted += [(f"{key}.{k}", v) for k, v in value.items()]
+        else:
+            dotted.append((key.replace("__", "."), value))
+    if data is not None:
+        dotted.append(("data.path", str(data)))
+    if isinstance(config_or_preset, Config):
+        from openseer.config import config_from_dict, to_dict
+
+        cfg = config_from_dict(to_dict(config_or_preset))
+        for key, value in dotted:
+            set_value(cfg, key, value)
+        from openseer.config import validate
+
+        validate(cfg)
+        return cfg
+    return load_config(config_or_preset, [f"{k}={json.dumps(v)}" for k, v in dotted])
+
+
+def pretrain(
+    config_or_preset: Config | str | None = None,
+    data: str | Path | None = None,
+    out: str | Path = "runs/openseer",
+    init: str | None = None,
+    init_strict: bool = True,
+    resume: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Pretrain as ``openseer pretrain`` does; returns the run summary (also in ``out/summary.json``).
+
+    ``init`` starts from pretrained weights (any SOURCE; ``model.init`` in the config), ``init_strict=False``
+    loads what fits and prints the rest.
+    """
+    from openseer.train import pretrain as run_pretrain
+
+    if init is not None:
+        overrides["model__init"] = str(init)
+        overrides["model__init_strict"] = init_strict
+    cfg = build_config(config_or_preset, data, **overrides)
+    if not cfg.data.path:
+        raise ConfigError("pretrain needs data=... (a folder, tar, file list or shards of images)")
+    return run_pretrain(cfg, out, resume=resume)
+
+
+def load_backbone(
+    source: str | Path,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    strict: bool = True,
+) -> nn.Module:
+    """The pretrained backbone of a run directory or SOURCE, in eval mode on the CPU.
+
+    ``features_only``: timm's multi-scale feature maps instead of pooled features (a list of tensors, one per
+    ``out_indices`` entry of ``model.feature_info``; default all: stem and every stage).
+    """
+    from timm.models import FeatureListNet
+
+    from openseer.weights.sources import backbone_from_source
+
+    backbone, _ = backbone_from_source(source, strict=strict)
+    if not features_only:
+        return backbone
+    info = getattr(backbone, "feature_info", None)
+    if not info:
+        raise ConfigError(f"{source}: this backbone has no timm feature_info; features_only needs a timm convnet")
+    indices = tuple(out_indices) if out_indices is not None else tuple(range(len(info)))
+    return FeatureListNet(backbone, out_indices=indices).eval()
+
+
+def evaluate(
+    source: str | Path, train: str | Path, test: str | Path, protocol: str = "knn", **options: Any
+) -> dict[str, Any]:
+    """``openseer eval PROTOCOL``: ``knn``, ``linear``, ``lowshot``, ``finetune`` or ``all``; returns its JSON dict.
+
+    ``options`` are the keyword arguments of the protocol's function (e.g. ``ks=(10, 20)``, ``fractions=``,
+    ``epochs=``, ``image_size=``, ``device=``).
+    """
+    from openseer.checkpoint import load_backbone as load_with_config
+
+    train, test, source = str(train), str(test), str(source)
+    if protocol == "all":
+        from openseer.eval.suite import run_suite
+
+        return run_suite(source, train, test, **options)
+    backbone, config = load_with_config(source)
+    if protocol == "knn":
+        from openseer.eval.run import knn_for_backbone
+
+        return knn_for_backbone(backbone, config, train, test, **options)
+    if protocol == "finetune":
+        from openseer.eval.finetune import finetune
+
+        return finetune(backbone, config, train, test, **options)
+    if protocol not in ("linear", "lowshot"):
+        raise ConfigError(f"unknown protocol {protocol!r}; choose knn, linear, lowshot, finetune or all")
+    extract = {
+        k: options.pop(k) for k in ("image_size", "crop_pct", "batch_size", "num_workers", "device") if k in options
+    }
+    train_f = embed(source, train, backbone=backbone, config=config, **extract)
+    test_f = embed(source, test, backbone=backbone, config=config, **extract)
+    if protocol == "linear":
+        from openseer.eval.linear import linear_probe
+
+        return linear_probe(train_f.features, train_f.labels, test_f.features, test_f.labels, **options)
+    from openseer.eval.lowshot import run_lowshot
+
+    return run_lowshot(train_f, test_f, **options)
+
+
+def embed(source: str | Path, data: str | Path | torch.Tensor, **options: Any) -> Any:
+    """Frozen features: of labelled images on disk (``Features`` with ``.features``, ``.labels``, ``.classes``,
+    cached as ``openseer embed`` does), or of a batch of normalised images ``(N, 3, H, W)`` (a tensor)."""
+    if torch.is_tensor(data):
+        backbone = load_backbone(source)
+        with torch.no_grad():
+            return backbone(data)
+    from openseer.eval.cache import cached_features
+
+    features, _ = cached_features(str(source), str(data), **options)
+    return features
