@@ -18,7 +18,10 @@ from openseer.errors import ConfigError
 from openseer.eval.settings import EvalSettings
 from openseer.io import atomic_write_json
 
-CHECKPOINT_HELP = "run dir, backbone.safetensors or a .pt checkpoint"
+CHECKPOINT_HELP = (
+    "run dir, backbone.safetensors, .pt checkpoint or any SOURCE (timm:TAG, vissl:/swav:/dino:/torchvision:FILE; "
+    "docs/weights.md)"
+)
 LABELLED_HELP = "labelled {} images: <class>/<image> folder or tar, file list, shards"
 
 

@@ -14,6 +14,8 @@ from openseer.train import pretrain
 
 #: Flags that set a config key (the monitor group's too).
 FLAG_KEYS = {
+    "init": "model.init",
+    "init_strict": "model.init_strict",
     "data": "data.path",
     "epochs": "train.epochs",
     "max_steps": "train.max_steps",
@@ -53,6 +55,13 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
         "('shards/*.tar', 'shards/train-{000000..000127}.tar', s3://..., a folder from `openseer shard`)",
     )
     p.add_argument("--out", required=True, help="run directory (re-using it resumes the run)")
+    p.add_argument("--init", metavar="SOURCE", help="start from pretrained weights (model.init; docs/weights.md)")
+    p.add_argument(
+        "--init-strict",
+        type=lambda s: {"true": True, "false": False}[s.lower()],
+        metavar="true|false",
+        help="model.init_strict: refuse weights that do not fit exactly [true]",
+    )
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--max-steps", type=int, help="override train.max_steps (stop after N steps)")
     p.add_argument("--strategy", choices=["ddp", "fsdp"], help="override parallel.strategy (used under torchrun)")

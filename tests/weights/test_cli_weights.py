@@ -9,7 +9,6 @@ import torch
 from openseer.checkpoint import load_checkpoint
 from openseer.cli import main
 from tests.helpers import TINY_OVERRIDES, write_images
-from tests.weights import foreign
 
 # lr 0 at the first step (warm-up from 0): after one step the weights are still exactly the initial ones
 FROZEN_STEP = ["optim.warmup_start_lr=0.0", "optim.warmup_epochs=1.0"]
@@ -43,20 +42,6 @@ def test_init_strict_refuses_other_head_sizes_and_false_loads_the_rest(tmp_path,
     assert len(err) == 1 and "prototypes.weight" in err[0]
     argv = [*bigger, "--init", str(tmp_path / "source"), "--init-strict", "false"]
     assert _pretrain(tmp_path, tmp_path / "loose", *argv) == 0
-
-
-def test_eval_knn_accepts_a_vissl_source_and_export_writes_onnx(tmp_path):
-    trunk = foreign.torchvision_tiny_regnet()
-    path = foreign.write_vissl(tmp_path / "seer.torch", trunk, None)
-    train = write_images(tmp_path / "train", 12, size=16, classes=3)
-    test = write_images(tmp_path / "test", 6, size=16, classes=3, seed=1)
-    out = tmp_path / "knn.json"
-    argv = ["eval", "knn", "--checkpoint", f"vissl:{path}", "--train", str(train), "--test", str(test)]
-    assert main([*argv, "--k", "1,3", "--image-size", "16", "--out", str(out), "--device", "cpu"]) == 0
-    assert json.loads(out.read_text())
-    assert main(["export", str(path), "--format", "torchscript", "--out", str(tmp_path / "b.pt"), "--image-size", "32"]) == 0
-    assert (tmp_path / "b.pt").is_file()
-
 
 def test_tensorboard_gets_the_metrics_rows(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
