@@ -120,11 +120,26 @@ class ModelConfig:
     channels_last: bool = _f(
         True, "Use channels_last memory format (faster for convnets with bf16 on CPU and GPU)."
     )
+    img_size: int = _f(
+        0,
+        "Vision Transformers: image side their position embeddings are made for (0 = the timm model's, e.g. "
+        "224); set it to aug.global_size for small images. Other crop sizes interpolate the embeddings.",
+    )
+    patch_size: int = _f(
+        0,
+        "Vision Transformers: patch side in pixels (0 = the timm model's, e.g. 16); it must divide every crop "
+        "size. Small images need small patches (4 at 32 px gives 8x8 tokens).",
+    )
+    drop_path_rate: float = _f(
+        0.0, "Stochastic depth of the trained network (timm ViTs, ResNets, RegNets); DINO's ViTs: 0.1."
+    )
 
 
 @dataclass
 class OptimConfig:
-    name: Literal["lars", "sgd"] = _f("lars", "Optimizer: LARS (LARC without clipping, as SwAV/SEER) or SGD.")
+    name: Literal["lars", "sgd", "adamw"] = _f(
+        "lars", "Optimizer: LARS (LARC without clipping, as SwAV/SEER), SGD, or AdamW (DINO's ViTs)."
+    )
     base_lr: float = _f(
         0.3,
         "Learning rate per 256 images of global batch; peak lr = base_lr * batch / 256 "
@@ -136,6 +151,10 @@ class OptimConfig:
     weight_decay: float = _f(
         1e-6, "Weight decay (SwAV 1e-6, SEER 1e-5); not applied to biases and norm layers."
     )
+    weight_decay_end: float = _f(
+        -1.0, "Final weight decay of a cosine schedule from optim.weight_decay (DINO: 0.04 -> 0.4); -1 = constant."
+    )
+    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas (torch defaults, as DINO).")
     momentum: float = _f(0.9, "SGD momentum.")
     trust_coefficient: float = _f(0.001, "LARS trust coefficient eta.")
     clip_grad: float = _f(0.0, "Clip the global gradient norm to this value; 0 disables clipping.")

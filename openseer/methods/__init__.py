@@ -4,7 +4,7 @@ A method module exposes ``Config`` (a dataclass of its settings, a section of th
 ``validate(cfg)`` (cross-field checks) and ``build(cfg, backbone) -> nn.Module``.
 """
 
-from openseer.methods import swav
+from openseer.methods import dino, swav  # noqa: F401  (each module registers itself)
 
 METHODS = {"swav": swav}
 
