@@ -1,0 +1,127 @@
+"""DINO training step vs its bound: bare student forward+backward plus teacher forward on the same crops.
+
+Variants are alternated (A B A B ...) in one process so the machine's drift hits them alike; the ratio is
+what counts (issue 9 aims at <= 1.05).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/dino_step_overhead.py --preset dino-cifar10 --precision fp32 bf16
+    PYTHONPATH=. .venv/bin/python benchmarks/dino_step_overhead.py --preset dino-cifar10-regnet train.batch_size=64
+
+* ``bound``: student backbone + DINO head forward and backward on every crop (one backbone call per
+  resolution), the teacher's backbone + head forward on the global crops without gradient; loss = sum of
+  the student's outputs. No loss function, no optimizer, no EMA.
+* ``dino``: the whole step as the loop runs it through the method contract: ``before_step``, forward (both
+  networks, centring, sharpening, the cross-entropy over view pairs), backward, gradient norm and clipping,
+  the optimizer step over the method's parameter groups, ``after_step`` (centre all-reduce + teacher EMA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+
+from openseer.config import derive, load_config
+from openseer.methods.base import RunInfo, StepContext
+from openseer.methods.registry import METHODS
+from openseer.models.backbone import build_backbone
+from openseer.ops.optim import build_adamw
+from openseer.parallel import clip_grads, grad_norm
+
+
+def make_crops(cfg, batch: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    sizes = [cfg.aug.global_size] * cfg.aug.global_crops + [cfg.aug.local_size] * cfg.aug.local_crops
+    return [torch.randn(batch, 3, s, s, generator=g) for s in sizes]
+
+
+def build(cfg):
+    torch.manual_seed(0)
+    d = derive(cfg, dataset_size=cfg.train.batch_size * 1000)
+    info = RunInfo(d.global_batch, cfg.train.batch_size, 1, 1, d.steps_per_epoch, d.total_steps)
+    method = METHODS["dino"].build(cfg, build_backbone(cfg.model), info)
+    groups = method.param_groups(method.named_parameters(), cfg.optim)
+    opt = build_adamw(groups, SimpleNamespace(weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas))
+    for group in opt.param_groups:
+        group["lr"] = 1e-4  # no group frozen: the step does its full work
+    return method, opt, info
+
+
+def step_bound(method, crops, amp) -> float:
+    from openseer.methods.dino import multicrop_forward
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.no_grad():
+            multicrop_forward(method.teacher.backbone, method.teacher.head, crops[: method.n_global])
+        loss = multicrop_forward(method.backbone, method.head, crops).float().sum()
+    loss.backward()
+    method.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def step_dino(method, opt, crops, amp, ctx, clip: float) -> float:
+    method.before_step(ctx)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        loss = method(crops, ctx).loss
+    loss.backward()
+    norm = grad_norm(method.parameters())
+    if clip > 0:
+        clip_grads(method.parameters(), clip, norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    method.after_step(ctx)
+    return float(loss.detach())
+
+
+def measure(cfg, precision: str, repeats: int, warmup: int) -> dict:
+    method, opt, info = build(cfg)
+    crops = make_crops(cfg, cfg.train.batch_size)
+    amp = precision == "bf16"
+    times: dict[str, list[float]] = {"bound": [], "dino": []}
+    nonfinite = 0
+    for i in range(warmup + repeats):
+        for name in ("bound", "dino"):
+            ctx = StepContext(step=i, epoch=0, info=info)
+            t = time.perf_counter()
+            if name == "bound":
+                value = step_bound(method, crops, amp)
+            else:
+                value = step_dino(method, opt, crops, amp, ctx, cfg.optim.clip_grad)
+            dt = time.perf_counter() - t
+            nonfinite += not math.isfinite(value)
+            if i >= warmup:
+                times[name].append(dt)
+    bound, dino = statistics.median(times["bound"]), statistics.median(times["dino"])
+    batch = cfg.train.batch_size
+    return {
+        "preset_backbone": cfg.model.backbone,
+        "precision": precision,
+        "batch": batch,
+        "crops": f"{cfg.aug.global_crops}x{cfg.aug.global_size} + {cfg.aug.local_crops}x{cfg.aug.local_size}",
+        "bound_s": bound,
+        "dino_s": dino,
+        "ratio": dino / bound,
+        "dino_img_s": batch / dino,
+        "nonfinite_steps": nonfinite,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="dino-cifar10")
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.batch_size=64")
+    args = p.parse_args()
+    for precision in args.precision:
+        cfg = load_config(args.preset, [*args.overrides, f"train.precision={precision}"])
+        print(json.dumps(measure(cfg, precision, args.repeats, args.warmup)))
+
+
+if __name__ == "__main__":
+    main()
