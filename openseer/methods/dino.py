@@ -209,7 +209,8 @@ class DINO(Method):
         self.teacher.requires_grad_(False)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
         # per-step arrays (dino cosine_scheduler): the EMA momentum rises from momentum_teacher to 1
-        self.momentum_schedule = cosine_schedule(cfg.momentum_teacher, 1.0, max(info.total_steps, 1))
+        with torch.device("cpu"):  # also when the method is built on the meta device (openseer info)
+            self.momentum_schedule = cosine_schedule(cfg.momentum_teacher, 1.0, max(info.total_steps, 1))
         self.freeze_steps = cfg.freeze_last_layer_epochs * info.steps_per_epoch
         self._center_sum: torch.Tensor | None = None  # this step's teacher-output sum, applied in after_step
         self._center_count = 0
