@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from timm.models.regnet import RegNet, RegNetCfg
 from timm.models.vision_transformer import VisionTransformer
 
 from openseer import dist
@@ -26,14 +27,22 @@ def _crops() -> list[torch.Tensor]:
     return [torch.randn(STEPS, GLOBAL_BATCH, 3, s, s, generator=g) for s in (16, 16, 8, 8)]
 
 
-def dino_steps(rank: int, world: int, strategy: str = "ddp", checkpointing: bool = False) -> dict:
-    torch.manual_seed(0)
-    backbone = VisionTransformer(
+def _backbone(kind: str) -> torch.nn.Module:
+    if kind == "regnet":  # batch norm in student and teacher, synchronised over the processes
+        return RegNet(RegNetCfg(depth=6, w0=8, wa=10.0, wm=1.8, group_size=8), num_classes=0)
+    return VisionTransformer(
         img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=0, dynamic_img_size=True
     )
+
+
+def dino_steps(
+    rank: int, world: int, strategy: str = "ddp", checkpointing: bool = False, backbone: str = "vit"
+) -> dict:
+    torch.manual_seed(0)
+    backbone = _backbone(backbone)
     cfg = Config(out_dim=32, hidden_dim=24, bottleneck_dim=8, warmup_teacher_temp_epochs=2, freeze_last_layer_epochs=1)
     method = DINO(backbone, cfg, n_global=2, info=INFO)
-    pcfg = ParallelConfig(strategy=strategy, activation_checkpointing=checkpointing)
+    pcfg = ParallelConfig(strategy=strategy, activation_checkpointing=checkpointing, sync_batchnorm=True)
     model = prepare_model(method, pcfg, torch.device("cpu"), "fp32")
     groups = method.param_groups(method.named_parameters(), None)
     opt = build_adamw(groups, SimpleNamespace(weight_decay=0.04, betas=(0.9, 0.999)))
@@ -65,6 +74,7 @@ def _variants(rank: int, world: int) -> dict:
         "ddp": dino_steps(rank, world, "ddp"),
         "fsdp": dino_steps(rank, world, "fsdp"),
         "fsdp-ac": dino_steps(rank, world, "fsdp", checkpointing=True),
+        "ddp-regnet": dino_steps(rank, world, "ddp", backbone="regnet"),
     }
 
 
@@ -75,10 +85,12 @@ def test_dino_two_processes_equal_one_process(tmp_path):
     key = "backbone.blocks.0.attn.qkv.weight"  # the teacher lags the student (EMA), but not by much
     gap = (single["state"]["teacher." + key] - single["state"][key]).abs().max()
     assert 0 < gap < 0.1
+    regnet = dino_steps(0, 1, backbone="regnet")
     for rank, result in enumerate(spawn(_variants, 2, tmp_path)):
         for name, r in result.items():
+            ref = regnet if name.endswith("regnet") else single
             where = f"{name}, rank {rank}"
-            assert r["losses"] == pytest.approx(single["losses"], abs=2e-5), where
-            assert set(r["state"]) == set(single["state"]), where
-            for k, v in single["state"].items():
+            assert r["losses"] == pytest.approx(ref["losses"], abs=2e-5), where
+            assert set(r["state"]) == set(ref["state"]), where
+            for k, v in ref["state"].items():
                 torch.testing.assert_close(r["state"][k], v, rtol=1e-4, atol=2e-5, msg=f"{where}: {k}")
