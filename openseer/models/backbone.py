@@ -56,7 +56,11 @@ def vit_patch_size(cfg: ModelConfig) -> int | None:
     if cfg.patch_size:
         return cfg.patch_size
     found = re.search(r"patch(\d+)", cfg.backbone)
-    return int(found.group(1)) if found else None
+    if found:
+        return int(found.group(1))
+    with torch.device("meta"):  # a name without "patchN": ask the model itself, without allocating weights
+        model = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
+    return int(model.patch_embed.patch_size[0])
 
 
 def check_crop_sizes(cfg: ModelConfig, sizes: dict[str, int]) -> None:

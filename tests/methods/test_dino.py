@@ -224,6 +224,8 @@ def test_vit_patch_size_must_divide_crops():
         check_crop_sizes(vit, {"aug.global_size": 32, "aug.local_size": 18})
     with pytest.raises(ConfigError, match=r"aug.global_size=200 .*patch size 16"):
         check_crop_sizes(ModelConfig(backbone="vit_small_patch16_224"), {"aug.global_size": 200})
+    with pytest.raises(ConfigError, match=r"aug.global_size=20 .*patch size 16 of test_vit"):
+        check_crop_sizes(ModelConfig(backbone="test_vit"), {"aug.global_size": 20})  # read from the model
     check_crop_sizes(ModelConfig(backbone="regnety_004"), {"aug.global_size": 30})  # convnets take any size
 
 
