@@ -6,8 +6,8 @@ what counts (issue 9 aims at <= 1.05).
     PYTHONPATH=. .venv/bin/python benchmarks/dino_step_overhead.py --preset dino-cifar10 --precision fp32 bf16
     PYTHONPATH=. .venv/bin/python benchmarks/dino_step_overhead.py --preset dino-cifar10-regnet train.batch_size=64
 
-* ``bound``: student backbone + DINO head forward and backward on every crop (one backbone call per
-  resolution), the teacher's backbone + head forward on the global crops without gradient; loss = sum of
+* ``bound``: student backbone + DINO head (projection + last layer) forward and backward on every crop (one
+  backbone call per resolution), the teacher's forward on the global crops without gradient; loss = sum of
   the student's outputs. No loss function, no optimizer, no EMA.
 * ``dino``: the whole step as the loop runs it through the method contract: ``before_step``, forward (both
   networks, centring, sharpening, the cross-entropy over view pairs), backward, gradient norm and clipping,
@@ -56,8 +56,8 @@ def step_bound(method, crops, amp) -> float:
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         with torch.no_grad():
-            multicrop_forward(method.teacher.backbone, method.teacher.head, crops[: method.n_global])
-        loss = multicrop_forward(method.backbone, method.head, crops).float().sum()
+            method.teacher(crops[: method.n_global])
+        loss = method.last_layer(multicrop_forward(method.backbone, method.head, crops)).float().sum()
     loss.backward()
     method.zero_grad(set_to_none=True)
     return float(loss.detach())

@@ -167,9 +167,10 @@ def _shard_tower(tower: nn.Module, unit: str, kwargs: dict[str, Any]) -> None:
         else:
             for block in blocks:
                 fully_shard(block, **kwargs)
-    head = getattr(tower, "head", None)
-    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-        fully_shard(head, **kwargs)
+    for name in ("head", "last_layer"):  # DINO's 65536 x 256 last layer is larger than a ViT-S block
+        part = getattr(tower, name, None)
+        if isinstance(part, nn.Module) and any(True for _ in part.parameters()):
+            fully_shard(part, **kwargs)
 
 
 def _common_parent(root: nn.Module, blocks: list[nn.Module]) -> nn.Module:

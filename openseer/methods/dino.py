@@ -35,7 +35,7 @@ from openseer import dist
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import check_crop_sizes, feature_dim
-from openseer.models.heads import DINOHead
+from openseer.models.heads import DINOProjection, WeightNormLinear
 from openseer.ops.schedules import cosine_schedule
 
 
@@ -162,15 +162,16 @@ def multicrop_forward(backbone: nn.Module, head: nn.Module, crops: list[torch.Te
 
 
 class Teacher(nn.Module):
-    """The EMA copy of the student: backbone + head, never trained by gradients."""
+    """The EMA copy of the student: backbone + projection + last layer, never trained by gradients."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module, last_layer: nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.last_layer = last_layer
 
     def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
-        return multicrop_forward(self.backbone, self.head, crops)
+        return self.last_layer(multicrop_forward(self.backbone, self.head, crops))
 
 
 def _without_stochastic_depth(module: nn.Module) -> nn.Module:
@@ -184,7 +185,8 @@ def _without_stochastic_depth(module: nn.Module) -> nn.Module:
 
 
 class DINO(Method):
-    """Student (``backbone`` + ``head``), EMA ``teacher`` and the ``center`` of the teacher's outputs."""
+    """Student (``backbone``, ``head`` = DINO's MLP to the unit bottleneck, ``last_layer``), its EMA ``teacher``
+    of the same structure, and the ``center`` of the teacher's outputs."""
 
     name = "dino"
     exact_accumulation = True
@@ -195,17 +197,13 @@ class DINO(Method):
         self.cfg = cfg
         self.n_global = n_global
         self.backbone = backbone
-        self.head = DINOHead(
-            feature_dim(backbone),
-            cfg.out_dim,
-            cfg.hidden_dim,
-            cfg.bottleneck_dim,
-            cfg.head_layers,
-            cfg.use_bn_in_head,
-            cfg.norm_last_layer,
+        self.head = DINOProjection(
+            feature_dim(backbone), cfg.hidden_dim, cfg.bottleneck_dim, cfg.head_layers, cfg.use_bn_in_head
         )
+        self.last_layer = WeightNormLinear(cfg.bottleneck_dim, cfg.out_dim, learn_norm=not cfg.norm_last_layer)
         # teacher and student start with the same weights; there is no backpropagation through the teacher
-        self.teacher = _without_stochastic_depth(Teacher(copy.deepcopy(backbone), copy.deepcopy(self.head)))
+        copies = (copy.deepcopy(m) for m in (backbone, self.head, self.last_layer))
+        self.teacher = _without_stochastic_depth(Teacher(*copies))
         self.teacher.requires_grad_(False)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
         # per-step arrays (dino cosine_scheduler): the EMA momentum rises from momentum_teacher to 1
@@ -219,7 +217,7 @@ class DINO(Method):
     def compute_loss(self, crops: list[torch.Tensor], ctx: StepContext, targets: Any = None) -> StepOutput:
         with torch.no_grad():
             teacher_out = self.teacher(crops[: self.n_global]).float()  # only the global views
-        student_out = multicrop_forward(self.backbone, self.head, crops)
+        student_out = self.last_layer(multicrop_forward(self.backbone, self.head, crops))
         temp = teacher_temperature(ctx.epoch, self.cfg)
         loss, entropy = dino_loss(student_out, teacher_out, self.center, temp, self.cfg.student_temp, self.n_global)
         self._add_to_center(teacher_out)
@@ -278,11 +276,13 @@ class DINO(Method):
     def param_groups(self, named: Any, optim: Any) -> list[ParamGroup]:
         """No weight decay on biases and norms (DINO ``get_params_groups``); the last layer is its own group,
         frozen for the first ``freeze_last_layer_epochs`` epochs (DINO ``cancel_gradients_last_layer``)."""
-        special = {"head.last_layer.": {"name": "last_layer", "freeze_steps": self.freeze_steps}}
-        return split_groups(named, exclude_bias_and_norm=True, special=special)
+        special = {"last_layer.": {"name": "last_layer", "freeze_steps": self.freeze_steps}}
+        return split_groups(named, getattr(optim, "exclude_bias_and_norm", True), special)
 
     def cluster_weights(self) -> torch.Tensor | None:
-        weight = self.teacher.head.last_layer.normalized_weight().detach()
+        """The teacher's last-layer rows, each of norm 1 with ``norm_last_layer``: ``head`` embeddings are unit
+        vectors, so their scores against these rows are DINO's logits (before the temperature)."""
+        weight = self.teacher.last_layer.normalized_weight().detach()
         return weight.full_tensor() if hasattr(weight, "full_tensor") else weight
 
     def trivial_loss(self) -> float | None:

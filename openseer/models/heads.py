@@ -72,24 +72,19 @@ class WeightNormLinear(nn.Module):
         return F.linear(x, self.normalized_weight())
 
 
-class DINOHead(nn.Module):
-    """DINO's projection head (Caron et al. 2021, sec. 3.1; facebookresearch/dino ``vision_transformer.py``).
+class DINOProjection(nn.Module):
+    """DINO's projection head up to its bottleneck (Caron et al. 2021, sec. 3.1; facebookresearch/dino
+    ``vision_transformer.py`` ``DINOHead.mlp`` + the L2 normalisation of its ``forward``).
 
     ``nlayers`` linear layers with GELU between them (optionally BN) map the backbone feature to a
-    ``bottleneck_dim`` vector, which is L2-normalised and scored by a weight-normalised, bias-free linear
-    layer of ``out_dim`` outputs (the "prototypes"; K = 65536 in the paper). Linear layers of the MLP get a
-    truncated normal init with std 0.02 and zero biases, as in the reference.
+    ``bottleneck_dim`` unit vector. Its linear layers get a truncated normal init with std 0.02 and zero
+    biases, as in the reference. DINO's last layer, a :class:`WeightNormLinear` of ``out_dim`` outputs (the
+    "prototypes"), is kept beside it by the method, as SwAV keeps its prototypes beside its projection head:
+    ``last_layer(projection(x))`` is the reference ``DINOHead(x)``.
     """
 
     def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
-        nlayers: int = 3,
-        use_bn: bool = False,
-        norm_last_layer: bool = True,
+        self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, nlayers: int = 3, use_bn: bool = False
     ):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (max(nlayers, 1) - 1) + [bottleneck_dim]
@@ -105,8 +100,6 @@ class DINOHead(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, learn_norm=not norm_last_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1, p=2)
-        return self.last_layer(x)
+        return F.normalize(self.mlp(x), dim=-1, p=2)

@@ -14,7 +14,7 @@ from openseer.methods.base import RunInfo, StepContext
 from openseer.methods.dino import DINO, Config, dino_loss, teacher_temperature, validate
 from openseer.methods.registry import METHODS
 from openseer.models.backbone import check_crop_sizes
-from openseer.models.heads import DINOHead
+from openseer.models.heads import DINOProjection, WeightNormLinear
 from openseer.ops.optim import FreezableAdamW, build_adamw
 
 INFO = RunInfo(global_batch=4, local_batch=4, world_size=1, accumulate_steps=1, steps_per_epoch=3, total_steps=12)
@@ -85,9 +85,10 @@ def test_module_loss_and_centre_follow_the_reference():
     x = crops()
     out = model(x, ctx(epoch=1))
     with torch.no_grad():
-        teacher_output = model.teacher.head(model.teacher.backbone(torch.cat(x[:2])))
+        t, s = model.teacher, model
+        teacher_output = t.last_layer(t.head(t.backbone(torch.cat(x[:2]))))
         student_output = torch.cat(
-            [model.head(model.backbone(torch.cat(x[:2]))), model.head(model.backbone(torch.cat(x[2:])))]
+            [s.last_layer(s.head(s.backbone(torch.cat(x[:2])))), s.last_layer(s.head(s.backbone(torch.cat(x[2:]))))]
         )
     temp = 0.07  # epoch 1 of a 2-epoch warm-up 0.04 -> 0.07 is its end
     expected = reference_loss(student_output, teacher_output, center0, temp, 0.1, 5)
@@ -140,7 +141,7 @@ def test_param_groups_and_last_layer_freeze():
     assert groups["default_no_wd"].wd_scale == 0 and all(p.ndim == 1 for p in groups["default_no_wd"].params)
     assert not any(p is q for g in groups.values() for p in g.params for q in model.teacher.parameters())
     optimizer = build_adamw(groups.values(), SimpleNamespace(weight_decay=0.04, betas=(0.9, 0.999)))
-    last = model.head.last_layer.weight
+    last = model.last_layer.weight
     before, other = last.detach().clone(), model.head.mlp[0].weight.detach().clone()
     for step in range(2):
         for g in optimizer.param_groups:  # what the loop does with the tags
@@ -199,22 +200,28 @@ def test_skipped_step_leaves_the_centre():
 
 def test_head_shapes_normalisation_and_weight_norm_equivalence():
     torch.manual_seed(0)
-    head = DINOHead(12, 40, hidden_dim=16, bottleneck_dim=8)
+    head, last = DINOProjection(12, hidden_dim=16, bottleneck_dim=8), WeightNormLinear(8, 40)
     x = torch.randn(5, 12)
-    assert head(x).shape == (5, 40)
-    rows = head.last_layer.normalized_weight().norm(dim=1)
-    torch.testing.assert_close(rows, torch.ones(40))
-    assert sum(isinstance(m, nn.GELU) for m in head.mlp) == 2 and len(list(head.last_layer.parameters())) == 1
-    # the same function as torch's weight_norm with g = 1 on the L2-normalised bottleneck
+    z = head(x)
+    assert z.shape == (5, 8) and last(z).shape == (5, 40)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(5))  # the L2-normalised bottleneck
+    torch.testing.assert_close(last.normalized_weight().norm(dim=1), torch.ones(40))
+    assert sum(isinstance(m, nn.GELU) for m in head.mlp) == 2 and sum(isinstance(m, nn.Linear) for m in head.mlp) == 3
+    assert len(list(last.parameters())) == 1  # norm_last_layer: no learned g
+    # the same function as torch's weight_norm with its norm g set to 1
     ref = torch.nn.utils.parametrizations.weight_norm(nn.Linear(8, 40, bias=False))
     with torch.no_grad():
         ref.parametrizations.weight.original0.fill_(1)
-        ref.parametrizations.weight.original1.copy_(head.last_layer.weight)
-    torch.testing.assert_close(head(x), ref(torch.nn.functional.normalize(head.mlp(x), dim=-1)))
+        ref.parametrizations.weight.original1.copy_(last.weight)
+    torch.testing.assert_close(last(z), ref(z))
     assert all(abs(float(m.weight.std()) - 0.02) < 0.01 for m in head.mlp if isinstance(m, nn.Linear))
-    free = DINOHead(12, 40, hidden_dim=16, bottleneck_dim=8, norm_last_layer=False)
-    assert free.last_layer.norm.shape == (40, 1) and free.last_layer.norm.requires_grad
-    assert set(free.state_dict()) >= {"last_layer.weight", "last_layer.norm"}
+    free = WeightNormLinear(8, 40, learn_norm=True)
+    assert free.norm.shape == (40, 1) and free.norm.requires_grad
+    assert set(free.state_dict()) == {"weight", "norm"}
+    model = tiny_dino(norm_last_layer=False)  # a learned g is decayed (2-d, as weight_g in the reference)
+    groups = {g.name: g for g in model.param_groups(model.named_parameters(), SimpleNamespace())}
+    assert any(p is model.last_layer.norm for p in groups["last_layer"].params)
+    assert torch.equal(model.cluster_weights(), model.teacher.last_layer.normalized_weight())
 
 
 def test_vit_patch_size_must_divide_crops():
