@@ -1,25 +1,21 @@
-"""DINO on 2 gloo processes (DDP, FSDP2) equals 1 process on the concatenated batch: losses, centre, student
-and teacher parameters after a few AdamW steps with EMA updates."""
+"""DINO on 2 gloo processes (DDP, FSDP2) equals 1 process on the concatenated batch, through the loop's
+train_step: per-step losses, the centre, student and teacher parameters (and batch-norm statistics) after a
+few AdamW steps with EMA updates and the last layer frozen for the first epoch."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 import torch
 from timm.models.regnet import RegNet, RegNetCfg
 from timm.models.vision_transformer import VisionTransformer
 
-from openseer import dist
-from openseer.config import ParallelConfig
-from openseer.methods.base import RunInfo, StepContext
-from openseer.methods.dino import DINO, Config
-from openseer.ops.optim import build_adamw
-from openseer.parallel import prepare_model
+from openseer.config import derive, load_config
+from openseer.methods.base import RunInfo
+from openseer.methods.registry import get_method
+from openseer.train import build_trainer, train_step
 from tests.dist.common import spawn
 
 GLOBAL_BATCH, STEPS = 8, 3
-INFO = RunInfo(GLOBAL_BATCH, GLOBAL_BATCH, 1, 1, steps_per_epoch=2, total_steps=STEPS)
 
 
 def _crops() -> list[torch.Tensor]:
@@ -35,34 +31,41 @@ def _backbone(kind: str) -> torch.nn.Module:
     )
 
 
-def dino_steps(
-    rank: int, world: int, strategy: str = "ddp", checkpointing: bool = False, backbone: str = "vit"
-) -> dict:
+def dino_steps(rank: int, world: int, extra: tuple[str, ...] = (), backbone: str = "vit") -> dict:
+    cfg = load_config(
+        "dino-cifar10",
+        [
+            "aug.global_size=16",
+            "aug.local_size=8",
+            "aug.local_crops=2",
+            "model.patch_size=4",
+            "dino.out_dim=32",
+            "dino.hidden_dim=24",
+            "dino.bottleneck_dim=8",
+            "dino.warmup_teacher_temp_epochs=2",
+            f"train.batch_size={GLOBAL_BATCH // world}",
+            "train.epochs=2",
+            "train.precision=fp32",
+            "optim.warmup_epochs=0",
+            "optim.base_lr=0.5",
+            "parallel.sync_batchnorm=true",
+            *extra,
+        ],
+    )
+    derived = derive(cfg, 2 * GLOBAL_BATCH, world)  # 2 steps per epoch
     torch.manual_seed(0)
-    backbone = _backbone(backbone)
-    cfg = Config(out_dim=32, hidden_dim=24, bottleneck_dim=8, warmup_teacher_temp_epochs=2, freeze_last_layer_epochs=1)
-    method = DINO(backbone, cfg, n_global=2, info=INFO)
-    pcfg = ParallelConfig(strategy=strategy, activation_checkpointing=checkpointing, sync_batchnorm=True)
-    model = prepare_model(method, pcfg, torch.device("cpu"), "fp32")
-    groups = method.param_groups(method.named_parameters(), None)
-    opt = build_adamw(groups, SimpleNamespace(weight_decay=0.04, betas=(0.9, 0.999)))
-    for g in opt.param_groups:
+    method = get_method("dino").build(cfg, _backbone(backbone), RunInfo.of(cfg, derived))
+    trainer = build_trainer(cfg, method, derived, torch.device("cpu"))
+    for g in trainer.optimizer.param_groups:
         # the attention key bias has a zero gradient in exact arithmetic (softmax ignores it): with eps 1e-8,
         # Adam would turn its rounding noise (~1e-10, different per process count) into full-size steps
         g["eps"] = 1e-6
     b = GLOBAL_BATCH // world
     losses = []
     for step in range(STEPS):
-        ctx = StepContext(step=step, epoch=step // INFO.steps_per_epoch, info=INFO)
-        for g in opt.param_groups:
-            g["lr"] = 0.0 if step < g["freeze_steps"] else 1e-2 * g["lr_scale"]
-        method.before_step(ctx)
-        out = model([c[step, rank * b : (rank + 1) * b] for c in _crops()], ctx)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        method.after_step(ctx)
-        losses.append(float(dist.all_reduce_sum(out.loss.detach().clone())) / world)
+        crops = [c[step, rank * b : (rank + 1) * b] for c in _crops()]
+        result = train_step(trainer, [crops], step=step, epoch=step // derived.steps_per_epoch)
+        losses.append(result.loss)
     state = {}
     for k, v in method.state_dict().items():
         state[k] = v.full_tensor() if hasattr(v, "full_tensor") else v.clone()
@@ -71,10 +74,10 @@ def dino_steps(
 
 def _variants(rank: int, world: int) -> dict:
     return {
-        "ddp": dino_steps(rank, world, "ddp"),
-        "fsdp": dino_steps(rank, world, "fsdp"),
-        "fsdp-ac": dino_steps(rank, world, "fsdp", checkpointing=True),
-        "ddp-regnet": dino_steps(rank, world, "ddp", backbone="regnet"),
+        "ddp": dino_steps(rank, world, ("parallel.strategy=ddp",)),
+        "fsdp": dino_steps(rank, world, ("parallel.strategy=fsdp",)),
+        "fsdp-ac": dino_steps(rank, world, ("parallel.strategy=fsdp", "parallel.activation_checkpointing=true")),
+        "ddp-regnet": dino_steps(rank, world, ("parallel.strategy=ddp",), backbone="regnet"),
     }
 
 

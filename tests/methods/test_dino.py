@@ -9,13 +9,13 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from openseer.config import ConfigError, ModelConfig
+from openseer.config import ConfigError, ModelConfig, derive, load_config
 from openseer.methods.base import RunInfo, StepContext
 from openseer.methods.dino import DINO, Config, dino_loss, teacher_temperature, validate
-from openseer.methods.registry import METHODS
+from openseer.methods.registry import METHODS, get_method
 from openseer.models.backbone import check_crop_sizes
 from openseer.models.heads import DINOProjection, WeightNormLinear
-from openseer.ops.optim import FreezableAdamW, build_adamw
+from openseer.train import build_trainer, train_step
 
 INFO = RunInfo(global_batch=4, local_batch=4, world_size=1, accumulate_steps=1, steps_per_epoch=3, total_steps=12)
 
@@ -133,40 +133,36 @@ def test_teacher_temperature_warmup():
     assert teacher_temperature(0, Config(warmup_teacher_temp_epochs=0, teacher_temp=0.05)) == 0.05
 
 
-def test_param_groups_and_last_layer_freeze():
-    model = tiny_dino(freeze_last_layer_epochs=2)
-    groups = {g.name: g for g in model.param_groups(model.named_parameters(), SimpleNamespace())}
-    assert set(groups) == {"default", "default_no_wd", "last_layer"}
-    assert groups["last_layer"].freeze_steps == 2 * INFO.steps_per_epoch
-    assert groups["default_no_wd"].wd_scale == 0 and all(p.ndim == 1 for p in groups["default_no_wd"].params)
-    assert not any(p is q for g in groups.values() for p in g.params for q in model.teacher.parameters())
-    optimizer = build_adamw(groups.values(), SimpleNamespace(weight_decay=0.04, betas=(0.9, 0.999)))
-    last = model.last_layer.weight
-    before, other = last.detach().clone(), model.head.mlp[0].weight.detach().clone()
-    for step in range(2):
-        for g in optimizer.param_groups:  # what the loop does with the tags
-            g["lr"] = 0.0 if step < g["freeze_steps"] else 1e-2 * g["lr_scale"]
-        optimizer.zero_grad()
-        model(crops(seed=step), ctx(step)).loss.backward()
-        assert last.grad is not None  # gradients flow; the freeze is the group's lr
-        optimizer.step()
-    assert torch.equal(last, before) and not optimizer.state.get(last)  # nor its Adam moments
-    assert not torch.equal(model.head.mlp[0].weight, other)
-
-
-def test_freezable_adamw_equals_torch_adamw_on_live_groups():
+def test_param_groups_last_layer_freeze_and_weight_decay_schedule_through_train_step():
+    """AdamW through the loop's train_step: the last layer (and its Adam moments) stay untouched during the
+    first epoch; weight decay follows the cosine 0.04 -> 0.4 (DINO's wd_schedule); none on biases/norms."""
+    cfg = load_config(
+        "dino-cifar10",
+        ["aug.global_size=16", "aug.local_size=8", "aug.local_crops=3", "model.patch_size=4", "train.batch_size=4",
+         "train.epochs=2", "dino.freeze_last_layer_epochs=1", "train.precision=fp32", "optim.warmup_epochs=0"],
+    )
+    derived = derive(cfg, 8)  # 2 steps per epoch, 4 in all
     torch.manual_seed(0)
-    a, b = torch.randn(5, 3, requires_grad=True), torch.randn(4, requires_grad=True)
-    a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
-    ours = FreezableAdamW([{"params": [a], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}], lr=0.1)
-    ref = torch.optim.AdamW([{"params": [a2], "weight_decay": 0.1}, {"params": [b2], "weight_decay": 0.0}], lr=0.1)
-    for _ in range(3):
-        for x, y, opt in ((a, b, ours), (a2, b2, ref)):
-            opt.zero_grad()
-            ((x**2).sum() + (y**3).sum()).backward()
-            opt.step()
-    torch.testing.assert_close(a, a2)
-    torch.testing.assert_close(b, b2)
+    method = get_method("dino").build(cfg, tiny_vit(), RunInfo.of(cfg, derived))
+    trainer = build_trainer(cfg, method, derived, torch.device("cpu"))
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    groups = {g.name: g for g in trainer.groups}
+    assert set(groups) == {"default", "default_no_wd", "last_layer"}
+    assert groups["last_layer"].freeze_steps == derived.steps_per_epoch
+    assert groups["default_no_wd"].wd_scale == 0 and all(p.ndim == 1 for p in groups["default_no_wd"].params)
+    assert not any(p is q for g in groups.values() for p in g.params for q in method.teacher.parameters())
+    last, first = method.last_layer.weight, method.head.mlp[0].weight
+    before, other = last.detach().clone(), first.detach().clone()
+    for step in range(4):
+        result = train_step(trainer, [[c[:4] for c in crops(seed=step)]], step=step, epoch=step // 2)
+        wd = 0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * step / 4))  # dino cosine_scheduler
+        assert result.finite and result.wd == pytest.approx(wd)
+        decay = {g["name"]: g["weight_decay"] for g in trainer.optimizer.param_groups}
+        assert decay["default"] == pytest.approx(wd) and decay["default_no_wd"] == 0
+        if step == 1:  # end of epoch 0: the last layer and its Adam state are untouched, the rest moved
+            assert torch.equal(last, before) and not trainer.optimizer.state.get(last)
+            assert not torch.equal(first, other)
+    assert not torch.equal(last, before)
 
 
 def test_gradient_accumulation_is_exact():
@@ -178,7 +174,7 @@ def test_gradient_accumulation_is_exact():
     for half in (slice(0, 2), slice(2, 4)):
         out = small([c[half] for c in x], ctx())
         (out.loss / 2).backward()
-        total += float(out.loss) / 2
+        total += float(out.loss.detach()) / 2
     assert total == pytest.approx(float(big(x, ctx()).loss), rel=1e-5)
     for (name, p), q in zip(big.named_parameters(), small.parameters(), strict=True):
         if p.grad is not None:
