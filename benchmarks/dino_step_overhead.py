@@ -9,9 +9,9 @@ what counts (issue 9 aims at <= 1.05).
 * ``bound``: student backbone + DINO head (projection + last layer) forward and backward on every crop (one
   backbone call per resolution), the teacher's forward on the global crops without gradient; loss = sum of
   the student's outputs. No loss function, no optimizer, no EMA.
-* ``dino``: the whole step as the loop runs it through the method contract: ``before_step``, forward (both
-  networks, centring, sharpening, the cross-entropy over view pairs), backward, gradient norm and clipping,
-  the optimizer step over the method's parameter groups, ``after_step`` (centre all-reduce + teacher EMA).
+* ``dino``: the loop's own ``openseer.train.train_step``: schedules, ``before_step``, forward (both networks,
+  centring, sharpening, the cross-entropy over view pairs), backward, gradient norm and clipping, the
+  optimizer step over the method's parameter groups (none frozen here), ``after_step`` (centre + teacher EMA).
 """
 
 from __future__ import annotations
@@ -21,16 +21,15 @@ import json
 import math
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 
 from openseer.config import derive, load_config
-from openseer.methods.base import RunInfo, StepContext
-from openseer.methods.registry import METHODS
+from openseer.methods.base import RunInfo
+from openseer.methods.dino import multicrop_forward
+from openseer.methods.registry import get_method
 from openseer.models.backbone import build_backbone
-from openseer.ops.optim import build_adamw
-from openseer.parallel import clip_grads, grad_norm
+from openseer.train import build_trainer, train_step
 
 
 def make_crops(cfg, batch: int) -> list[torch.Tensor]:
@@ -41,19 +40,12 @@ def make_crops(cfg, batch: int) -> list[torch.Tensor]:
 
 def build(cfg):
     torch.manual_seed(0)
-    d = derive(cfg, dataset_size=cfg.train.batch_size * 1000)
-    info = RunInfo(d.global_batch, cfg.train.batch_size, 1, 1, d.steps_per_epoch, d.total_steps)
-    method = METHODS["dino"].build(cfg, build_backbone(cfg.model), info)
-    groups = method.param_groups(method.named_parameters(), cfg.optim)
-    opt = build_adamw(groups, SimpleNamespace(weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas))
-    for group in opt.param_groups:
-        group["lr"] = 1e-4  # no group frozen: the step does its full work
-    return method, opt, info
+    derived = derive(cfg, dataset_size=cfg.train.batch_size * 1000)
+    method = get_method("dino").build(cfg, build_backbone(cfg.model), RunInfo.of(cfg, derived))
+    return method, build_trainer(cfg, method, derived, torch.device("cpu"))
 
 
 def step_bound(method, crops, amp) -> float:
-    from openseer.methods.dino import multicrop_forward
-
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         with torch.no_grad():
             method.teacher(crops[: method.n_global])
@@ -63,34 +55,20 @@ def step_bound(method, crops, amp) -> float:
     return float(loss.detach())
 
 
-def step_dino(method, opt, crops, amp, ctx, clip: float) -> float:
-    method.before_step(ctx)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        loss = method(crops, ctx).loss
-    loss.backward()
-    norm = grad_norm(method.parameters())
-    if clip > 0:
-        clip_grads(method.parameters(), clip, norm)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    method.after_step(ctx)
-    return float(loss.detach())
-
-
 def measure(cfg, precision: str, repeats: int, warmup: int) -> dict:
-    method, opt, info = build(cfg)
+    method, trainer = build(cfg)
     crops = make_crops(cfg, cfg.train.batch_size)
     amp = precision == "bf16"
     times: dict[str, list[float]] = {"bound": [], "dino": []}
     nonfinite = 0
     for i in range(warmup + repeats):
         for name in ("bound", "dino"):
-            ctx = StepContext(step=i, epoch=0, info=info)
             t = time.perf_counter()
             if name == "bound":
                 value = step_bound(method, crops, amp)
             else:
-                value = step_dino(method, opt, crops, amp, ctx, cfg.optim.clip_grad)
+                result = train_step(trainer, [crops], step=i, epoch=0)
+                value = result.loss if result.finite else float("nan")
             dt = time.perf_counter() - t
             nonfinite += not math.isfinite(value)
             if i >= warmup:
@@ -119,7 +97,9 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.batch_size=64")
     args = p.parse_args()
     for precision in args.precision:
-        cfg = load_config(args.preset, [*args.overrides, f"train.precision={precision}"])
+        # no frozen last layer: the step does its full work from the first iteration
+        overrides = ["dino.freeze_last_layer_epochs=0", *args.overrides, f"train.precision={precision}"]
+        cfg = load_config(args.preset, overrides)
         print(json.dumps(measure(cfg, precision, args.repeats, args.warmup)))
 
 
