@@ -246,3 +246,13 @@ def test_validate_names_bad_fields():
     with pytest.raises(ConfigError, match="dino.out_dim"):
         validate(cfg(out_dim=0))
     assert METHODS["dino"].config is Config and METHODS["dino"].validate is validate
+
+
+def test_info_counts_the_teacher_without_gradients_or_optimizer_state():
+    from openseer.info import model_info
+
+    info = model_info(load_config("dino-vit-small"), world_size=16)
+    assert info.params_backbone == pytest.approx(21.7e6, rel=0.01)  # ViT-S/16
+    assert info.params_trainable * 2 == info.params_total  # student and its EMA copy
+    assert info.memory["optimizer"] == 2 * info.memory["gradients"]  # AdamW: two moments per trained parameter
+    assert info.teacher_flops_per_image == 2 * info.flops_by_crop[224]  # 2 global crops through the teacher
