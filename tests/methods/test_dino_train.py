@@ -68,7 +68,13 @@ def test_pretrain_cli_logs_dino_scalars_and_exports_the_teacher(tmp_path):
 def test_resume_after_interruption_gives_identical_losses(tmp_path):
     data = write_images(tmp_path / "imgs", 24)  # 3 steps per epoch: the last layer unfreezes at step 3
     # the preset's stochastic depth (0.1) draws random masks in every step: they must be the same after resuming
-    extra = [*DINO_TINY, f"data.path={data}", "train.epochs=2", "dino.teacher_temp=0.07", "dino.warmup_teacher_temp_epochs=2"]
+    extra = [
+        *DINO_TINY,
+        f"data.path={data}",
+        "train.epochs=2",
+        "dino.teacher_temp=0.07",
+        "dino.warmup_teacher_temp_epochs=2",
+    ]
     cfg = load_config("dino-cifar10", extra)
     full = pretrain(cfg, tmp_path / "full")
     assert full["status"] == "completed" and full["steps"] == 6
