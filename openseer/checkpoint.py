@@ -80,10 +80,11 @@ def _backbone_state_from_training(state: dict[str, Any]) -> dict[str, torch.Tens
     model = state.get("model")
     if not isinstance(model, dict):
         raise CheckpointError("checkpoint has no 'model' state dict")
-    prefix = "backbone."
+    spec = state.get("backbone_spec") if isinstance(state.get("backbone_spec"), dict) else {}
+    prefix = str(spec.get("exported", "backbone")) + "."  # the method's exported backbone (DINO: the teacher)
     out = {k[len(prefix) :]: v for k, v in model.items() if k.startswith(prefix)}
     if not out:
-        raise CheckpointError("checkpoint's model has no backbone.* weights")
+        raise CheckpointError(f"checkpoint's model has no {prefix}* weights")
     return out
 
 

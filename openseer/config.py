@@ -149,6 +149,19 @@ class ModelConfig:
         "Refuse weights that do not fit exactly; false loads what fits and prints the rest (--init-strict).",
         resumable=True,
     )
+    img_size: int = _f(
+        0,
+        "Vision Transformers: image side their position embeddings are made for (0 = the timm model's, e.g. "
+        "224); set it to aug.global_size for small images. Other crop sizes interpolate the embeddings.",
+    )
+    patch_size: int = _f(
+        0,
+        "Vision Transformers: patch side in pixels (0 = the timm model's, e.g. 16); it must divide every crop "
+        "size. Small images need small patches (4 at 32 px gives 8x8 tokens).",
+    )
+    drop_path_rate: float = _f(
+        0.0, "Stochastic depth of the trained network (timm ViTs, ResNets, RegNets); DINO's ViTs: 0.1."
+    )
 
 
 @dataclass

@@ -40,6 +40,8 @@ class ModelInfo:
     activation_bytes_per_image: float
     largest_unit_params: int
     memory: dict[str, float]  # bytes per process
+    params_trainable: int = 0  # those with gradients and optimizer state (DINO's EMA teacher has neither)
+    teacher_flops_per_image: float = 0.0  # forward of an EMA teacher on the global crops (DINO), else 0
 
 
 def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
@@ -78,6 +80,7 @@ def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
         method = get_method(cfg.method).build(cfg, backbone, run_info(cfg, world_size))
     n_backbone = sum(x.numel() for x in backbone.parameters())
     n_total = sum(x.numel() for x in method.parameters())
+    n_trainable = sum(x.numel() for x in method.parameters() if x.requires_grad)
     crops = {cfg.aug.global_size: cfg.aug.global_crops}
     if cfg.aug.local_crops:
         crops[cfg.aug.local_size] = crops.get(cfg.aug.local_size, 0) + cfg.aug.local_crops
@@ -101,10 +104,11 @@ def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
     units = _unit_sizes(method, p.fsdp_unit)
     largest = max(units) if units else 0
     param_bytes = 2 if low_precision else 4
+    optimizer_states = 2 if cfg.optim.name == "adamw" else 1  # Adam's two moments; LARS/SGD momentum
     memory = {
         "parameters": 4 * n_total / shard,
-        "gradients": 4 * n_total / shard,
-        "optimizer": 4 * n_total / shard,  # LARS/SGD momentum
+        "gradients": 4 * n_trainable / shard,
+        "optimizer": 4 * optimizer_states * n_trainable / shard,
         # FSDP gathers one unit and prefetches the next; DDP keeps a bf16/fp16 copy only inside autocast
         "gathered": 2 * param_bytes * largest if fsdp else 0.0,
         "activations": acts * cfg.train.batch_size,
@@ -121,6 +125,8 @@ def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
         acts,
         largest,
         memory,
+        n_trainable,
+        flops[cfg.aug.global_size] * cfg.aug.global_crops if hasattr(method, "teacher") else 0.0,
     )
 
 
@@ -160,12 +166,22 @@ def format_info(cfg: Config, info: ModelInfo, world_size: int, preset: str = "")
             f"g={cfg.model.regnet.group_size})"
         ),
         f"parameters     backbone {info.params_backbone / 1e6:,.1f}M, head + prototypes "
-        f"{info.params_head / 1e6:,.1f}M, total {info.params_total / 1e6:,.1f}M",
+        f"{info.params_head / 1e6:,.1f}M, total {info.params_total / 1e6:,.1f}M"
+        + (
+            f" (trained {info.params_trainable / 1e6:,.1f}M; the rest is an EMA teacher)"
+            if 0 < info.params_trainable < info.params_total
+            else ""
+        ),
         "FLOPs / image  "
         + ", ".join(f"{s} px: {_flops(f)}" for s, f in info.flops_by_crop.items())
         + f"; all crops ({crops}): {_flops(info.flops_per_image)} forward, "
         f"~{_flops(3 * info.flops_per_image)} forward+backward"
-        + (" (+1 forward recomputed)" if p.activation_checkpointing else ""),
+        + (" (+1 forward recomputed)" if p.activation_checkpointing else "")
+        + (
+            f"; teacher forward on the global crops {_flops(info.teacher_flops_per_image)}"
+            if info.teacher_flops_per_image
+            else ""
+        ),
         f"run            {world_size} processes x {cfg.train.batch_size} images"
         f" x {cfg.train.accumulate_steps} accumulation = global batch {global_batch}; "
         f"strategy {p.strategy}, precision {cfg.train.precision}, activation checkpointing "

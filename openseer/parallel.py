@@ -10,7 +10,8 @@ residual blocks recompute their activations in the backward pass, and (3) wraps 
   bf16/fp16 ``MixedPrecisionPolicy`` on GPUs and optional CPU offload.
 
 All of it is a no-op at world size 1 except activation checkpointing, which also saves memory on one device.
-Blocks are found by structure (timm RegNet ``s1..s4`` / ResNet ``layer1..4`` / ``stages[i].blocks``), and the
+Blocks are found by structure (timm RegNet ``s1..s4`` / ResNet ``layer1..4`` / ``stages[i].blocks`` / ViT
+``blocks``; a method's EMA ``teacher`` is sharded like its student), and the
 wrappers swap classes in place, so parameter names, state dicts and exported backbones do not change.
 """
 
@@ -43,6 +44,8 @@ def find_blocks(backbone: nn.Module) -> list[list[nn.Module]]:
         for stage in backbone.stages.children():
             blocks = getattr(stage, "blocks", stage)
             stages.append(list(blocks.children()))
+    if not stages and isinstance(getattr(backbone, "blocks", None), nn.Sequential):
+        stages.append(list(backbone.blocks.children()))  # a timm ViT: one stage of transformer blocks
     return [s for s in stages if s]
 
 
@@ -143,18 +146,11 @@ def shard_model(
     }
     if param_dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    backbone = getattr(method, "backbone", None)
-    stages = find_blocks(backbone) if backbone is not None else []
-    for blocks in stages:
-        if unit == "stage":
-            parent = _common_parent(backbone, blocks)
-            fully_shard(parent, **kwargs)
-        else:
-            for block in blocks:
-                fully_shard(block, **kwargs)
-    head = getattr(method, "head", None)
-    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-        fully_shard(head, **kwargs)
+    # the trained network, then an EMA teacher (DINO) if the method has one: its parameters are sharded
+    # exactly like the student's (each parameter on dim 0), so the EMA update runs shard by shard
+    towers = [method, getattr(method, "teacher", None)]
+    for tower in [t for t in towers if isinstance(t, nn.Module)]:
+        _shard_tower(tower, unit, kwargs)
     # float32 units (SwAV's prototypes): gathered and computed in float32 whatever param_dtype is
     fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     for name in getattr(method, "fp32_modules", ()):
@@ -163,6 +159,24 @@ def shard_model(
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype, torch.float32, cast_forward_inputs=False)
     fully_shard(method, **kwargs)
     return method
+
+
+def _shard_tower(tower: nn.Module, unit: str, kwargs: dict[str, Any]) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    backbone = getattr(tower, "backbone", None)
+    stages = find_blocks(backbone) if backbone is not None else []
+    for blocks in stages:
+        if unit == "stage":
+            parent = _common_parent(backbone, blocks)
+            fully_shard(parent, **kwargs)
+        else:
+            for block in blocks:
+                fully_shard(block, **kwargs)
+    for name in ("head", "last_layer"):  # DINO's 65536 x 256 last layer is larger than a ViT-S block
+        part = getattr(tower, name, None)
+        if isinstance(part, nn.Module) and any(True for _ in part.parameters()):
+            fully_shard(part, **kwargs)
 
 
 def _common_parent(root: nn.Module, blocks: list[nn.Module]) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Learning checks: SwAV must leave the uniform-code start and beat random-init features on real images."""
+"""Learning checks: SwAV and DINO must leave their trivial starts and beat random-init features on real images."""
 
 import json
 import math
@@ -70,4 +70,30 @@ def test_short_pretraining_beats_random_init_on_cifar10(tmp_path):
     random = max(knn_from_checkpoint(floor, str(train), str(test), ks=(20,))["top1"].values())
     print(f"CIFAR-10 kNN top-1 (k=20): pretrained {trained:.3f}, random init {random:.3f}")
     # measured here: 0.235 vs 0.187 (same subset, seed and steps)
+    assert trained > random + 0.03
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CIFAR / "cifar10-train.tar").is_file(),
+                    reason=f"CIFAR-10 tars not found in {CIFAR} (see its README); this check needs real images")
+def test_short_dino_pretraining_leaves_collapse_and_beats_random_init_on_cifar10(tmp_path):
+    """DINO (dino-cifar10-regnet) on 2,500 CIFAR-10 images: the teacher's outputs stay between DINO's two
+    collapses (uniform: entropy ln K; one-hot: entropy 0, with KL(teacher || student) -> 0 for both), and the
+    exported teacher beats random-init features on kNN."""
+    train = _write_subset(CIFAR / "cifar10-train.tar", tmp_path / "train", 250)  # 2,500 images
+    test = _write_subset(CIFAR / "cifar10-test.tar", tmp_path / "test", 100)  # 1,000 images
+    cfg = load_config("dino-cifar10-regnet", [f"data.path={train}", "train.batch_size=64", "train.max_steps=300",
+                                              "data.num_workers=0"])
+    summary = pretrain(cfg, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ln_k = math.log(cfg.dino.out_dim)
+    assert summary["uniform_loss"] == pytest.approx(ln_k)
+    entropy = sum(r["teacher_entropy"] for r in rows[-5:]) / 5
+    kl = sum(r["kl"] for r in rows[-5:]) / 5
+    print(f"DINO last rows: teacher entropy {entropy:.3f} (ln K = {ln_k:.3f}), KL {kl:.3f}")
+    assert 0.05 * ln_k < entropy < 0.9 * ln_k and kl > 0.05, (entropy, kl)
+    trained = max(knn_from_checkpoint(str(tmp_path / "run"), str(train), str(test), ks=(20,))["top1"].values())
+    torch.manual_seed(cfg.train.seed)
+    random = max(knn_for_backbone(build_backbone(cfg.model), cfg, str(train), str(test), ks=(20,))["top1"].values())
+    print(f"CIFAR-10 kNN top-1 (k=20), DINO: pretrained {trained:.3f}, random init {random:.3f}")
     assert trained > random + 0.03

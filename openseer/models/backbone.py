@@ -7,11 +7,17 @@ timm's ``RegNetCfg``.
 
 A *spec* (a small JSON-able dict) is saved next to exported weights so the backbone can be rebuilt anywhere:
 ``{"timm_name": "regnety_016"}`` or ``{"regnet_cfg": {...}}``.
+
+Vision Transformers (timm ``vit_*``) are built with ``dynamic_img_size=True`` so that crops of any size that
+the patch size divides go through (timm interpolates the position embeddings bicubically, as DINO's
+``interpolate_pos_encoding`` does); their feature is the final-norm CLS token. ``model.img_size`` and
+``model.patch_size`` make small-image variants (e.g. patch 4 at 32 px) and are recorded in the spec.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import timm
@@ -20,12 +26,55 @@ from torch import nn
 
 from openseer.config import ConfigError, ModelConfig
 
+VIT_MODULES = ("timm.models.vision_transformer",)
+_SPEC_KWARGS = ("zero_init_last", "img_size", "patch_size", "dynamic_img_size")
+
+
+def is_vit(name: str) -> bool:
+    """Whether a timm model name is a Vision Transformer of timm's ``vision_transformer`` module."""
+    from timm.models import is_model, model_entrypoint
+
+    return is_model(name) and model_entrypoint(name).__module__ in VIT_MODULES
+
 
 def backbone_spec(cfg: ModelConfig) -> dict[str, Any]:
     spec = _arch_spec(cfg)
-    if not cfg.zero_init_residual:
+    if not cfg.zero_init_residual and not is_vit(cfg.backbone):
         spec["zero_init_last"] = False
+    if "timm_name" in spec and is_vit(cfg.backbone):
+        spec["dynamic_img_size"] = True
+        if cfg.img_size:
+            spec["img_size"] = cfg.img_size
+        if cfg.patch_size:
+            spec["patch_size"] = cfg.patch_size
     return spec
+
+
+def vit_patch_size(cfg: ModelConfig) -> int | None:
+    """The patch side of a ViT backbone (``model.patch_size`` or the name's ``patchN``); None for convnets."""
+    if cfg.regnet.depth or not is_vit(cfg.backbone):
+        return None
+    if cfg.patch_size:
+        return cfg.patch_size
+    found = re.search(r"patch(\d+)", cfg.backbone)
+    if found:
+        return int(found.group(1))
+    with torch.device("meta"):  # a name without "patchN": ask the model itself, without allocating weights
+        model = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
+    return int(model.patch_embed.patch_size[0])
+
+
+def check_crop_sizes(cfg: ModelConfig, sizes: dict[str, int]) -> None:
+    """A ViT's patch size must divide every crop size: raise one ConfigError naming both numbers."""
+    patch = vit_patch_size(cfg)
+    if patch is None:
+        return
+    for key, size in sizes.items():
+        if size % patch:
+            raise ConfigError(
+                f"{key}={size} is not divisible by the patch size {patch} of {cfg.backbone}; choose a crop size "
+                f"that is a multiple of {patch} or set model.patch_size"
+            )
 
 
 def _arch_spec(cfg: ModelConfig) -> dict[str, Any]:
@@ -36,18 +85,22 @@ def _arch_spec(cfg: ModelConfig) -> dict[str, Any]:
 
 def create_backbone_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Build a randomly initialised, headless backbone from a spec (see module docstring)."""
-    init = {"zero_init_last": spec["zero_init_last"]} if "zero_init_last" in spec else {}
+    return _create(spec)
+
+
+def _create(spec: dict[str, Any], **train_kwargs: Any) -> nn.Module:
+    init = {k: spec[k] for k in _SPEC_KWARGS if k in spec}
     if "regnet_cfg" in spec:
         from timm.models.regnet import RegNet, RegNetCfg
 
-        return RegNet(RegNetCfg(**spec["regnet_cfg"]), num_classes=0, **init)
+        return RegNet(RegNetCfg(**spec["regnet_cfg"]), num_classes=0, **init, **train_kwargs)
     name = spec["timm_name"]
     if name not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:12]
         raise ConfigError(
             f"model.backbone={name!r} is not a timm model; similar: {', '.join(close) or 'none'}"
         )
-    return timm.create_model(name, pretrained=False, num_classes=0, **init)
+    return timm.create_model(name, pretrained=False, num_classes=0, **init, **train_kwargs)
 
 
 class _GuardedGroupedConv2d(nn.Conv2d):
@@ -82,7 +135,9 @@ def guard_cpu_bf16_convs(model: nn.Module) -> int:
 
 
 def build_backbone(cfg: ModelConfig) -> nn.Module:
-    model = create_backbone_from_spec(backbone_spec(cfg))
+    """The backbone to train: the spec's model plus training-only settings (stochastic depth)."""
+    extra = {"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {}
+    model = _create(backbone_spec(cfg), **extra)
     guard_cpu_bf16_convs(model)
     return model  # activation checkpointing is applied from outside (openseer.parallel)
 

@@ -1,4 +1,5 @@
-"""Projection head and prototypes (SwAV, Caron et al. 2020, sec. 3.1; facebookresearch/swav resnet50.py)."""
+"""Projection heads: SwAV's MLP and prototypes (Caron et al. 2020; facebookresearch/swav resnet50.py) and
+DINO's head (Caron et al. 2021; facebookresearch/dino vision_transformer.py)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,60 @@ class Prototypes(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.weight.t()
+
+
+class WeightNormLinear(nn.Module):
+    """A bias-free linear layer with weight normalisation (Salimans & Kingma 2016): ``W_i = g_i v_i / ||v_i||``.
+
+    The same function as ``torch.nn.utils.parametrizations.weight_norm(nn.Linear(d, k, bias=False))`` with its
+    norm ``g`` set to 1, written out so that the weights are two plain parameters: FSDP2 shards them, state
+    dicts and deep copies (a DINO teacher) need no parametrization machinery. With ``learn_norm=False`` (DINO's
+    ``norm_last_layer``) there is no ``g`` at all: every row of the weight is a unit vector.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, learn_norm: bool = False):
+        super().__init__()
+        # v starts as nn.Linear's default init, as in the reference (its trunc_normal init runs before this layer)
+        self.weight = nn.Parameter(nn.Linear(in_dim, out_dim, bias=False).weight.detach().clone())
+        # (out, 1) like weight_norm's weight_g: 2-d, so weight decay applies to it as in the reference
+        self.norm = nn.Parameter(torch.ones(out_dim, 1)) if learn_norm else None
+
+    def normalized_weight(self) -> torch.Tensor:
+        w = F.normalize(self.weight, dim=1)
+        return w * self.norm if self.norm is not None else w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.normalized_weight())
+
+
+class DINOProjection(nn.Module):
+    """DINO's projection head up to its bottleneck (Caron et al. 2021, sec. 3.1; facebookresearch/dino
+    ``vision_transformer.py`` ``DINOHead.mlp`` + the L2 normalisation of its ``forward``).
+
+    ``nlayers`` linear layers with GELU between them (optionally BN) map the backbone feature to a
+    ``bottleneck_dim`` unit vector. Its linear layers get a truncated normal init with std 0.02 and zero
+    biases, as in the reference. DINO's last layer, a :class:`WeightNormLinear` of ``out_dim`` outputs (the
+    "prototypes"), is kept beside it by the method, as SwAV keeps its prototypes beside its projection head:
+    ``last_layer(projection(x))`` is the reference ``DINOHead(x)``.
+    """
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, nlayers: int = 3, use_bn: bool = False
+    ):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (max(nlayers, 1) - 1) + [bottleneck_dim]
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(dims[i + 1]))
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(x), dim=-1, p=2)

@@ -58,7 +58,8 @@ class Checkpointer:
             "step": progress.step,
             "rng": rng_state(),
             "config": to_dict(self.cfg),
-            "backbone_spec": backbone_spec(self.cfg.model),
+            # "exported": the method's submodule to evaluate ("teacher.backbone" for DINO)
+            "backbone_spec": {**backbone_spec(self.cfg.model), "exported": self.trainer.method.exported_backbone},
             "skipped": dist.merge_dicts(progress.skipped),
             "nonfinite_steps": progress.nonfinite_total,
             "data": self.sampler.state() if hasattr(self.sampler, "state") else None,  # stream position

@@ -86,6 +86,7 @@ def build_trainer(cfg: Config, method: Method, derived: Derived, device: torch.d
         precision=cfg.train.precision,
         clip_grad=o.clip_grad,
         memory_format=torch.channels_last if cfg.model.channels_last else torch.contiguous_format,
+        seed=cfg.train.seed,
     )
 
 

@@ -36,6 +36,7 @@ class Trainer:
     precision: str = "fp32"  # fp32, bf16 or fp16 (with a gradient scaler)
     clip_grad: float = 0.0
     memory_format: torch.memory_format = torch.contiguous_format
+    seed: int = 0  # with the step and rank, seeds the model's own randomness (stochastic depth, dropout)
     scaler: torch.amp.GradScaler = field(init=False)
 
     def __post_init__(self) -> None:
@@ -114,6 +115,13 @@ def _update(trainer: Trainer) -> bool:
     return True
 
 
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The generator seed for one step's forward: a function of (seed, step, rank) only, so a resumed run draws
+    the stochastic-depth and dropout masks of an uninterrupted one, whatever else (e.g. a data loader
+    creating its iterator) drew from the global generator in between."""
+    return ((seed * 1_000_003 + step) * 1_009 + rank) % (2**63)
+
+
 def train_step(trainer: Trainer, micro_crops: list[list[torch.Tensor]], step: int, epoch: int) -> StepResult:
     """One optimizer step on ``micro_crops`` (accumulate_steps micro-batches of crop lists) of this process."""
     ctx = StepContext(step=step, epoch=epoch, info=trainer.info)
@@ -123,6 +131,7 @@ def train_step(trainer: Trainer, micro_crops: list[list[torch.Tensor]], step: in
         for crops in micro_crops
     ]
     trainer.method.before_step(ctx)
+    torch.manual_seed(step_seed(trainer.seed, step, dist.rank()))
     loss, scalars = _forward_backward(trainer, micro_crops, ctx)
     loss = dist.all_reduce_sum(loss) / dist.world_size()  # the global mean, on every rank
     finite = bool(torch.isfinite(loss)) and _update(trainer)
