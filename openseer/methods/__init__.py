@@ -4,7 +4,7 @@ A method module exposes ``Config`` (a dataclass of its settings, a section of th
 ``validate(cfg)`` (cross-field checks) and ``build(cfg, backbone) -> nn.Module``.
 """
 
-from openseer.methods import swav
+from openseer.methods import byol, mocov3, simclr, simsiam, swav  # noqa: F401  (registers each method)
 
 METHODS = {"swav": swav}
 
