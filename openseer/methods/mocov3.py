@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer import dist
+from openseer.dist import all_gather_cat
 from openseer.methods.base import Method, RunInfo, StepContext, StepOutput
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import per_view, require_two_views
@@ -98,7 +99,7 @@ def infonce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tenso
     """
     with torch.autocast(device_type=q.device.type, enabled=False):
         q = F.normalize(q.float(), dim=1)
-        k = dist.all_gather_cat(F.normalize(k.detach().float(), dim=1))
+        k = all_gather_cat(F.normalize(k.detach().float(), dim=1))
         logits = q @ k.t() / temperature
         labels = torch.arange(q.shape[0], device=q.device) + dist.rank() * q.shape[0]
         return F.cross_entropy(logits, labels) * (2 * temperature)

@@ -13,19 +13,41 @@ Keys that need no gradient (MoCo v3's momentum keys) use :func:`openseer.dist.al
 from __future__ import annotations
 
 import torch
-import torch.distributed.nn.functional as dist_fn
+import torch.distributed as tdist
 
 from openseer import dist
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """Forward: all-gather along dim 0. Backward: sum the gathered gradient over processes, keep own slice.
+
+    (``torch.distributed.nn.functional.all_gather`` does the same but is deprecated as of torch 2.14; the
+    all-reduce here works on every backend and costs world-size times a reduce-scatter's traffic, which is
+    nothing next to the backbone for embeddings of a few hundred floats per image.)
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(t) for _ in range(tdist.get_world_size())]
+        tdist.all_gather(parts, t)
+        ctx.rows = t.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        tdist.all_reduce(grad, op=tdist.ReduceOp.SUM)
+        start = tdist.get_rank() * ctx.rows
+        return grad[start : start + ctx.rows]
 
 
 def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     """Concatenate ``t`` (B, ...) from every process along dim 0, in rank order; differentiable.
 
     Rows ``[rank * B:(rank + 1) * B]`` of the result are this process's ``t``. Backward: the gradient of each
-    slice is summed over all processes and flows into its owner's ``t`` (``torch.distributed.nn`` all_gather;
-    reduce-scatter on NCCL, all-to-all + sum on gloo). Identity at world size 1. Every process must call it
-    with the same shape, and every process must run the backward pass (it is a collective).
+    slice is summed over all processes and flows into its owner's ``t``. Identity at world size 1. Every
+    process must call it with the same shape, and every process must run the backward pass (a collective).
     """
     if dist.world_size() == 1:
         return t
-    return torch.cat(dist_fn.all_gather(t.contiguous()), dim=0)
+    return _AllGatherWithGrad.apply(t.contiguous())
