@@ -28,7 +28,7 @@ import torch
 
 from openseer.config import load_config
 from openseer.methods.base import RunInfo, StepContext
-from openseer.methods.registry import METHODS
+from openseer.methods.registry import get_method
 from openseer.models.backbone import build_backbone
 
 EMA_TARGETS = {"mocov3": "momentum_backbone", "byol": "target_backbone"}
@@ -40,7 +40,7 @@ def build(cfg, precision: str, steps: int):
     fmt = torch.channels_last if precision == "bf16" and cfg.model.channels_last else torch.contiguous_format
     b = cfg.train.batch_size
     info = RunInfo(b, b, 1, 1, steps, steps)
-    method = METHODS[cfg.method].build(cfg, build_backbone(cfg.model), info).to(memory_format=fmt)
+    method = get_method(cfg.method).build(cfg, build_backbone(cfg.model), info).to(memory_format=fmt)
     groups = [g.as_optimizer_group() for g in method.param_groups(method.named_parameters(), cfg.optim)]
     opt = torch.optim.SGD(groups, lr=0.01, momentum=0.9)  # the optimizer is a small share of either variant
     g = torch.Generator().manual_seed(0)

@@ -179,10 +179,15 @@ def _pretrain(args: argparse.Namespace) -> int:
     if dist.is_main():  # under torchrun, one line for the whole run
         print(
             f"{summary['status']}: {summary['steps']} steps, final loss {summary['final_loss_mean']:.4f} "
-            f"(uniform: {summary['uniform_loss']:.4f}), {summary['skipped_images']} images skipped; "
+            f"{_trivial_note(summary['uniform_loss'])}, {summary['skipped_images']} images skipped; "
             f"run dir {args.out}"
         )
     return 0 if summary["status"] == "completed" else 3
+
+
+def _trivial_note(value: float | None) -> str:
+    """The method's trivial loss for the closing line; BYOL and SimSiam have none (their collapse is a minimum)."""
+    return f"(uniform: {value:.4f})" if value is not None else "(no trivial loss)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from torch import nn
 
 from openseer import dist
 from openseer.methods.base import RunInfo, StepContext
-from openseer.methods.registry import METHODS
+from openseer.methods.registry import get_method
 from openseer.parallel import prepare_model
 from tests.dist.common import spawn
 
@@ -49,7 +49,7 @@ def method_config(name: str, **overrides):
         "byol": {"hidden_dim": 16, "output_dim": 8, "base_momentum": 0.9},
         "simsiam": {"projector_layers": 2, "hidden_dim": 16, "output_dim": 8, "predictor_hidden_dim": 4},
     }[name]
-    return METHODS[name].config(**{**tiny, **overrides})
+    return get_method(name).config(**{**tiny, **overrides})
 
 
 def full_config(name: str, global_crops: int = 2, local_crops: int = 0, batch_size: int = 4, **overrides):
@@ -68,7 +68,7 @@ def run_info(local_batch: int, world: int = 1, total_steps: int = STEPS) -> RunI
 
 def build(name: str, local_batch: int, world: int = 1, backbone: nn.Module | None = None, **overrides):
     cfg = full_config(name, **overrides)
-    return METHODS[name].build(cfg, backbone or TinyBackbone(), run_info(local_batch, world))
+    return get_method(name).build(cfg, backbone or TinyBackbone(), run_info(local_batch, world))
 
 
 def crops(step: int) -> list[torch.Tensor]:
