@@ -3,8 +3,10 @@
 One process, variants alternated (bound, step, bound, step, ...) so the machine's drift hits them alike; the
 ratio step / bound is what counts (issue: aim <= 1.05x).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/method_step_overhead.py --methods simclr mocov3 byol simsiam \
-        --precision fp32 bf16 --repeats 10
+    PYTHONPATH=. .venv/bin/python benchmarks/method_step_overhead.py train.batch_size=128 \
+        --methods simclr mocov3 byol simsiam --precision fp32 bf16 --repeats 10
+
+(config overrides go first: ``--methods`` and ``--precision`` take every word after them.)
 
 * ``bound``: the backbone's forward+backward on both views, called as the method calls it (SimCLR: one
   batch of both views; the others: one call per view), loss = sum of pooled features; for the EMA methods

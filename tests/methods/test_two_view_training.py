@@ -67,7 +67,7 @@ def test_pretrains_from_its_preset_and_resumes_with_identical_losses(tmp_path, n
     assert [r["loss"] for r in _rows(tmp_path / "part")] == pytest.approx([r["loss"] for r in full], abs=1e-6)
 
 
-LEARNING_STEPS = 150
+LEARNING_STEPS = 100
 
 
 @pytest.fixture(scope="module")
