@@ -22,7 +22,7 @@ from torch import nn
 from openseer.methods.base import Method, RunInfo
 
 # modules under openseer.methods that register a built-in method
-BUILTIN = ("swav", "dino")
+BUILTIN = ("swav", "dino", "simclr", "mocov3", "byol", "simsiam")
 PLUGIN_ENV = "OPENSEER_METHODS"
 
 

@@ -1,7 +1,14 @@
-"""Projection heads: SwAV's MLP and prototypes (Caron et al. 2020; facebookresearch/swav resnet50.py) and
-DINO's head (Caron et al. 2021; facebookresearch/dino vision_transformer.py)."""
+"""Projection heads and prototypes.
+
+:class:`ProjectionMLP` and :class:`Prototypes`: SwAV (Caron et al. 2020, sec. 3.1; facebookresearch/swav
+resnet50.py). :class:`MLP`: the projector/predictor of the two-view methods (SimCLR, MoCo v3, BYOL, SimSiam),
+whose references differ only in the output layer's bias and batch norm. :class:`DINOProjection` and
+:class:`WeightNormLinear`: DINO's head (Caron et al. 2021; facebookresearch/dino vision_transformer.py).
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -103,3 +110,45 @@ class DINOProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.mlp(x), dim=-1, p=2)
+
+
+class MLP(nn.Sequential):
+    """``dims = [in, hidden..., out]``: (Linear -> BatchNorm1d -> ReLU) per hidden layer, then Linear [-> BN].
+
+    No output normalisation: the losses normalise. Hidden linear layers have no bias when batch norm follows
+    (its shift makes a bias redundant). ``last_bn`` chooses the output layer of each reference:
+
+    - ``"none"``: Linear with a bias (``last_bias``): BYOL projector and predictor (hidden 4096, out 256),
+      SimSiam predictor (2048 -> 512 -> 2048), MoCo v3 predictor (no bias, ``last_bias=False``);
+    - ``"plain"``: Linear without bias, BN without affine parameters: MoCo v3 projector ("follow SimCLR's
+      design"), SimSiam projector;
+    - ``"scale"``: Linear without bias, BN with a learnt scale and no shift: SimCLR v2 (``center=False``).
+
+    With ``batch_norm=False`` hidden layers are Linear (with bias) -> ReLU and ``last_bn`` must be ``"none"``.
+    Batch norms are plain ``nn.BatchNorm1d``; ``openseer.parallel`` makes them all-reduce across processes.
+    """
+
+    def __init__(
+        self,
+        dims: list[int],
+        batch_norm: bool = True,
+        last_bn: Literal["none", "plain", "scale"] = "none",
+        last_bias: bool = True,
+    ):
+        if len(dims) < 2:
+            raise ValueError(f"MLP needs at least [in, out] dims, got {dims}")
+        if not batch_norm and last_bn != "none":
+            raise ValueError("MLP: last_bn needs batch_norm=True")
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 2):
+            layers.append(nn.Linear(dims[i], dims[i + 1], bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(dims[i + 1]))
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.Linear(dims[-2], dims[-1], bias=last_bias and last_bn == "none"))
+        if last_bn != "none":
+            bn = nn.BatchNorm1d(dims[-1], affine=last_bn == "scale")
+            if last_bn == "scale":  # a scale and no shift: the shift stays 0 and takes no gradient
+                bn.bias.requires_grad_(False)
+            layers.append(bn)
+        super().__init__(*layers)

@@ -75,9 +75,7 @@ def test_multicrop_forward_backward_and_grouping():
 
 def test_queue_fills_newest_first_then_is_used():
     batch = 4
-    cfg = SwAVConfig(
-        num_prototypes=5, output_dim=3, crops_for_assign=[0], queue_length=8, queue_start_epoch=1
-    )
+    cfg = SwAVConfig(num_prototypes=5, output_dim=3, crops_for_assign=[0], queue_length=8, queue_start_epoch=1)
     model = SwAV(TinyBackbone(), cfg, local_queue_length=8)
     z = [torch.nn.functional.normalize(torch.randn(2 * batch, 3), dim=1) for _ in range(4)]
     scores = [model.prototypes(x).detach() for x in z]

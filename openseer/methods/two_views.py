@@ -1,0 +1,30 @@
+"""What the two-view methods (SimCLR, MoCo v3, BYOL, SimSiam) share: the crop check and per-view forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def require_two_views(cfg: Any, name: str) -> None:
+    """Exactly two global crops per image, and 2+ images per process for the heads' batch norm."""
+    from openseer.config import ConfigError
+
+    if cfg.aug.global_crops != 2 or cfg.aug.local_crops != 0:
+        raise ConfigError(
+            f"{name} compares exactly 2 views of each image: set aug.global_crops=2 aug.local_crops=0 "
+            f"(got {cfg.aug.global_crops} and {cfg.aug.local_crops}); the {name}-* presets do"
+        )
+    if cfg.train.batch_size < 2:
+        raise ConfigError(
+            f"{name}: train.batch_size={cfg.train.batch_size}; batch norm in the heads needs at least 2 images "
+            "per process: raise train.batch_size"
+        )
+
+
+def per_view(net: nn.Module, crops: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``net`` applied to each view separately, as the MoCo v3, BYOL and SimSiam references do (batch-norm
+    statistics are per view; SimCLR instead concatenates the views)."""
+    return [net(x) for x in crops]
