@@ -80,14 +80,14 @@ def sgd_steps(
     return {"losses": losses, "params": {k: v.detach().clone() for k, v in method.state_dict().items()}}
 
 
-def assert_same_run(a: dict, b: dict, atol: float = 1e-5) -> None:
-    assert a["losses"] == pytest.approx(b["losses"], rel=1e-5, abs=atol)
+def assert_same_run(a: dict, b: dict, atol: float = 1e-4) -> None:
+    assert a["losses"] == pytest.approx(b["losses"], rel=1e-5, abs=atol / 10)
     for k, v in a["params"].items():
         if torch.is_tensor(v) and v.is_floating_point():
             torch.testing.assert_close(v, b["params"][k], atol=atol, rtol=1e-4, msg=k)
 
 
-def differs(a: dict, b: dict, atol: float = 1e-4) -> bool:
+def differs(a: dict, b: dict, atol: float = 1e-2) -> bool:
     if any(abs(x - y) > atol for x, y in zip(a["losses"], b["losses"], strict=True)):
         return True
     return any(
