@@ -70,7 +70,9 @@ def _check_same_settings(run_dir: Path, cfg: Config) -> None:
     from openseer.run_state import RESUMABLE_CHANGES, config_differences, load_run_config
 
     diff = config_differences(to_dict(load_run_config(run_dir)), to_dict(cfg))
-    diff = [k for k in diff if k not in RESUMABLE_CHANGES and not k.startswith("parallel.")]
+    # the budget and the data define the comparison; how a run was executed does not
+    harmless = RESUMABLE_CHANGES - {"train.max_steps", "train.epochs", "data.path"}
+    diff = [k for k in diff if k not in harmless and not k.startswith("parallel.")]
     if diff:
         raise ConfigError(
             f"{run_dir} holds a finished run with other settings ({', '.join(diff[:6])}); use another --out, "
