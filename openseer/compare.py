@@ -236,15 +236,17 @@ def _html(cols: list[str], lines: list[str], figure: str | None, setup: dict) ->
         "<tr>" + "".join(f"<td>{esc(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
         for line in lines[2:]
     )
-    fig = f"<h2>Training curves</h2><img src='{esc(figure)}' alt='curves'>" if figure else (
-        "<p>No curves: pip install matplotlib</p>"
+    fig = (
+        f"<h2>Training curves</h2><img src='{esc(figure)}' alt='curves'>"
+        if figure
+        else ("<p>No curves: pip install matplotlib</p>")
     )
     budget = f"{setup['steps']} steps" if setup.get("steps") else f"{setup.get('epochs')} epochs"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>openseer compare</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
 img{{max-width:100%;border:1px solid #eee}}</style></head><body>
-<h1>openseer compare</h1><p>Pretrained on {esc(str(setup['data']))} for {esc(budget)} each; evaluated on
-{esc(str(setup['train']))} / {esc(str(setup['test']))} (top-1 %, random-init floor last).</p>
+<h1>openseer compare</h1><p>Pretrained on {esc(str(setup["data"]))} for {esc(budget)} each; evaluated on
+{esc(str(setup["train"]))} / {esc(str(setup["test"]))} (top-1 %, random-init floor last).</p>
 <table><tr>{head}</tr>{body}</table>{fig}</body></html>
 """

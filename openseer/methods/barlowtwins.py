@@ -52,9 +52,7 @@ class Config:
     )
     bias_lr_scale: float = field(
         default=0.024,
-        metadata={
-            "help": "lr of biases and norm parameters relative to the weights' (reference: 0.0048 / 0.2)."
-        },
+        metadata={"help": "lr of biases and norm parameters relative to the weights' (reference: 0.0048 / 0.2)."},
     )
     eps: float = field(default=1e-5, metadata={"help": "eps of the per-dimension standardisation (BatchNorm's)."})
 

@@ -284,8 +284,9 @@ class DeepClusterV2(Method):
                 "resume with the same global batch and data"
             )
         mine = slice(rank * per_step, (rank + 1) * per_step)
-        self.bank = bank.reshape(bank.shape[0], steps, -1, bank.shape[-1])[:, :, mine].reshape(bank.shape[0], -1, bank.shape[-1])
-        self.bank = self.bank.to(self.head.mlp[0].weight.device).contiguous()
+        n, d = bank.shape[0], bank.shape[-1]
+        device = self.head.mlp[0].weight.device
+        self.bank = bank.reshape(n, steps, -1, d)[:, :, mine].reshape(n, -1, d).to(device).contiguous()
         self.bank_index = index.reshape(steps, -1)[:, mine].reshape(-1).to(self.bank.device).contiguous()
         a = state["assignments"]
         self.assignments = None if a is None else a.to(self.bank.device)

@@ -134,7 +134,8 @@ class VICReg(Method):
         with torch.autocast(device_type=x.device.type, enabled=False):
             terms = vicreg_terms(x.float(), y.float(), self.cfg.std_eps)
             c = self.cfg
-            loss = c.sim_coeff * terms["invariance"] + c.std_coeff * terms["variance"] + c.cov_coeff * terms["covariance"]
+            loss = c.sim_coeff * terms["invariance"] + c.std_coeff * terms["variance"]
+            loss = loss + c.cov_coeff * terms["covariance"]
         scalars = {k: v.detach() for k, v in terms.items()}
         scalars["embedding_std"] = x.detach().float().std(dim=0).mean()  # ~0: collapse
         return StepOutput(loss, scalars)

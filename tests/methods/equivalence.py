@@ -42,7 +42,7 @@ def context(step: int = 0, epoch: int = 0, local_batch: int = 8, world: int = 1,
     return StepContext(step=step, epoch=epoch, info=info)
 
 
-def global_batches(steps: int, batch: int, num_crops: int = 2, size: int = 8, seed: int = 0) -> list[list[torch.Tensor]]:
+def global_batches(steps: int, batch: int, num_crops: int = 2, size: int = 8, seed: int = 0) -> list[list]:
     g = torch.Generator().manual_seed(seed)
     return [[torch.randn(batch, 3, size, size, generator=g) for _ in range(num_crops)] for _ in range(steps)]
 

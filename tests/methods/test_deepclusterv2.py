@@ -11,7 +11,7 @@ from openseer.config import ConfigError
 from openseer.methods import deepclusterv2
 from openseer.methods.deepclusterv2 import IGNORE, Config, DeepClusterV2, embed, spherical_kmeans
 from tests.dist.common import spawn
-from tests.methods.equivalence import TinyBackbone, assert_same_run, context, differs, global_batches, sgd_steps
+from tests.methods.equivalence import TinyBackbone, assert_same_run, context, differs, sgd_steps
 
 STEPS_PER_EPOCH, BATCH = 2, 8
 

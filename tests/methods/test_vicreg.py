@@ -4,7 +4,7 @@ import torch
 
 from openseer.config import ConfigError
 from openseer.methods import vicreg
-from openseer.methods.vicreg import VICReg, Config, vicreg_terms
+from openseer.methods.vicreg import Config, VICReg, vicreg_terms
 from tests.dist.common import spawn
 from tests.methods.equivalence import TinyBackbone, assert_same_run, context, differs, global_batches, sgd_steps
 
@@ -15,7 +15,8 @@ def numpy_terms(x: np.ndarray, y: np.ndarray, eps: float = 1e-4) -> dict[str, fl
     invariance = ((x - y) ** 2).sum() / (n * d)
 
     def variance(z):
-        return np.mean([max(0.0, 1 - np.sqrt(((z[:, j] - z[:, j].mean()) ** 2).sum() / (n - 1) + eps)) for j in range(d)])
+        var = [((z[:, j] - z[:, j].mean()) ** 2).sum() / (n - 1) for j in range(d)]
+        return np.mean([max(0.0, 1 - np.sqrt(v + eps)) for v in var])
 
     def covariance(z):
         zc = z - z.mean(axis=0)
