@@ -71,6 +71,11 @@ def validate(cfg: Any) -> None:
         raise ConfigError("deepclusterv2.output_dim and temperature must be > 0, kmeans_iterations >= 0")
     if not d.num_prototypes or min(d.num_prototypes) < 2:
         raise ConfigError(f"deepclusterv2.num_prototypes={d.num_prototypes}: each set needs at least 2 clusters")
+    if cfg.parallel.strategy == "fsdp":
+        raise ConfigError(
+            "DeepCluster-v2 replaces its prototypes by k-means centroids each epoch and runs with "
+            "parallel.strategy=ddp; set --strategy ddp"
+        )
     if not d.crops_for_assign or any(not 0 <= c < cfg.aug.global_crops for c in d.crops_for_assign):
         raise ConfigError(
             f"deepclusterv2.crops_for_assign={d.crops_for_assign} must index global crops 0..{cfg.aug.global_crops - 1}"
@@ -192,7 +197,8 @@ class DeepClusterV2(Method):
         loss = z.new_zeros((), dtype=torch.float32)
         labels = self.targets_of(indices.to(z.device))
         for h, protos in enumerate(self.prototypes):
-            scores = protos(z).float() / self.cfg.temperature
+            with torch.autocast(device_type=z.device.type, enabled=False):  # fp32 scores, as SwAV's
+                scores = protos(z.float()) / self.cfg.temperature
             target = labels[h].repeat(n_crops)
             known = target != IGNORE
             # F.cross_entropy of a batch with no known target is nan; such a batch contributes nothing
@@ -267,14 +273,17 @@ class DeepClusterV2(Method):
 
     def global_extra_state(self, ctx: StepContext) -> dict[str, Any]:
         bank, index = self._global_bank()
-        return {
+        assignments = None if self.assignments is None else self.assignments.cpu()
+        memory = {
             "bank": bank,
             "bank_index": index,
-            "assignments": None if self.assignments is None else self.assignments.cpu(),
+            "assignments": assignments,
             "clustered_epoch": self.clustered_epoch,
         }
+        return {"deepclusterv2_memory": memory}
 
     def load_global_extra_state(self, state: dict[str, Any], ctx: StepContext) -> None:
+        state = state["deepclusterv2_memory"]
         steps, per_step = self.info.steps_per_epoch, self.info.accumulate_steps * self.info.local_batch
         world, rank = dist.world_size(), dist.rank()
         bank, index = state["bank"], state["bank_index"]
