@@ -9,7 +9,7 @@ from openseer.compare import compare, preset_for
 from openseer.config import ConfigError
 from tests.helpers import write_images
 
-METHODS = ["swav"]
+METHODS = ["swav", "barlowtwins"]
 TINY = [
     "aug.global_size=24",
     "aug.local_crops=0",
@@ -18,6 +18,7 @@ TINY = [
     "swav.hidden_dims=[32]",
     "swav.output_dim=16",
     "swav.num_prototypes=10",
+    "barlowtwins.projector_dims=[32,32]",
     "train.batch_size=8",
     "train.log_every=1",
     "optim.warmup_epochs=0.5",
