@@ -95,10 +95,12 @@ def pipeline_rate(kind: str, fast: bool, path: Path, shards: str, aug: AugConfig
 
 
 def model_only_rate(cfg, steps: int) -> float:
-    from openseer.methods import METHODS
+    from openseer.config import run_info
+    from openseer.methods import METHODS, StepContext
     from openseer.models.backbone import build_backbone
 
-    method = METHODS[cfg.method].build(cfg, build_backbone(cfg.model), cfg.train.batch_size)
+    info = run_info(cfg)
+    method = METHODS[cfg.method].build(cfg, build_backbone(cfg.model), info)
     opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
     a, b = cfg.aug, cfg.train.batch_size
     crops = [torch.randn(b, 3, a.global_size, a.global_size)] * a.global_crops
@@ -108,7 +110,7 @@ def model_only_rate(cfg, steps: int) -> float:
     for k in range(steps + 1):
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss = method(crops, epoch=0)
+            loss = method(crops, StepContext(0, 0, info)).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

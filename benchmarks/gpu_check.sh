@@ -26,7 +26,9 @@ from openseer.config import load_config
 from openseer.methods import METHODS
 from openseer.models.backbone import build_backbone
 from openseer.parallel import prepare_model
-from openseer.train import _build_optimizer
+from openseer.config import run_info
+from openseer.methods import StepContext
+from openseer.train import build_optimizer
 
 dev = torch.device(os.environ["DEVICE"])
 cuda = dev.type == "cuda"
@@ -41,10 +43,11 @@ for preset in os.environ["PRESETS"].split():
     torch.manual_seed(0)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    method = METHODS["swav"].build(cfg, build_backbone(cfg.model), batch).to(dev)
+    ctx = StepContext(0, 0, run_info(cfg))
+    method = METHODS["swav"].build(cfg, build_backbone(cfg.model), ctx.info).to(dev)
     method = method.to(memory_format=torch.channels_last)
     model = prepare_model(method, cfg.parallel, dev, cfg.train.precision)  # 1 process: checkpointing only
-    opt = _build_optimizer(cfg, method, method.param_group_prefixes())
+    opt, _ = build_optimizer(cfg, method)
     for g in opt.param_groups:
         g["lr"] = 0.01
     a = cfg.aug
@@ -54,9 +57,9 @@ for preset in os.environ["PRESETS"].split():
     for i in range(warmup + steps):
         sync()
         t = time.perf_counter()
-        method.before_step()
+        method.before_step(ctx)
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            loss = model(crops)
+            loss = model(crops, ctx).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -38,11 +38,11 @@ def measure(args: argparse.Namespace, strategy: str, checkpointing: bool) -> dic
     from torch.profiler import ProfilerActivity, profile
 
     from openseer import dist
-    from openseer.config import load_config
-    from openseer.methods import METHODS
+    from openseer.config import load_config, run_info
+    from openseer.methods import METHODS, StepContext
     from openseer.models.backbone import build_backbone
     from openseer.parallel import prepare_model
-    from openseer.train import _build_optimizer
+    from openseer.train import build_optimizer
 
     cfg = load_config(
         None,
@@ -58,9 +58,11 @@ def measure(args: argparse.Namespace, strategy: str, checkpointing: bool) -> dic
         ],
     )
     torch.manual_seed(0)
-    method = METHODS["swav"].build(cfg, build_backbone(cfg.model), args.batch * dist.world_size())
+    info = run_info(cfg, dist.world_size())
+    ctx = StepContext(0, 0, info)
+    method = METHODS["swav"].build(cfg, build_backbone(cfg.model), info)
     model = prepare_model(method, cfg.parallel, torch.device("cpu"), "fp32")
-    opt = _build_optimizer(cfg, method, method.param_group_prefixes())
+    opt, _ = build_optimizer(cfg, method)
     for g in opt.param_groups:
         g["lr"] = 0.01
     g = torch.Generator().manual_seed(dist.rank())
@@ -68,8 +70,8 @@ def measure(args: argparse.Namespace, strategy: str, checkpointing: bool) -> dic
     crops += [torch.randn(args.batch, 3, args.size // 2, args.size // 2, generator=g) for _ in range(2)]
 
     def step() -> None:
-        method.before_step()
-        model(crops).backward()
+        method.before_step(ctx)
+        model(crops, ctx).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 

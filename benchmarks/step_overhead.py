@@ -25,10 +25,10 @@ import time
 
 import torch
 
-from openseer.config import load_config
-from openseer.methods import METHODS
+from openseer.config import load_config, run_info
+from openseer.methods import METHODS, StepContext
 from openseer.models.backbone import build_backbone
-from openseer.train import _build_optimizer
+from openseer.train import build_optimizer
 
 
 def make_crops(cfg, batch: int, memory_format) -> list[torch.Tensor]:
@@ -41,8 +41,10 @@ def build(cfg, precision: str):
     torch.manual_seed(0)
     channels_last = precision == "bf16" and cfg.model.channels_last
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    method = METHODS["swav"].build(cfg, build_backbone(cfg.model), cfg.train.batch_size).to(memory_format=fmt)
-    opt = _build_optimizer(cfg, method, method.param_group_prefixes())
+    info = run_info(cfg)
+    method = METHODS["swav"].build(cfg, build_backbone(cfg.model), info).to(memory_format=fmt)
+    method.info = info  # for the StepContext of each step
+    opt, _ = build_optimizer(cfg, method)
     for group in opt.param_groups:
         group["lr"] = 0.1
     return method, opt, fmt
@@ -65,9 +67,10 @@ def step_bound(method, crops, amp) -> float:
 
 
 def step_swav(method, opt, crops, amp) -> float:
-    method.before_step()
+    ctx = StepContext(0, 0, method.info)
+    method.before_step(ctx)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        loss = method(crops, epoch=0)
+        loss = method(crops, ctx).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

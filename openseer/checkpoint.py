@@ -297,12 +297,13 @@ def _checkpoint_keys(path: str | Path, prefix: str) -> set[str]:
     return {k[len(prefix) :] for k in md.state_dict_metadata if k.startswith(prefix)}
 
 
-def full_backbone_state(method: nn.Module) -> dict[str, torch.Tensor]:
-    """The backbone's full (unsharded) weights on CPU; with FSDP every process must call this."""
+def full_backbone_state(method: nn.Module, submodule: str = "backbone") -> dict[str, torch.Tensor]:
+    """The full (unsharded) weights on CPU of the method's exported backbone (``method.exported_backbone``,
+    e.g. "teacher.backbone" for DINO); with FSDP every process must call this."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     sd = get_model_state_dict(method, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    prefix = "backbone."
+    prefix = submodule + "."
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix) and torch.is_tensor(v)}
 
 

@@ -24,6 +24,9 @@ from typing import Any, Literal
 
 import yaml
 
+from openseer.methods.base import RunInfo
+from openseer.methods.registry import METHODS, method_configs
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -124,7 +127,9 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["lars", "sgd"] = _f("lars", "Optimizer: LARS (LARC without clipping, as SwAV/SEER) or SGD.")
+    name: Literal["lars", "sgd", "adamw"] = _f(
+        "lars", "Optimizer: LARS (LARC without clipping, as SwAV/SEER), SGD with momentum, or AdamW (DINO)."
+    )
     base_lr: float = _f(
         0.3,
         "Learning rate per 256 images of global batch; peak lr = base_lr * batch / 256 "
@@ -134,9 +139,20 @@ class OptimConfig:
     warmup_epochs: float = _f(10.0, "Linear warm-up length in epochs (SwAV: 10 of 100/800 epochs).")
     warmup_start_lr: float = _f(0.0, "lr at the first step of warm-up.")
     weight_decay: float = _f(
-        1e-6, "Weight decay (SwAV 1e-6, SEER 1e-5); not applied to biases and norm layers."
+        1e-6,
+        "Weight decay at the first step (SwAV 1e-6, SEER 1e-5, DINO 0.04); biases and norm layers get none "
+        "when exclude_bias_and_norm is set.",
     )
-    momentum: float = _f(0.9, "SGD momentum.")
+    weight_decay_end: float | None = _f(
+        None,
+        "Weight decay at the last step, reached by a cosine from weight_decay (DINO: 0.4); null = constant.",
+    )
+    exclude_bias_and_norm: bool = _f(
+        True,
+        "Exclude biases and norm-layer weights from weight decay and LARS adaptation (they get plain SGD "
+        "momentum at the full lr). SwAV and SEER exclude nothing (false).",
+    )
+    momentum: float = _f(0.9, "SGD/LARS momentum (AdamW: beta1 stays 0.9).")
     trust_coefficient: float = _f(0.001, "LARS trust coefficient eta.")
     clip_grad: float = _f(0.0, "Clip the global gradient norm to this value; 0 disables clipping.")
 
@@ -243,31 +259,57 @@ class MonitorConfig:
     max_test: int = _f(1000, "Class-balanced cap on the classified images (0 = all).")
 
 
-def _method_configs() -> dict[str, type]:
-    from openseer.methods import METHODS
-
-    return {name: m.Config for name, m in METHODS.items()}
-
-
-@dataclass
+@dataclass(eq=False)
 class Config:
-    method: str = _f("swav", "Self-supervised method.")
+    """The whole experiment. Besides the fixed sections, every registered method has a section named after it
+    (``cfg.swav``, ``cfg.dino``; :mod:`openseer.methods.registry`), created with its defaults on first use and
+    kept in ``sections``; ``cfg.method_config()`` is the active method's."""
+
+    method: str = _f("swav", "Self-supervised method (openseer presets lists them).")
     data: DataConfig = field(default_factory=DataConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    swav: Any = field(default=None, metadata={"help": "SwAV settings (openseer.methods.swav.SwAVConfig)."})
+    sections: dict[str, Any] = field(default_factory=dict, repr=False)  # method name -> its config section
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
-    def __post_init__(self) -> None:
-        if self.swav is None:
-            self.swav = _method_configs()["swav"]()
+    def __getattr__(self, name: str) -> Any:  # only reached when ordinary lookup fails: method sections
+        if name.startswith("_") or name == "sections":
+            raise AttributeError(name)
+        configs = method_configs()
+        if name not in configs:
+            raise AttributeError(f"Config has no section {name!r}")
+        sections = self.__dict__.setdefault("sections", {})
+        if name not in sections:
+            sections[name] = configs[name]()
+        return sections[name]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self.__dataclass_fields__ and name in method_configs():
+            self.__dict__.setdefault("sections", {})[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and to_dict(self) == to_dict(other)
 
     def method_config(self) -> Any:
         return getattr(self, self.method)
+
+    def dumped_sections(self) -> dict[str, Any]:
+        """The method sections a dump holds: the active method's, and any other that differs from defaults."""
+        configs = method_configs()
+        out = {}
+        for name, cls in configs.items():
+            section = self.sections.get(name)
+            if name == self.method:
+                out[name] = getattr(self, name)
+            elif section is not None and to_dict(section) != to_dict(cls()):
+                out[name] = section
+        return out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -277,9 +319,8 @@ class Config:
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     if cls is Config:
-        hints = dict(hints)
-        for name, mcls in _method_configs().items():
-            hints[name] = mcls
+        hints = {k: v for k, v in hints.items() if k != "sections"}
+        hints.update(method_configs())
     return hints
 
 
@@ -444,6 +485,14 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     def conv(v: Any) -> Any:
+        if isinstance(v, Config):  # method sections sit where the section "swav" always was: after model
+            out = {}
+            for f in dataclasses.fields(v):
+                if f.name == "sections":
+                    out.update({k: conv(s) for k, s in v.dumped_sections().items()})
+                else:
+                    out[f.name] = conv(getattr(v, f.name))
+            return out
         if dataclasses.is_dataclass(v):
             return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, tuple):
@@ -459,10 +508,9 @@ def dump_yaml(cfg: Config) -> str:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that a type cannot express."""
-    from openseer.methods import METHODS
-
-    if cfg.method not in METHODS:
-        raise ConfigError(f"method={cfg.method!r} is unknown; methods: {', '.join(METHODS)}")
+    methods = method_configs()  # loads the built-in and plugin methods
+    if cfg.method not in methods:
+        raise ConfigError(f"method={cfg.method!r} is unknown; methods: {', '.join(methods)}")
     a, t, m = cfg.aug, cfg.train, cfg.model
     positive = {
         "aug.global_crops": a.global_crops,
@@ -510,7 +558,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.device={t.device!r}; expected auto, cpu, cuda or cuda:N")
     if bool(cfg.monitor.train) != bool(cfg.monitor.test):
         raise ConfigError("monitor.train and monitor.test (--monitor-train/--monitor-test) go together")
-    METHODS[cfg.method].validate(cfg)
+    if cfg.optim.weight_decay < 0 or (cfg.optim.weight_decay_end or 0) < 0:
+        raise ConfigError("optim.weight_decay and optim.weight_decay_end must be >= 0")
+    entry = METHODS[cfg.method]
+    if entry.validate is not None:
+        entry.validate(cfg)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -522,7 +574,7 @@ class Derived:
     """Values computed from the config and the run's size; written next to the config in the run dir."""
 
     world_size: int
-    global_batch: int
+    global_batch: int  # images per optimizer step: batch_size x processes x accumulate_steps
     steps_per_epoch: int
     total_steps: int
     epochs: int
@@ -531,9 +583,14 @@ class Derived:
     final_lr: float
 
 
+def global_batch_size(cfg: Config, world_size: int = 1) -> int:
+    """Images per optimizer step over all processes and accumulation steps (used by derive, info, report)."""
+    return cfg.train.batch_size * world_size * cfg.train.accumulate_steps
+
+
 def derive(cfg: Config, dataset_size: int, world_size: int = 1) -> Derived:
     """The one place where lr scaling, global batch and schedule lengths are computed."""
-    global_batch = cfg.train.batch_size * world_size * cfg.train.accumulate_steps
+    global_batch = global_batch_size(cfg, world_size)
     steps_per_epoch = dataset_size // global_batch
     if steps_per_epoch < 1:
         raise ConfigError(
@@ -559,18 +616,30 @@ def derive(cfg: Config, dataset_size: int, world_size: int = 1) -> Derived:
     )
 
 
+def run_info(cfg: Config, world_size: int = 1, dataset_size: int | None = None) -> RunInfo:
+    """The sizes a method is built with; without a dataset size, one epoch is one global batch (info, report,
+    benchmarks and tests that build a method without data)."""
+    size = dataset_size if dataset_size is not None else global_batch_size(cfg, world_size)
+    return RunInfo.of(cfg, derive(cfg, size, world_size))
+
+
 def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """(key, default, help) for every config field, for ``--help``."""
     rows = []
     hints = _field_types(cls)
     obj = cls()
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        value = getattr(obj, f.name)
-        tp = hints[f.name]
+    names = [f.name for f in dataclasses.fields(cls)]
+    if cls is Config:
+        i = names.index("sections")
+        names[i : i + 1] = list(method_configs())
+    for name in names:
+        key = f"{prefix}{name}"
+        value = getattr(obj, name)
+        tp = hints[name]
+        meta = next((f.metadata for f in dataclasses.fields(cls) if f.name == name), {})
         if dataclasses.is_dataclass(tp):
             rows.extend(field_help(tp, key + "."))
         else:
             default = list(value) if isinstance(value, tuple) else value
-            rows.append((key, repr(default), f.metadata.get("help", "")))
+            rows.append((key, repr(default), meta.get("help", "")))
     return rows

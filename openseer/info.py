@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from openseer.config import Config, derive
+from openseer.config import Config, global_batch_size, run_info
+from openseer.methods import get_method
 
 GB = 1024**3
 
@@ -72,14 +73,13 @@ def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
     """Parameters, FLOPs and memory per process for ``cfg`` on ``world_size`` processes (meta device)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from openseer.methods import METHODS
     from openseer.models.backbone import backbone_spec, create_backbone_from_spec
     from openseer.parallel import apply_activation_checkpointing
 
     p = cfg.parallel
     with torch.device("meta"):
         backbone = create_backbone_from_spec(backbone_spec(cfg.model))
-        method = METHODS[cfg.method].build(cfg, backbone, cfg.train.batch_size * world_size)
+        method = get_method(cfg.method).build(cfg, backbone, run_info(cfg, world_size))
     n_backbone = sum(x.numel() for x in backbone.parameters())
     n_total = sum(x.numel() for x in method.parameters())
     crops = {cfg.aug.global_size: cfg.aug.global_crops}
@@ -155,10 +155,7 @@ def format_info(cfg: Config, info: ModelInfo, world_size: int, preset: str = "")
     crops = f"{cfg.aug.global_crops} x {cfg.aug.global_size}"
     if cfg.aug.local_crops:
         crops += f" + {cfg.aug.local_crops} x {cfg.aug.local_size}"
-    try:
-        global_batch = derive(cfg, 10**12, world_size).global_batch
-    except Exception:  # noqa: BLE001
-        global_batch = cfg.train.batch_size * world_size
+    global_batch = global_batch_size(cfg, world_size)
     lines = [
         f"{preset or 'config'}: {cfg.method} on "
         + (

@@ -155,6 +155,12 @@ def shard_model(
     head = getattr(method, "head", None)
     if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
         fully_shard(head, **kwargs)
+    # float32 units (SwAV's prototypes): gathered and computed in float32 whatever param_dtype is
+    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+    for name in getattr(method, "fp32_modules", ()):
+        fully_shard(method.get_submodule(name), **{**kwargs, "mp_policy": fp32})
+    if param_dtype is not None:  # the method's inputs stay as given: precomputed codes are never cast
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype, torch.float32, cast_forward_inputs=False)
     fully_shard(method, **kwargs)
     return method
 

@@ -19,7 +19,7 @@ import yaml
 
 from openseer import dist
 from openseer.checkpoint import atomic_write, latest_sharded_checkpoint, load_checkpoint, load_sharded_meta
-from openseer.config import Config, ConfigError, Derived, config_from_dict, to_dict
+from openseer.config import Config, ConfigError, Derived, config_from_dict, global_batch_size, to_dict
 
 log = logging.getLogger("openseer")
 
@@ -54,6 +54,17 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a, b = _flatten(old), _flatten(new)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -64,12 +75,15 @@ def resume_blockers(state: dict[str, Any], cfg: Config) -> list[str]:
     may the split of the global batch into processes x micro-batches, as long as the global batch is the same.
     """
     old = state["config"]
+    # a field added since the checkpoint was written counts as its default (e.g. optim.weight_decay_end)
+    defaults = _flatten(to_dict(Config()))
+    old = _unflatten({**{k: v for k, v in defaults.items() if k.split(".")[0] in old}, **_flatten(old)})
     diff = [k for k in config_differences(old, to_dict(cfg)) if k not in RESUMABLE_CHANGES]
     diff = [k for k in diff if not k.startswith("parallel.")]
     old_train = old.get("train", {})
     old_global = old_train.get("batch_size", 0) * state.get("world_size", 1)
     old_global *= old_train.get("accumulate_steps", 1)
-    new_global = cfg.train.batch_size * dist.world_size() * cfg.train.accumulate_steps
+    new_global = global_batch_size(cfg, dist.world_size())
     if old_global == new_global:
         diff = [k for k in diff if k not in ("train.batch_size", "train.accumulate_steps")]
     elif "train.batch_size" not in diff:
@@ -170,7 +184,7 @@ def run_summary(
         "global_batch": derived.global_batch,
         "final_loss": tail[-1] if tail else None,
         "final_loss_mean": sum(tail) / len(tail) if tail else None,
-        "uniform_loss": method.uniform_loss(),
+        "uniform_loss": method.trivial_loss(),  # e.g. ln K for SwAV; None if undefined
         "nonfinite_steps": nonfinite,
         "skipped_images": len(skipped),
         "skipped_by_reason": reasons,

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from openseer.methods.base import RunInfo, StepContext
+
 
 def png_bytes(seed: int, size: int) -> bytes:
     """A seeded random ``size`` x ``size`` RGB PNG, encoded."""
@@ -74,3 +76,13 @@ def tiny_run_with_labels(root: Path, *pretrain_args: str, train_images: int = 24
     argv = ["pretrain", "demo", *TINY_OVERRIDES, "--data", str(unlabelled), "--out", str(run_dir), "--max-steps", "3"]
     assert main([*argv, *pretrain_args]) == 0
     return run_dir, train, test
+
+
+def run_info(global_batch: int, world_size: int = 1, accumulate: int = 1):
+    """The RunInfo a method is built with, for tests that build one by hand (one step per epoch)."""
+    return RunInfo(global_batch, global_batch // world_size // accumulate, world_size, accumulate, 1, 1)
+
+
+def step_ctx(epoch: int = 0, info=None, step: int = 0):
+    """The StepContext the loop passes to a method's forward and hooks."""
+    return StepContext(step=step, epoch=epoch, info=info or run_info(1))

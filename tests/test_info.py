@@ -11,6 +11,7 @@ from openseer.info import model_info, param_count
 from openseer.methods import METHODS
 from openseer.models.backbone import build_backbone
 from tests.dist.test_data_parallel import TINY_REGNET
+from tests.helpers import run_info, step_ctx
 
 SEER = ["seer-32gf", "seer-64gf", "seer-128gf", "seer-256gf", "seer-10b"]
 
@@ -78,9 +79,9 @@ def test_shrunken_presets_build_and_train_a_step(preset):
         ],
     )
     torch.manual_seed(0)
-    method = METHODS["swav"].build(cfg, build_backbone(cfg.model), 4)
+    method = METHODS["swav"].build(cfg, build_backbone(cfg.model), run_info(4))
     crops = [torch.randn(4, 3, 32, 32)] * 2 + [torch.randn(4, 3, 16, 16)] * 4
-    loss = method(crops)
+    loss = method(crops, step_ctx()).loss
     loss.backward()
     assert torch.isfinite(loss) and method.prototypes.weight.grad is not None
 

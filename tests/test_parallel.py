@@ -16,9 +16,9 @@ from openseer.models.backbone import build_backbone
 from openseer.norm import convert_batchnorm
 from openseer.ops import cosine_schedule
 from openseer.parallel import apply_activation_checkpointing, find_blocks
-from openseer.train import _build_optimizer, pretrain
+from openseer.train import build_optimizer, pretrain
 from tests.dist.test_data_parallel import TINY_REGNET
-from tests.helpers import TINY_OVERRIDES, write_images
+from tests.helpers import TINY_OVERRIDES, run_info, step_ctx, write_images
 
 
 def test_find_blocks_for_regnet_and_resnet():
@@ -95,11 +95,11 @@ def test_gradient_accumulation_equals_one_k_times_larger_batch(tmp_path, monkeyp
     and parameters (SwAV's codes come from Sinkhorn over the whole accumulated batch plus the queue)."""
     import json
 
-    from openseer import train
     from openseer.checkpoint import load_checkpoint
     from openseer.data.pipeline import build_pretrain_data
+    from openseer.train import setup
 
-    monkeypatch.setattr(train, "build_backbone", _frozen_bn_backbone)
+    monkeypatch.setattr(setup, "build_backbone", _frozen_bn_backbone)
     data = write_images(tmp_path / "imgs", 16)
     cfg = _accum_cfg(data, "train.batch_size=4", "train.accumulate_steps=2")
     pretrain(cfg, tmp_path / "run")
@@ -118,15 +118,15 @@ def test_gradient_accumulation_equals_one_k_times_larger_batch(tmp_path, monkeyp
             big_batches.append([torch.cat(cs) for cs in zip(micro[j].crops, micro[j + 1].crops, strict=True)])
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
-    method = METHODS["swav"].build(cfg, _frozen_bn_backbone(cfg.model), 8)
-    opt = _build_optimizer(cfg, method, method.param_group_prefixes())
+    method = METHODS["swav"].build(cfg, _frozen_bn_backbone(cfg.model), run_info(8))
+    opt, _ = build_optimizer(cfg, method)
     lrs = cosine_schedule(derived.peak_lr, derived.final_lr, derived.total_steps, 0, 0.0)
     losses = []
     for step, crops in enumerate(big_batches[:3]):
         for g in opt.param_groups:
             g["lr"] = float(lrs[step])
-        method.before_step()
-        loss = method(crops, epoch=step // 2)
+        method.before_step(step_ctx(step // 2))
+        loss = method(crops, step_ctx(step // 2)).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -147,7 +147,7 @@ def test_per_micro_batch_codes_differ_from_the_accumulated_batch_codes():
     cfg = SwAVConfig(num_prototypes=6, output_dim=8, hidden_dims=[16], crops_for_assign=[0], head_batch_norm=False)
     model = SwAV(timm.layers.freeze_batch_norm_2d(build_backbone(_accum_cfg("x").model)), cfg)
     micro = [[torch.randn(4, 3, 24, 24), torch.randn(4, 3, 16, 16)] for _ in range(2)]
-    joint = model(micro)
+    joint = model(micro, step_ctx(), mode="targets")
     alone = [model.assign(*_embed_scores(model, m), 4, 0)[0] for m in micro]
     assert not torch.allclose(joint[0][0], alone[0], atol=1e-3)
     # ...and the joint codes are those of the concatenated batch

@@ -6,7 +6,8 @@ import torch
 from openseer.config import list_presets, load_config
 from openseer.methods import METHODS
 from openseer.models.backbone import build_backbone, count_parameters
-from openseer.train import _build_optimizer
+from openseer.train import build_optimizer
+from tests.helpers import run_info, step_ctx
 
 MAX_PARAMS = 30_000_000  # larger backbones are swapped for a small RegNet: crops and precision still apply
 
@@ -20,10 +21,10 @@ def test_preset_step_is_finite_in_its_precision(name):
         cfg = load_config(name, ["train.batch_size=4", "swav.queue_length=0", "model.backbone=regnety_002",
                                  "model.regnet_depth=0", "swav.hidden_dims=[64]", "swav.num_prototypes=100"])
     torch.manual_seed(0)
-    model = METHODS[cfg.method].build(cfg, build_backbone(cfg.model), 4)
+    model = METHODS[cfg.method].build(cfg, build_backbone(cfg.model), run_info(4))
     fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    opt = _build_optimizer(cfg, model, model.param_group_prefixes())
+    opt, _ = build_optimizer(cfg, model)
     for g in opt.param_groups:
         g["lr"] = 0.1
     a = cfg.aug
@@ -31,9 +32,9 @@ def test_preset_step_is_finite_in_its_precision(name):
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
     for _ in range(2):
         crops = [torch.randn(4, 3, s, s).contiguous(memory_format=fmt) for s in sizes]
-        model.before_step()
+        model.before_step(step_ctx())
         with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-            loss = model(crops)
+            loss = model(crops, step_ctx()).loss
         loss.backward()
         assert torch.isfinite(loss), name
         bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]

@@ -1,11 +1,30 @@
-"""Self-supervised methods, one file each. ``METHODS`` maps a config name to its module.
+"""Self-supervised methods, one file each, registered in :mod:`openseer.methods.registry`.
 
-A method module exposes ``Config`` (a dataclass of its settings, a section of the main config),
-``validate(cfg)`` (cross-field checks) and ``build(cfg, backbone) -> nn.Module``.
+``from openseer.methods import METHODS`` gives the registry dict (name -> ``MethodEntry``) with the built-in
+and plugin methods loaded. The contract every method follows is :class:`openseer.methods.base.Method`.
 """
 
-from openseer.methods import swav
+from typing import Any
 
-METHODS = {"swav": swav}
+from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput
+from openseer.methods.registry import MethodEntry, get_method, load_methods, register_method
 
-__all__ = ["METHODS"]
+
+def __getattr__(name: str) -> Any:  # METHODS on first use, so that importing this package imports no method
+    if name == "METHODS":
+        return load_methods()
+    raise AttributeError(f"module 'openseer.methods' has no attribute {name!r}")
+
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodEntry",
+    "ParamGroup",
+    "RunInfo",
+    "StepContext",
+    "StepOutput",
+    "get_method",
+    "load_methods",
+    "register_method",
+]

@@ -21,10 +21,13 @@ loop calls                             the method
 ``skipped_step(ctx)``                  instead of ``after_step`` when the step was non-finite and skipped:
                                        undo what the forward changed (e.g. rows pushed into SwAV's queue).
 ``global_extra_state(ctx)``            collective on every process: state outside ``state_dict()`` (a queue)
-                                       as one process-independent object for the checkpoint.
-``load_global_extra_state(s, ctx)``    this process's share of that object, for any number of processes.
+                                       as ``{name: process-independent object}``; each entry is stored under
+                                       its name at the top level of the checkpoint (SwAV: ``"queue"``).
+``load_global_extra_state(s, ctx)``    this process's share of those entries (same dict), for any number of
+                                       processes; called only when the checkpoint holds any of them.
 ``exported_backbone``                  attribute path of the backbone to export and evaluate ("backbone", or
                                        "teacher.backbone" for DINO); backbone.json records it.
+``fp32_modules``                      submodule names kept in float32: own FSDP2 unit, fp32 parameters.
 ``cluster_weights()``                  (K, d) prototypes / last layer for the report's cluster picture, or None.
 ``trivial_loss()``                     the loss of a collapsed or untrained model (e.g. ln K), or None.
 =====================================  =============================================================================
@@ -54,6 +57,18 @@ class RunInfo:
     accumulate_steps: int
     steps_per_epoch: int
     total_steps: int
+
+    @classmethod
+    def of(cls, cfg: Any, derived: Any) -> RunInfo:
+        """From a config and its :class:`openseer.config.Derived` (``derive(cfg, images, world_size)``)."""
+        return cls(
+            global_batch=derived.global_batch,
+            local_batch=cfg.train.batch_size,
+            world_size=derived.world_size,
+            accumulate_steps=cfg.train.accumulate_steps,
+            steps_per_epoch=derived.steps_per_epoch,
+            total_steps=derived.total_steps,
+        )
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,9 @@ class Method(nn.Module):
     # has no batch-coupled term, or computes such terms over the whole accumulated batch in mode="targets").
     exact_accumulation: ClassVar[bool] = False
     exported_backbone: ClassVar[str] = "backbone"
+    # submodules that compute in float32 (autocast off inside the method): with FSDP2 each becomes its own
+    # unit whose parameters are gathered in float32 (SwAV's prototypes, as VISSL does "for convergence")
+    fp32_modules: ClassVar[tuple[str, ...]] = ()
 
     def forward(
         self,

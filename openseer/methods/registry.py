@@ -2,19 +2,28 @@
 
 A method module calls :func:`register_method` once at import time with its config dataclass (the section
 ``<name>:`` of a config), its cross-field validation and its builder. ``openseer.config`` reads the registry
-to know the method sections; it imports no method. ``openseer.methods`` imports the built-in methods, so
-importing it fills the registry; a test or a user's own code may register more.
+to know the method sections; it imports no method. :func:`load_methods` imports the built-in methods listed
+in ``BUILTIN`` (adding a method = one file + one line there) and any plugin module named in the environment
+variable ``OPENSEER_METHODS`` (comma-separated module names) or in the ``openseer.methods`` entry-point group
+of an installed package; a test or a user's own code may also call :func:`register_method` directly.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
 from torch import nn
 
 from openseer.methods.base import Method, RunInfo
+
+# modules under openseer.methods that register a built-in method
+BUILTIN = ("swav",)
+PLUGIN_ENV = "OPENSEER_METHODS"
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,7 @@ class MethodEntry:
 
 
 METHODS: dict[str, MethodEntry] = {}
+_loaded = False
 
 
 def register_method(entry: MethodEntry) -> MethodEntry:
@@ -35,6 +45,28 @@ def register_method(entry: MethodEntry) -> MethodEntry:
     return entry
 
 
+def load_methods() -> dict[str, MethodEntry]:
+    """Import the built-in and plugin methods once (each registers itself); returns :data:`METHODS`."""
+    global _loaded
+    if not _loaded:
+        _loaded = True  # first: a method module that reads the registry while importing does not recurse
+        for name in BUILTIN:
+            importlib.import_module(f"openseer.methods.{name}")
+        for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
+            importlib.import_module(module)
+        for ep in entry_points(group="openseer.methods"):
+            ep.load()
+    return METHODS
+
+
 def method_configs() -> dict[str, type]:
     """Config section name -> dataclass, for every registered method."""
-    return {name: entry.config for name, entry in METHODS.items()}
+    return {name: entry.config for name, entry in load_methods().items()}
+
+
+def get_method(name: str) -> MethodEntry:
+    """The entry of a registered method (KeyError names the known ones)."""
+    methods = load_methods()
+    if name not in methods:
+        raise KeyError(f"method {name!r} is not registered; methods: {', '.join(methods)}")
+    return methods[name]

@@ -7,7 +7,8 @@ float32, optionally together with a queue of recent embeddings so that small bat
 prototypes); every *other* crop must predict those codes with a softmax over its own scores at temperature
 tau. Reference implementation: facebookresearch/swav ``main_swav.py``; VISSL ``swav_loss.py``.
 
-Read top to bottom: config, validation, the module (multi-crop forward, queue, loss), the builder.
+Read top to bottom: config, validation, the module (multi-crop forward, queue, loss), the builder and its
+registration. The loop talks to it only through the :class:`~openseer.methods.base.Method` contract.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer import dist
+from openseer.config import ConfigError
+from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
+from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
 from openseer.models.heads import ProjectionMLP, Prototypes
 from openseer.ops.sinkhorn import sinkhorn_knopp
@@ -80,8 +84,6 @@ SwAVConfig = Config
 
 
 def validate(cfg: Any) -> None:
-    from openseer.config import ConfigError
-
     s = cfg.swav
     for key in ("output_dim", "num_prototypes", "sinkhorn_iterations"):
         if getattr(s, key) <= 0:
@@ -99,8 +101,12 @@ def validate(cfg: Any) -> None:
         raise ConfigError("swav.queue_length, freeze_prototypes_steps and queue_start_epoch must be >= 0")
 
 
-class SwAV(nn.Module):
+class SwAV(Method):
     """Backbone + projection head + prototypes, with the swapped-prediction loss and the feature queue."""
+
+    name = "swav"
+    exact_accumulation = True  # codes of the whole accumulated batch come from mode="targets"
+    fp32_modules = ("prototypes",)  # scores (and so codes) in float32, as VISSL's fp32 prototype unit
 
     def __init__(self, backbone: nn.Module, cfg: Config, local_queue_length: int = 0):
         super().__init__()
@@ -153,11 +159,39 @@ class SwAV(nn.Module):
         self.queue = mine.to(self.queue.device, self.queue.dtype).contiguous()
         self.queue_filled = int(state["queue_filled"]) // world
 
-    # -- forward --------------------------------------------------------------------------------------------
-    def before_step(self) -> None:
-        """Called by the loop before each forward: SwAV keeps the prototypes on the unit sphere."""
-        self.prototypes.normalize()
+    # -- the method contract ---------------------------------------------------------------------------------
+    def param_groups(self, named: Any, optim: Any) -> list[ParamGroup]:
+        """Prototypes in a group of their own, frozen (lr 0) for the first ``freeze_prototypes_steps``."""
+        special = {"prototypes.": {"name": "prototypes", "freeze_steps": self.cfg.freeze_prototypes_steps}}
+        return split_groups(named, optim.exclude_bias_and_norm, special)
 
+    def before_step(self, ctx: StepContext) -> None:
+        """Keep the prototypes on the unit sphere; remember the queue so that a skipped step can undo it."""
+        self.prototypes.normalize()
+        self._queue_before = (self.queue.clone(), self.queue_filled) if self.queue.shape[1] else None
+
+    def skipped_step(self, ctx: StepContext) -> None:
+        """A non-finite step pushed its (possibly NaN) embeddings into the queue: restore the queue."""
+        saved = getattr(self, "_queue_before", None)
+        if saved is not None:
+            self.queue.copy_(saved[0])
+            self.queue_filled = saved[1]
+
+    def global_extra_state(self, ctx: StepContext) -> dict[str, Any]:
+        return {"queue": self.global_queue_state(ctx.info.local_batch * ctx.info.accumulate_steps)}
+
+    def load_global_extra_state(self, state: dict[str, Any], ctx: StepContext) -> None:
+        if state.get("queue") is not None:
+            self.load_global_queue_state(state["queue"], ctx.info.local_batch * ctx.info.accumulate_steps)
+
+    def cluster_weights(self) -> torch.Tensor:
+        return self.prototypes.weight
+
+    def trivial_loss(self) -> float:
+        """The loss of uniform codes and predictions, ln K: a run stuck here has learnt nothing."""
+        return math.log(self.cfg.num_prototypes)
+
+    # -- forward --------------------------------------------------------------------------------------------
     def embed(self, crops: list[torch.Tensor]) -> torch.Tensor:
         """Unit embeddings of all crops, crop-major: rows [c*B:(c+1)*B] belong to crop c.
 
@@ -173,24 +207,25 @@ class SwAV(nn.Module):
             start = end
         return self.head(torch.cat(feats))
 
-    def forward(
-        self, crops: list[Any], epoch: int = 0, codes: list[torch.Tensor] | None = None
-    ) -> Any:
+    def scores(self, z: torch.Tensor) -> torch.Tensor:
+        """Prototype scores in float32 with autocast off: bf16 scores move Sinkhorn's codes by ~1% (epsilon
+        0.05) and up to tens of percent per entry at small epsilon."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.prototypes(z.float())
+
+    def compute_loss(
+        self, crops: list[torch.Tensor], ctx: StepContext, targets: list[torch.Tensor] | None = None
+    ) -> StepOutput:
         """SwAV loss for a multi-crop batch (list of (B, 3, h, w) tensors, global crops first).
 
-        ``codes`` (one (B, K) tensor per assigned crop) are the targets computed beforehand, over a larger
-        batch, by :meth:`codes_for_micro_batches`; without them they are computed from this batch. Given a
-        list of micro-batches (a list of crop lists) instead of crops, it returns their joint codes: that call
-        goes through ``forward`` so that DDP and FSDP2 wrappers prepare the parameters as for any forward.
+        ``targets`` (one (B, K) tensor of codes per assigned crop) are computed beforehand, over the whole
+        accumulated batch, by :meth:`accumulation_targets`; without them the codes come from this batch.
         """
-        if crops and isinstance(crops[0], (list, tuple)):
-            return self.codes_for_micro_batches(crops, epoch)
         batch = crops[0].shape[0]
         z = self.embed(crops)
-        scores = self.prototypes(z)
-        if codes is None:
-            codes = self.assign(z, scores, batch, epoch)
-        return self.swapped_prediction_loss(scores, codes, batch)
+        scores = self.scores(z)
+        codes = targets if targets is not None else self.assign(z, scores, batch, ctx.epoch)
+        return StepOutput(self.swapped_prediction_loss(scores, codes, batch))
 
     def swapped_prediction_loss(
         self, scores: torch.Tensor, codes: list[torch.Tensor], batch: int
@@ -211,14 +246,16 @@ class SwAV(nn.Module):
         return self._assign([z[r] for r in rows], [scores[r] for r in rows], epoch)
 
     @torch.no_grad()
-    def codes_for_micro_batches(self, micro_crops: list[list[torch.Tensor]], epoch: int) -> list[list[torch.Tensor]]:
+    def accumulation_targets(
+        self, micro_crops: list[list[torch.Tensor]], ctx: StepContext
+    ) -> list[list[torch.Tensor]]:
         """Codes of k micro-batches computed as for one k-times larger batch (exact gradient accumulation).
 
         A no-grad forward of every micro-batch gives the assigned crops' embeddings and scores; Sinkhorn runs
         once on all of them (and on the queue, which then receives all k micro-batches), and the codes are split
         back per micro-batch. The forward is the one the gradient pass repeats, so batch-norm layers see the
         same micro-batch statistics; their running statistics are restored so that they move once per
-        micro-batch, as without this pass. Returns, per micro-batch, the list of codes ``forward`` takes.
+        micro-batch, as without this pass. Returns, per micro-batch, the list of codes ``compute_loss`` takes.
         """
         buffers = [(b, b.detach().clone()) for b in self.buffers()]
         zs: list[list[torch.Tensor]] = [[] for _ in self.cfg.crops_for_assign]
@@ -228,13 +265,13 @@ class SwAV(nn.Module):
             batch = crops[0].shape[0]
             sizes.append(batch)
             z = self.embed(crops)
-            scores = self.prototypes(z)
+            scores = self.scores(z)
             for i, c in enumerate(self.cfg.crops_for_assign):
                 zs[i].append(z[c * batch : (c + 1) * batch])
                 ss[i].append(scores[c * batch : (c + 1) * batch])
         for buf, saved in buffers:
             buf.copy_(saved)
-        codes = self._assign([torch.cat(z) for z in zs], [torch.cat(s) for s in ss], epoch)
+        codes = self._assign([torch.cat(z) for z in zs], [torch.cat(s) for s in ss], ctx.epoch)
         per_crop = [q.split(sizes) for q in codes]
         return [[q[j] for q in per_crop] for j in range(len(micro_crops))]
 
@@ -252,32 +289,27 @@ class SwAV(nn.Module):
         if use_queue:
             with torch.autocast(device_type=out.device.type, enabled=False):
                 if self.queue_filled >= self.queue.shape[1]:
-                    queue_scores = self.queue[i] @ self.prototypes.weight.detach().float().t()
+                    # through the module: with FSDP2 the prototypes are their own unit, gathered in its forward
+                    queue_scores = self.scores(self.queue[i])
                     out = torch.cat([queue_scores, out])
                 # newest first, as the reference
                 self.queue[i] = torch.cat([z.detach().float(), self.queue[i, :-batch]])
         return sinkhorn_knopp(out, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-batch:]
 
-    # -- optimisation hooks read by the training loop --------------------------------------------------------
-    def param_group_prefixes(self) -> dict[str, str]:
-        """Parameters whose lr follows a schedule of their own (prefix -> group name)."""
-        return {"prototypes.": "prototypes"}
 
-    def lr_multipliers(self, total_steps: int) -> dict[str, torch.Tensor]:
-        """Prototype freezing is a schedule: lr multiplier 0 for the first N steps, then 1."""
-        from openseer.ops.schedules import step_function_schedule
-
-        frozen = step_function_schedule(total_steps, self.cfg.freeze_prototypes_steps, 0.0, 1.0)
-        return {"prototypes": frozen, "prototypes_no_wd": frozen}
-
-    def uniform_loss(self) -> float:
-        """The loss of uniform codes and predictions, ln K: a run stuck here has learnt nothing."""
-        return math.log(self.cfg.num_prototypes)
-
-
-def build(cfg: Any, backbone: nn.Module, global_batch: int | None = None) -> SwAV:
+def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> SwAV:
+    """SwAV around ``backbone``; the queue length is rounded down to a multiple of the global batch."""
     s = cfg.swav
-    world = dist.world_size()
-    global_batch = global_batch or cfg.train.batch_size * world
-    queue_global = s.queue_length - s.queue_length % global_batch if s.queue_length else 0
-    return SwAV(backbone, s, local_queue_length=queue_global // world)
+    queue_global = s.queue_length - s.queue_length % info.global_batch if s.queue_length else 0
+    return SwAV(backbone, s, local_queue_length=queue_global // info.world_size)
+
+
+ENTRY = register_method(
+    MethodEntry(
+        name="swav",
+        config=Config,
+        build=build,
+        validate=validate,
+        summary="SwAV: swapped prediction of Sinkhorn codes over prototypes (Caron et al. 2020; SEER)",
+    )
+)

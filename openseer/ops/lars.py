@@ -1,10 +1,11 @@
 """LARS / LARC without clipping (You et al. 2017), as SwAV and SEER use it through apex's LARC(clip=False).
 
 For a parameter p with gradient g, weight decay wd and trust coefficient eta:
-    local_lr = eta * ||p|| / (||g|| + wd * ||p||)         (1 when ||p|| or ||g|| is 0)
-    d = local_lr * (g + wd * p)
+    local_lr = eta * ||p|| / (||g|| + wd * ||p||)
+    d = local_lr * (g + wd * p)                            (d = g when ||p|| or ||g|| is 0, as apex LARC)
     buf = momentum * buf + d;   p -= lr * buf
-Groups with ``lars_exclude=True`` (biases, norm layers) get plain SGD with momentum and no weight decay.
+Groups with ``lars_exclude=True`` (biases, norm layers when excluded) get plain SGD with momentum and their
+group's weight decay (0 from :func:`openseer.methods.base.split_groups`).
 A group whose lr is exactly 0 is frozen: neither the parameter nor its momentum buffer changes (SwAV drops
 the prototypes' gradient during the first iterations; here that is a schedule on the group's lr).
 """
@@ -14,33 +15,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from torch import nn
+
+from openseer.methods.base import ParamGroup
 
 
-def param_groups(
-    named: Iterable[tuple[str, nn.Parameter]], weight_decay: float, special: dict[str, str] | None = None
-) -> list[dict]:
-    """Split parameters into groups: normal, excluded (ndim <= 1: biases and norm weights), and named extras.
+def param_groups(groups: Iterable[ParamGroup], weight_decay: float) -> list[dict]:
+    """Optimizer group dicts from a method's tagged groups; ``weight_decay`` x each group's ``wd_scale``.
 
-    ``special`` maps a parameter-name prefix to a group name (e.g. ``{"prototypes.": "prototypes"}``), so a
-    schedule can address that group. Each group dict carries ``name``, ``weight_decay`` and ``lars_exclude``.
+    The loop sets ``lr`` and ``weight_decay`` again at every step from the schedules and the same tags.
     """
-    groups: dict[str, dict] = {}
-    for name, p in named:
-        if not p.requires_grad:
-            continue
-        gname = next((g for prefix, g in (special or {}).items() if name.startswith(prefix)), None)
-        exclude = p.ndim <= 1
-        key = (gname or "default") + ("_no_wd" if exclude else "")
-        if key not in groups:
-            groups[key] = {
-                "params": [],
-                "name": key,
-                "weight_decay": 0.0 if exclude else weight_decay,
-                "lars_exclude": exclude,
-            }
-        groups[key]["params"].append(p)
-    return list(groups.values())
+    out = []
+    for group in groups:
+        d = group.as_optimizer_group()
+        d["weight_decay"] = weight_decay * group.wd_scale
+        out.append(d)
+    return out
 
 
 class LARS(torch.optim.Optimizer):
@@ -86,8 +75,8 @@ class LARS(torch.optim.Optimizer):
                 updates = []
                 for p, g, pn, gn in zip(params, grads, p_norms, g_norms, strict=True):
                     trust = group["trust_coefficient"] * pn / (gn + wd * pn + group["eps"])
-                    local_lr = torch.where((pn > 0) & (gn > 0), trust, torch.ones_like(trust))
-                    updates.append((g + wd * p) * local_lr)
+                    adapt = (pn > 0) & (gn > 0)  # apex LARC: no decay and no scaling when a norm is 0
+                    updates.append(torch.where(adapt, (g + wd * p) * trust, g))
             else:
                 updates = [g + wd * p if wd else g for p, g in zip(params, grads, strict=True)]
             for p, d in zip(params, updates, strict=True):

@@ -76,7 +76,7 @@ def prototype_grid(method, images, thumbs, out: Path, prototypes: int, k: int = 
         z = torch.cat(
             [method.head(method.backbone(images[s : s + 256])).float() for s in range(0, len(images), 256)]
         )
-        scores = z @ F.normalize(method.prototypes.weight.float(), dim=1).t()  # (N, K) cosine
+        scores = z @ F.normalize(method.cluster_weights().float(), dim=1).t()  # (N, K) cosine
     assigned = scores.argmax(dim=1)
     counts = torch.bincount(assigned, minlength=scores.shape[1])
     chosen = counts.argsort(descending=True)[:prototypes].tolist()
@@ -96,13 +96,14 @@ def prototype_grid(method, images, thumbs, out: Path, prototypes: int, k: int = 
 def _load_method(run_dir: Path, cfg, backbone):
     """The SwAV module of the run's last checkpoint (prototypes and head), or None when it has none."""
     from openseer.checkpoint import CheckpointError, load_checkpoint
-    from openseer.methods import METHODS
+    from openseer.config import run_info
+    from openseer.methods import get_method
 
     ckpt = run_dir / "checkpoints" / "last.pt"
     if not ckpt.is_file():
         return None
     state = load_checkpoint(ckpt)
-    method = METHODS[cfg.method].build(cfg, backbone, cfg.train.batch_size)
+    method = get_method(cfg.method).build(cfg, backbone, run_info(cfg, state.get("world_size", 1)))
     try:
         method.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -247,16 +248,16 @@ def write_report(
     features = _forward(backbone, images)
     neighbour_grid(features, thumbs, names, out / "neighbours.png", queries, seed)
     figures.append((f"Nearest neighbours among {len(images)} images of {data}", "neighbours.png"))
-    method = _load_method(run_dir, cfg, backbone) if cfg.method == "swav" else None
-    if method is not None:
+    method = _load_method(run_dir, cfg, backbone)
+    if method is not None and method.cluster_weights() is not None:
         _, stats = prototype_grid(method, images, thumbs, out / "prototypes.png", prototypes)
-        figures.append(("SwAV prototypes: most confident images", "prototypes.png"))
+        figures.append((f"{cfg.method} prototypes: most confident images", "prototypes.png"))
         notes.append(
             f"{stats['prototypes_used']} of {stats['num_prototypes']} prototypes are the argmax of at "
             f"least one of the {stats['num_images']} sampled images"
         )
     else:
-        notes.append("no checkpoints/last.pt (or not SwAV): no prototype grid")
+        notes.append("no checkpoints/last.pt (or a method without prototypes): no prototype grid")
     page = _html(run_dir, summary, figures, eval_rows(run_dir), notes)
     (out / "report.html").write_text(page)
     return out / "report.html"

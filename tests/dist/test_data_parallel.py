@@ -13,8 +13,8 @@ from openseer.config import load_config
 from openseer.methods import METHODS
 from openseer.models.backbone import build_backbone
 from openseer.parallel import grad_norm, no_gradient_sync, prepare_model
-from openseer.train import _build_optimizer
-from tests.helpers import TINY_OVERRIDES
+from openseer.train import build_optimizer
+from tests.helpers import TINY_OVERRIDES, run_info, step_ctx
 
 # a 36k-parameter RegNetY (4 stages, 1+1+1+3 blocks) keeps 2-process runs within seconds
 TINY_REGNET = [
@@ -61,9 +61,11 @@ def train_steps(rank: int, world: int, extra: tuple[str, ...] = (), accumulate: 
     backbone = build_backbone(cfg.model)
     if not cfg.swav.head_batch_norm:  # the accumulation checks: batch norm with fixed statistics
         backbone = timm.layers.freeze_batch_norm_2d(backbone)
-    method = METHODS["swav"].build(cfg, backbone, GLOBAL_BATCH)
+    info = run_info(GLOBAL_BATCH, world, accumulate)
+    method = METHODS["swav"].build(cfg, backbone, info)
     model = prepare_model(method, cfg.parallel, torch.device("cpu"), cfg.train.precision)
-    opt = _build_optimizer(cfg, method, method.param_group_prefixes())
+    opt, _ = build_optimizer(cfg, method)
+    ctx = step_ctx(0, info)
     for group in opt.param_groups:
         group["lr"] = 0.1
     b = GLOBAL_BATCH // world
@@ -71,18 +73,18 @@ def train_steps(rank: int, world: int, extra: tuple[str, ...] = (), accumulate: 
     losses = []
     for step in range(STEPS):
         crops = [c[step, rank * b : (rank + 1) * b] for c in _crops()]
-        method.before_step()
+        method.before_step(ctx)
         if accumulate == 1:
-            loss = model(crops, epoch=0)
+            loss = model(crops, ctx).loss
             loss.backward()
         else:
             micro = [[c[j * m : (j + 1) * m] for c in crops] for j in range(accumulate)]
             with torch.no_grad():
-                codes = model(micro, epoch=0)
+                codes = model(micro, ctx, mode="targets")
             loss = torch.zeros(())
             for j in range(accumulate):
                 with nullcontext() if j == accumulate - 1 else no_gradient_sync(model):
-                    part = model(micro[j], epoch=0, codes=codes[j]) / accumulate
+                    part = model(micro[j], ctx, codes[j]).loss / accumulate
                     part.backward()
                 loss = loss + part.detach()
         norm = grad_norm(method.parameters())

@@ -1,6 +1,7 @@
 import torch
 from torch import nn
 
+from openseer.methods.base import split_groups
 from openseer.ops.lars import LARS, param_groups
 
 
@@ -49,11 +50,24 @@ def test_zero_lr_group_is_frozen_including_momentum():
 def test_param_groups_exclude_biases_and_norms_from_decay():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     model.prototypes = nn.Linear(4, 2, bias=False)
-    groups = {
-        g["name"]: g for g in param_groups(model.named_parameters(), 0.05, {"prototypes.": "prototypes"})
-    }
+    tagged = split_groups(model.named_parameters(), True, {"prototypes.": {"name": "prototypes"}})
+    groups = {g["name"]: g for g in param_groups(tagged, 0.05)}
     assert set(groups) == {"default", "default_no_wd", "prototypes"}
     assert groups["default"]["weight_decay"] == 0.05 and not groups["default"]["lars_exclude"]
     assert groups["default_no_wd"]["weight_decay"] == 0.0 and groups["default_no_wd"]["lars_exclude"]
     assert len(groups["default_no_wd"]["params"]) == 3  # linear bias, bn weight, bn bias
     assert groups["prototypes"]["params"][0] is model.prototypes.weight
+
+
+def test_zero_gradient_gets_no_weight_decay_as_apex_larc():
+    """apex LARC adds wd * p only inside `if param_norm != 0 and grad_norm != 0`: a zero gradient moves nothing."""
+    p = nn.Parameter(torch.randn(4, 3))
+    q = nn.Parameter(torch.randn(4, 3))
+    before = p.detach().clone()
+    opt = LARS([{"params": [p, q], "weight_decay": 0.5, "lars_exclude": False}], lr=1.0, momentum=0.9)
+    p.grad = torch.zeros(4, 3)
+    q.grad = torch.randn(4, 3)
+    q_expected = q.detach() - 1.0 * 0.001 * q.norm() / (q.grad.norm() + 0.5 * q.norm() + 1e-8) * (q.grad + 0.5 * q)
+    opt.step()
+    assert torch.equal(p.detach(), before)
+    torch.testing.assert_close(q.detach(), q_expected.detach())

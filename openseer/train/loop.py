@@ -1,0 +1,152 @@
+"""The pretraining loop (dino ``train_one_epoch``, nanoGPT): setup, then per step collect the micro-batches,
+:func:`~openseer.train.step.train_step`, log, checkpoint; at the end the summary and the exported backbone.
+
+A run directory holds ``config.yaml`` (resolved), ``derived.json``, ``metrics.jsonl``, ``checkpoints/``,
+``backbone.safetensors`` + ``backbone.json`` (the exported backbone) and ``summary.json``. Re-running with the
+same directory resumes from the newest checkpoint; SIGTERM/SIGINT (e.g. a SLURM pre-emption) on any process
+makes every process write the same checkpoint at the next step boundary before exiting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from openseer import dist
+from openseer.checkpoint import atomic_write, export_backbone_state, full_backbone_state
+from openseer.config import Config
+from openseer.models.backbone import backbone_spec
+from openseer.run_state import ForcedStop, StopFlag, run_summary
+from openseer.train.logger import MetricsLogger
+from openseer.train.setup import Monitor, Run, setup_run
+from openseer.train.step import TrainingError, train_step
+
+log = logging.getLogger("openseer")
+
+
+def pretrain(
+    cfg: Config,
+    out_dir: str | Path,
+    resume: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+    monitor: Monitor | None = None,
+) -> dict[str, Any]:
+    """Pretrain ``cfg.method`` on ``cfg.data.path``, writing everything into ``out_dir``; returns the summary.
+
+    ``on_step(step, loss)`` is called after every optimizer step (for logging or tests); raising
+    ``KeyboardInterrupt`` from it behaves like Ctrl-C (checkpoint, then stop). ``monitor(step, last,
+    backbone)`` returns extra metrics for a logged row; by default it is the online kNN monitor that the
+    ``monitor`` config section describes (`openseer.eval.monitor.KnnMonitor`; off unless monitor.train is set).
+    """
+    run = setup_run(cfg, out_dir, resume, monitor)
+    status = _train(run, on_step)
+    return _finish(run, status)
+
+
+def stop_agreed(requested: bool, device: torch.device) -> bool:
+    """True on every process when a stop was requested on any (a collective at each step boundary)."""
+    if dist.world_size() == 1:
+        return requested
+    flag = torch.tensor(float(requested), device=device)
+    return bool(dist.all_reduce_max(flag) > 0)
+
+
+def _train(run: Run, on_step: Callable[[int, float], None] | None) -> str:
+    """Steps until the schedule ends or a stop is requested: 'completed' or 'interrupted'."""
+    p, d = run.progress, run.derived
+    logger = MetricsLogger(
+        run.out / "metrics.jsonl", dist.is_main(), d.total_steps, p.step, run.cfg.train.log_every, run.started,
+        run.monitor,
+    )  # fmt: skip
+    try:
+        with StopFlag() as stop:
+            stopped = False
+            while p.step < d.total_steps and not stopped:
+                stopped = _epoch(run, logger, stop, on_step)
+    except ForcedStop:
+        return "interrupted"  # a second signal mid-step: the state may be half-updated, keep the checkpoint
+    except KeyboardInterrupt:  # raised between steps (e.g. by on_step): the state is consistent
+        run.checkpointer.save(p, step_file=False)
+        return "interrupted"
+    finally:
+        logger.close()
+    return "completed" if p.step >= d.total_steps else "interrupted"
+
+
+def _note_batch(run: Run, batch: Any) -> None:
+    """Unreadable images (counted skips) and conversions of one micro-batch."""
+    p = run.progress
+    for name, reason in batch.skipped:
+        if name not in p.skipped:
+            p.skipped[name] = reason
+            log.warning("skipped unreadable image %s (%s)", name, reason)
+    for note, n in batch.notes.items():
+        p.converted[note] = p.converted.get(note, 0) + n
+
+
+def _epoch(run: Run, logger: MetricsLogger, stop: StopFlag, on_step: Callable[[int, float], None] | None) -> bool:
+    """The rest of the current epoch (or until a stop); True when the run must stop."""
+    p, d, accumulate = run.progress, run.derived, run.cfg.train.accumulate_steps
+    epoch, in_epoch = divmod(p.step, d.steps_per_epoch)
+    run.sampler.set_epoch(epoch, in_epoch * accumulate)  # the sampler counts micro-batches
+    micro_batches: list[Any] = []
+    for batch in run.loader:
+        _note_batch(run, batch)
+        micro_batches.append(batch.crops)
+        if len(micro_batches) < accumulate:
+            continue
+        result = train_step(run.trainer, micro_batches, p.step, epoch)
+        micro_batches = []
+        _account(run, result)
+        p.step += 1
+        logger.record(
+            p.step, epoch, result, d.global_batch, p.nonfinite_total, run.trainer.method.export_module()
+        )
+        if on_step is not None:
+            on_step(p.step, result.loss)
+        stopping = stop_agreed(stop.requested, run.trainer.device)
+        last, end_of_epoch = p.step == d.total_steps, p.step % d.steps_per_epoch == 0
+        every = p.step % run.cfg.train.checkpoint_every == 0
+        if last or end_of_epoch or stopping or every:
+            run.checkpointer.save(p, step_file=every)
+        if last or end_of_epoch or stopping:
+            return stopping
+    return False
+
+
+def _account(run: Run, result: Any) -> None:
+    """Count the step's loss; a non-finite step is skipped, and too many in a row abort the run."""
+    p = run.progress
+    p.losses.append(result.loss)
+    if result.finite:
+        p.consecutive_bad = 0
+        return
+    p.nonfinite_total += 1
+    p.consecutive_bad += 1
+    log.warning("step %d: non-finite loss or gradient (loss=%s); step skipped", p.step, result.loss)
+    if p.consecutive_bad >= run.cfg.train.max_nonfinite_steps:
+        raise TrainingError(
+            f"{p.consecutive_bad} consecutive non-finite steps (last loss {result.loss}); try "
+            f"train.precision=fp32, model.channels_last=false or a lower optim.base_lr"
+        )
+
+
+def _finish(run: Run, status: str) -> dict[str, Any]:
+    """Summary (and, for a completed run, the exported backbone); collectives: every process calls it."""
+    cfg, p, method = run.cfg, run.progress, run.trainer.method
+    skipped = dist.merge_dicts(p.skipped)
+    summary = run_summary(cfg, run.derived, method, p.step, p.losses, skipped, p.nonfinite_total, status, run.started)
+    summary["converted_by_kind"] = dist.sum_counts(p.converted)
+    # a consolidated backbone (gathered from the shards with FSDP: every process takes part)
+    backbone_state = full_backbone_state(method, method.exported_backbone) if status == "completed" else None
+    if dist.is_main():
+        if backbone_state is not None:
+            spec = {**backbone_spec(cfg.model), "exported": method.exported_backbone}
+            export_backbone_state(run.out, backbone_state, spec)
+        atomic_write(run.out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    return summary

@@ -1,0 +1,155 @@
+"""Build everything a run needs, in order: resume state -> data -> derived sizes -> method -> parallel wrapping
+-> optimizer and schedules -> checkpointer (restoring the checkpoint) -> run-directory files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from openseer import dist
+from openseer.checkpoint import atomic_write
+from openseer.config import Config, ConfigError, Derived, derive, dump_yaml
+from openseer.data.pipeline import build_pretrain_data
+from openseer.methods.base import Method, ParamGroup, RunInfo
+from openseer.methods.registry import get_method
+from openseer.models.backbone import build_backbone
+from openseer.ops import LARS, cosine_schedule, param_groups
+from openseer.parallel import prepare_model
+from openseer.run_state import find_resume_state, resume_blockers, truncate_metrics
+from openseer.train.checkpointer import Checkpointer, Progress
+from openseer.train.step import Trainer
+
+log = logging.getLogger("openseer")
+
+Monitor = Callable[[int, bool, torch.nn.Module], dict[str, Any]]
+
+
+@dataclass
+class Run:
+    """A run ready to train: its parts and where it stands."""
+
+    cfg: Config
+    out: Path
+    started: float
+    derived: Derived
+    trainer: Trainer
+    sampler: Any
+    loader: Any
+    checkpointer: Checkpointer
+    progress: Progress
+    monitor: Monitor | None
+
+
+def build_optimizer(cfg: Config, method: Method) -> tuple[torch.optim.Optimizer, list[ParamGroup]]:
+    """The optimizer over the method's tagged parameter groups (lr and weight decay are set per step)."""
+    groups = method.param_groups(method.named_parameters(), cfg.optim)
+    opt_groups = param_groups(groups, cfg.optim.weight_decay)
+    o = cfg.optim
+    if o.name == "lars":
+        optimizer = LARS(opt_groups, lr=0.0, momentum=o.momentum, trust_coefficient=o.trust_coefficient)
+    elif o.name == "adamw":
+        optimizer = torch.optim.AdamW(opt_groups, lr=0.0, betas=(o.momentum, 0.999))
+    else:
+        optimizer = torch.optim.SGD(opt_groups, lr=0.0, momentum=o.momentum)
+    return optimizer, groups
+
+
+def build_trainer(cfg: Config, method: Method, derived: Derived, device: torch.device) -> Trainer:
+    """Wrap ``method`` (norms, activation checkpointing, DDP/FSDP2), then build the optimizer and schedules."""
+    # FSDP replaces the parameters, so the optimizer is built afterwards
+    model = prepare_model(method, cfg.parallel, device, cfg.train.precision)
+    optimizer, groups = build_optimizer(cfg, method)
+    o = cfg.optim
+    wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
+    return Trainer(
+        method=method,
+        model=model,
+        optimizer=optimizer,
+        groups=groups,
+        lr_schedule=cosine_schedule(
+            derived.peak_lr, derived.final_lr, derived.total_steps, derived.warmup_steps, o.warmup_start_lr
+        ),
+        wd_schedule=cosine_schedule(o.weight_decay, wd_end, derived.total_steps),
+        info=RunInfo.of(cfg, derived),
+        device=device,
+        precision=cfg.train.precision,
+        clip_grad=o.clip_grad,
+        memory_format=torch.channels_last if cfg.model.channels_last else torch.contiguous_format,
+    )
+
+
+def _resume_state(cfg: Config, out: Path, resume: bool) -> tuple[dict[str, Any] | None, Path | None]:
+    """The checkpoint to resume from; its config may differ from ``cfg`` only harmlessly."""
+    state, sharded_dir = find_resume_state(out / "checkpoints") if resume else (None, None)
+    if state is not None:
+        diff = resume_blockers(state, cfg)
+        if diff:
+            raise ConfigError(
+                f"{out} holds a run with a different config ({', '.join(diff[:6])}); use another "
+                f"--out, or the same settings to resume"
+            )
+    return state, sharded_dir
+
+
+def _monitor(cfg: Config, monitor: Monitor | None) -> Monitor | None:
+    """The given monitor, else (rank 0) the online kNN monitor of the ``monitor`` config section."""
+    if cfg.monitor.train and cfg.parallel.strategy == "fsdp" and dist.world_size() > 1:
+        raise ConfigError(
+            "the online kNN monitor (monitor.train/test) runs on rank 0 alone and cannot see an FSDP-sharded "
+            "backbone; drop --monitor-* or use --strategy ddp"
+        )
+    if monitor is not None or not dist.is_main():
+        return monitor
+    from openseer.eval.monitor import monitor_from_config  # eval imports the training stack lazily
+
+    return monitor_from_config(cfg)
+
+
+def _write_run_files(run: Run, num_images: int) -> None:
+    cfg, out, d = run.cfg, run.out, run.derived
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(dump_yaml(cfg)))
+    atomic_write(out / "derived.json", lambda tmp: Path(tmp).write_text(json.dumps(asdict(d), indent=2)))
+    truncate_metrics(out / "metrics.jsonl", run.progress.step)
+    log.info(
+        "%d images, %d steps/epoch x %d epochs = %d steps, global batch %d, peak lr %.4g",
+        num_images, d.steps_per_epoch, d.epochs, d.total_steps, d.global_batch, d.peak_lr,
+    )  # fmt: skip
+
+
+def setup_run(cfg: Config, out_dir: str | Path, resume: bool = True, monitor: Monitor | None = None) -> Run:
+    """Everything :func:`openseer.train.pretrain` runs, restored from the run directory's checkpoint if any."""
+    started = time.time()
+    device = dist.init_distributed(cfg.train.device)
+    out = Path(out_dir)
+    state, sharded_dir = _resume_state(cfg, out, resume)
+    monitor = _monitor(cfg, monitor)
+    # folders, tars and file lists: EpochSampler + PretrainDataset; shard sets: a resumable ShardStream
+    sampler, loader, num_images = build_pretrain_data(
+        cfg, dist.rank(), dist.world_size(), device, (state or {}).get("data")
+    )
+    derived = derive(cfg, num_images, dist.world_size())
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    method = get_method(cfg.method).build(cfg, build_backbone(cfg.model), RunInfo.of(cfg, derived))
+    method = method.to(device).to(memory_format=memory_format)
+    trainer = build_trainer(cfg, method, derived, device)
+    sharded = cfg.parallel.checkpoint_format == "sharded" or (
+        cfg.parallel.checkpoint_format == "auto" and cfg.parallel.strategy == "fsdp" and dist.world_size() > 1
+    )
+    checkpointer = Checkpointer(cfg, out / "checkpoints", trainer, sampler, sharded)
+    progress = checkpointer.restore(state, sharded_dir) if state is not None else Progress()
+    run = Run(cfg, out, started, derived, trainer, sampler, loader, checkpointer, progress, monitor)
+    if dist.is_main():
+        _write_run_files(run, num_images)
+    return run

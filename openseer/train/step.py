@@ -1,0 +1,137 @@
+"""One optimizer step, callable on its own (dino ``train_one_epoch``'s body, nanoGPT's inner loop).
+
+lr/wd from the per-step schedules and each group's tags -> ``method.before_step`` -> (exact accumulation only)
+the method's no-grad targets of the whole accumulated batch -> per micro-batch: autocast forward and backward
+(DDP ``no_sync`` except for the last) -> loss all-reduced over processes -> non-finite check -> unscale, clip,
+optimizer step, ``method.after_step``; or, for a non-finite step, ``method.skipped_step`` and no update.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from openseer import dist
+from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext
+from openseer.parallel import clip_grads, grad_norm, no_gradient_sync
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. repeated non-finite losses); reported as one line."""
+
+
+@dataclass
+class Trainer:
+    """What a step needs: the method, its wrapped model, the optimizer with its tagged groups, schedules."""
+
+    method: Method  # the unwrapped method (hooks, parameters)
+    model: nn.Module  # the same method wrapped for DDP/FSDP2: every forward goes through it
+    optimizer: torch.optim.Optimizer
+    groups: list[ParamGroup]  # the tags of optimizer.param_groups, in the same order
+    lr_schedule: torch.Tensor  # per step
+    wd_schedule: torch.Tensor  # per step
+    info: RunInfo
+    device: torch.device
+    precision: str = "fp32"  # fp32, bf16 or fp16 (with a gradient scaler)
+    clip_grad: float = 0.0
+    memory_format: torch.memory_format = torch.contiguous_format
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+
+@dataclass
+class StepResult:
+    loss: float  # the global mean over processes (nan/inf when non-finite)
+    finite: bool  # False: the step was skipped everywhere
+    lr: float
+    wd: float
+    scalars: dict[str, float]  # the method's named scalars, mean over micro-batches (this process)
+
+
+def group_lr(group: ParamGroup, lr: float, step: int) -> float:
+    """A group's lr at ``step``: 0 while frozen, else the scheduled lr x its ``lr_scale``."""
+    return 0.0 if step < group.freeze_steps else lr * group.lr_scale
+
+
+def apply_schedules(trainer: Trainer, step: int) -> tuple[float, float]:
+    """Set every optimizer group's lr and weight decay for ``step`` from the schedules and its tags."""
+    lr, wd = float(trainer.lr_schedule[step]), float(trainer.wd_schedule[step])
+    for opt_group, tags in zip(trainer.optimizer.param_groups, trainer.groups, strict=True):
+        opt_group["lr"] = group_lr(tags, lr, step)
+        opt_group["weight_decay"] = wd * tags.wd_scale
+    return lr, wd
+
+
+def _forward_backward(trainer: Trainer, micro_crops: list[list[torch.Tensor]], ctx: StepContext):
+    """Sum over micro-batches of loss/k (detached) and of the scalars/k; backward of each."""
+    k = len(micro_crops)
+    targets: list[Any] = [None] * k
+    if k > 1 and trainer.method.exact_accumulation and trainer.method.needs_accumulation_targets():
+        # targets of the whole accumulated batch, so the update is the k-times larger batch's
+        with torch.no_grad(), trainer.autocast():
+            targets = trainer.model(micro_crops, ctx, mode="targets")
+    loss = torch.zeros((), device=trainer.device)
+    scalars: dict[str, float] = {}
+    for i, crops in enumerate(micro_crops):
+        # gradients are all-reduced with the last micro-batch; a non-finite loss still runs backward so that
+        # every process takes part in the same collectives, then the step is skipped everywhere
+        with nullcontext() if i == k - 1 else no_gradient_sync(trainer.model):
+            with trainer.autocast():
+                out = trainer.model(crops, ctx, targets[i])
+                micro_loss = out.loss / k
+            trainer.scaler.scale(micro_loss).backward()
+        loss = loss + micro_loss.detach().float()
+        for name, value in out.scalars.items():
+            scalars[name] = scalars.get(name, 0.0) + float(value) / k
+    return loss, scalars
+
+
+def _update(trainer: Trainer) -> bool:
+    """Unscale, check and clip the gradients, step the optimizer; False when the gradient is non-finite."""
+    scaler, optimizer = trainer.scaler, trainer.optimizer
+    scaler.unscale_(optimizer)
+    norm = grad_norm(trainer.method.parameters())
+    if not (bool(torch.isfinite(norm)) or scaler.is_enabled()):
+        return False
+    if trainer.clip_grad > 0:
+        clip_grads(trainer.method.parameters(), trainer.clip_grad, norm)
+    for group in optimizer.param_groups:
+        if group["lr"] == 0:  # frozen: no update and no momentum/Adam state built on its gradient
+            for p in group["params"]:
+                p.grad = None
+    scaler.step(optimizer)
+    scaler.update()
+    return True
+
+
+def train_step(trainer: Trainer, micro_crops: list[list[torch.Tensor]], step: int, epoch: int) -> StepResult:
+    """One optimizer step on ``micro_crops`` (accumulate_steps micro-batches of crop lists) of this process."""
+    ctx = StepContext(step=step, epoch=epoch, info=trainer.info)
+    lr, wd = apply_schedules(trainer, step)
+    micro_crops = [
+        [c.to(trainer.device, non_blocking=True, memory_format=trainer.memory_format) for c in crops]
+        for crops in micro_crops
+    ]
+    trainer.method.before_step(ctx)
+    loss, scalars = _forward_backward(trainer, micro_crops, ctx)
+    loss = dist.all_reduce_sum(loss) / dist.world_size()  # the global mean, on every rank
+    finite = bool(torch.isfinite(loss)) and _update(trainer)
+    if finite:
+        trainer.method.after_step(ctx)
+    else:
+        trainer.method.skipped_step(ctx)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return StepResult(float(loss), finite, lr, wd, scalars)
