@@ -22,7 +22,7 @@ from torch import nn
 from openseer.methods.base import Method, RunInfo
 
 # modules under openseer.methods that register a built-in method
-BUILTIN = ("swav",)
+BUILTIN = ("swav", "barlowtwins", "vicreg", "deepclusterv2")
 PLUGIN_ENV = "OPENSEER_METHODS"
 
 
