@@ -17,6 +17,8 @@ loop calls                             the method
                                        no-grad targets of the whole accumulated batch, one entry per micro-batch
                                        (SwAV's codes); each is passed back as ``targets`` to the gradient pass.
                                        Goes through ``forward`` so DDP/FSDP prepare parameters as for any call.
+``forward(..., indices=idx)``          only for a method with ``needs_indices``: each micro-batch's dataset
+                                       indices (DeepCluster-v2's memory bank).
 ``after_step(ctx)``                    after the optimizer step (e.g. a teacher's EMA update).
 ``skipped_step(ctx)``                  instead of ``after_step`` when the step was non-finite and skipped:
                                        undo what the forward changed (e.g. rows pushed into SwAV's queue).
@@ -164,6 +166,8 @@ class Method(nn.Module):
     # has no batch-coupled term, or computes such terms over the whole accumulated batch in mode="targets").
     exact_accumulation: ClassVar[bool] = False
     exported_backbone: ClassVar[str] = "backbone"
+    # True: forward also takes ``indices=`` (the micro-batch's dataset indices, e.g. for a memory bank)
+    needs_indices: ClassVar[bool] = False
     # submodules that compute in float32 (autocast off inside the method): with FSDP2 each becomes its own
     # unit whose parameters are gathered in float32 (SwAV's prototypes, as VISSL does "for convergence")
     fp32_modules: ClassVar[tuple[str, ...]] = ()

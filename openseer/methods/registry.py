@@ -22,7 +22,7 @@ from torch import nn
 from openseer.methods.base import Method, RunInfo
 
 # modules under openseer.methods that register a built-in method
-BUILTIN = ("swav", "dino", "simclr", "mocov3", "byol", "simsiam")
+BUILTIN = ("swav", "dino", "simclr", "mocov3", "byol", "simsiam", "barlowtwins", "vicreg", "deepclusterv2")
 PLUGIN_ENV = "OPENSEER_METHODS"
 
 

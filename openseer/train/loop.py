@@ -96,13 +96,15 @@ def _epoch(run: Run, logger: MetricsLogger, stop: StopFlag, on_step: Callable[[i
     epoch, in_epoch = divmod(p.step, d.steps_per_epoch)
     run.sampler.set_epoch(epoch, in_epoch * accumulate)  # the sampler counts micro-batches
     micro_batches: list[Any] = []
+    micro_indices: list[Any] = []
     for batch in run.loader:
         _note_batch(run, batch)
         micro_batches.append(batch.crops)
+        micro_indices.append(batch.indices)
         if len(micro_batches) < accumulate:
             continue
-        result = train_step(run.trainer, micro_batches, p.step, epoch)
-        micro_batches = []
+        result = train_step(run.trainer, micro_batches, p.step, epoch, micro_indices)
+        micro_batches, micro_indices = [], []
         _account(run, result)
         p.step += 1
         logger.record(

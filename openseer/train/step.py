@@ -73,7 +73,9 @@ def apply_schedules(trainer: Trainer, step: int) -> tuple[float, float]:
     return lr, wd
 
 
-def _forward_backward(trainer: Trainer, micro_crops: list[list[torch.Tensor]], ctx: StepContext):
+def _forward_backward(
+    trainer: Trainer, micro_crops: list[list[torch.Tensor]], ctx: StepContext, indices: list[Any] | None = None
+):
     """Sum over micro-batches of loss/k (detached) and of the scalars/k; backward of each."""
     k = len(micro_crops)
     targets: list[Any] = [None] * k
@@ -88,7 +90,8 @@ def _forward_backward(trainer: Trainer, micro_crops: list[list[torch.Tensor]], c
         # every process takes part in the same collectives, then the step is skipped everywhere
         with nullcontext() if i == k - 1 else no_gradient_sync(trainer.model):
             with trainer.autocast():
-                out = trainer.model(crops, ctx, targets[i])
+                kwargs = {"indices": indices[i]} if indices is not None and trainer.method.needs_indices else {}
+                out = trainer.model(crops, ctx, targets[i], **kwargs)
                 micro_loss = out.loss / k
             trainer.scaler.scale(micro_loss).backward()
         loss = loss + micro_loss.detach().float()
@@ -122,8 +125,15 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return ((seed * 1_000_003 + step) * 1_009 + rank) % (2**63)
 
 
-def train_step(trainer: Trainer, micro_crops: list[list[torch.Tensor]], step: int, epoch: int) -> StepResult:
-    """One optimizer step on ``micro_crops`` (accumulate_steps micro-batches of crop lists) of this process."""
+def train_step(
+    trainer: Trainer,
+    micro_crops: list[list[torch.Tensor]],
+    step: int,
+    epoch: int,
+    micro_indices: list[torch.Tensor] | None = None,
+) -> StepResult:
+    """One optimizer step on ``micro_crops`` (accumulate_steps micro-batches of crop lists) of this process;
+    ``micro_indices`` (the images' dataset indices) go to methods with ``needs_indices``."""
     ctx = StepContext(step=step, epoch=epoch, info=trainer.info)
     lr, wd = apply_schedules(trainer, step)
     micro_crops = [
@@ -132,7 +142,7 @@ def train_step(trainer: Trainer, micro_crops: list[list[torch.Tensor]], step: in
     ]
     trainer.method.before_step(ctx)
     torch.manual_seed(step_seed(trainer.seed, step, dist.rank()))
-    loss, scalars = _forward_backward(trainer, micro_crops, ctx)
+    loss, scalars = _forward_backward(trainer, micro_crops, ctx, micro_indices)
     loss = dist.all_reduce_sum(loss) / dist.world_size()  # the global mean, on every rank
     finite = bool(torch.isfinite(loss)) and _update(trainer)
     if finite:

@@ -1,0 +1,252 @@
+"""``openseer compare``: which method for my data? Every method pretrained on the same images with the same
+budget, then evaluated the same way, next to the random-init floor, in one table.
+
+For each method, one after the other, ``OUT/<method>/`` is an ordinary run directory: pretraining uses the
+method's short preset (``<method><suffix>``, e.g. ``barlowtwins-cifar10``; SwAV's is ``cifar10``) with
+``data.path`` and the budget (``train.max_steps`` or ``train.epochs``) set for all alike, then ``eval all``
+(:func:`openseer.eval.suite.run_suite`) writes ``OUT/<method>/eval/``. The random-init floor of each backbone
+architecture is evaluated once into ``OUT/random_init/``.
+
+Resumable: a method whose ``summary.json`` says ``completed`` is not pretrained again, an interrupted one
+resumes from its checkpoint, and an evaluation whose ``summary.json`` is newer than the backbone is reused. The
+results: ``OUT/compare.md`` (the table), ``OUT/compare.json`` (its numbers, images/s, losses, timings) and
+``OUT/compare.html`` with the training curves side by side (``curves.png``; needs matplotlib).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from openseer.checkpoint import atomic_write
+from openseer.config import Config, ConfigError, list_presets, load_config, to_dict
+
+log = logging.getLogger("openseer")
+
+
+def preset_for(method: str, suffix: str = "-cifar10") -> str:
+    """The short preset of ``method``: ``<method><suffix>``, else the plain ``<suffix>`` preset when it trains
+    that method (``cifar10`` is SwAV's). Raises ConfigError naming the file to add."""
+    names = list_presets()
+    for candidate in (f"{method}{suffix}", suffix.lstrip("-")):
+        if candidate in names and load_config(candidate).method == method:
+            return candidate
+    raise ConfigError(
+        f"no preset {method}{suffix!s} for method {method!r} (openseer/configs/{method}{suffix}.yaml); "
+        f"use --preset-suffix, or add the preset; presets: {', '.join(names)}"
+    )
+
+
+def _run_config(method: str, suffix: str, data: str, steps: int | None, epochs: int | None, overrides) -> Config:
+    budget = [f"train.max_steps={steps}"] if steps else []
+    budget += [f"train.epochs={epochs}"] if epochs else []
+    return load_config(preset_for(method, suffix), [f"data.path={json.dumps(data)}", *budget, *overrides])
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _images_per_s(run_dir: Path) -> float | None:
+    """Median training throughput of the logged windows (the first window, with start-up, left out)."""
+    from openseer.report.plots import read_metrics
+
+    rates = [r["images_per_s"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("images_per_s")]
+    rates = rates[1:] if len(rates) > 1 else rates
+    return statistics.median(rates) if rates else None
+
+
+def _check_same_settings(run_dir: Path, cfg: Config) -> None:
+    """A finished run is reused only if it was made with the settings asked for now."""
+    from openseer.run_state import RESUMABLE_CHANGES, config_differences, load_run_config
+
+    diff = config_differences(to_dict(load_run_config(run_dir)), to_dict(cfg))
+    # the budget and the data define the comparison; how a run was executed does not
+    harmless = RESUMABLE_CHANGES - {"train.max_steps", "train.epochs", "data.path"}
+    diff = [k for k in diff if k not in harmless and not k.startswith("parallel.")]
+    if diff:
+        raise ConfigError(
+            f"{run_dir} holds a finished run with other settings ({', '.join(diff[:6])}); use another --out, "
+            "or the same --steps/--epochs and overrides"
+        )
+
+
+def _evaluate(checkpoint: Path, out_dir: Path, train: str, test: str, eval_options: dict[str, Any]) -> dict:
+    """``eval all`` without its floor, reused when its summary is newer than the backbone."""
+    from openseer.eval.suite import run_suite
+
+    done = _read_json(out_dir / "summary.json")
+    weights = checkpoint / "backbone.safetensors"
+    if done and weights.is_file() and (out_dir / "summary.json").stat().st_mtime >= weights.stat().st_mtime:
+        return done
+    return run_suite(checkpoint, train, test, out_dir=out_dir, baseline=False, **eval_options)
+
+
+def compare(
+    methods: Sequence[str],
+    data: str,
+    train: str,
+    test: str,
+    out: str | Path,
+    steps: int | None = None,
+    epochs: int | None = None,
+    preset_suffix: str = "-cifar10",
+    overrides: Sequence[str] = (),
+    eval_options: dict[str, Any] | None = None,
+    on_method: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """Pretrain and evaluate every method of ``methods`` into ``out``; returns the comparison summary.
+
+    ``steps`` (optimizer steps) or ``epochs`` is the budget every method gets; ``overrides`` (``a.b=value``)
+    apply to every run, on top of its preset. ``eval_options`` go to :func:`run_suite` (ks, fractions, seeds,
+    ...). ``on_method(method, what)`` is told ``"pretrain"``, ``"skip"`` or ``"eval"`` (for logs and tests).
+    """
+    from openseer.eval.suite import random_init_backbone
+    from openseer.train import TrainingError, pretrain
+
+    if not methods:
+        raise ConfigError("compare needs at least one method (--methods swav,barlowtwins,...)")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods lists a method twice: {','.join(methods)}")
+    if not steps and not epochs:
+        raise ConfigError("compare needs a budget: --steps N or --epochs N (the same for every method)")
+    out = Path(out)
+    eval_options = dict(eval_options or {})
+    configs = {m: _run_config(m, preset_suffix, data, steps, epochs, overrides) for m in methods}  # fail early
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    floors: dict[str, Any] = {}
+    for method, cfg in configs.items():
+        run_dir = out / method
+        summary = _read_json(run_dir / "summary.json")
+        if summary and summary.get("status") == "completed":
+            _check_same_settings(run_dir, cfg)
+            log.info("compare: %s already pretrained in %s, not rerun", method, run_dir)
+            if on_method:
+                on_method(method, "skip")
+        else:
+            log.info("compare: pretraining %s (%s) into %s", method, preset_for(method, preset_suffix), run_dir)
+            if on_method:
+                on_method(method, "pretrain")
+            summary = pretrain(cfg, run_dir)
+            if summary["status"] != "completed":
+                raise TrainingError(f"compare: {method} was interrupted; run the same command to resume")
+        if on_method:
+            on_method(method, "eval")
+        evaluation = _evaluate(run_dir, run_dir / "eval", train, test, eval_options)
+        arch = summary.get("backbone", "backbone")
+        if arch not in floors:
+            floor_dir = out / "random_init" / arch
+            floor_ckpt = random_init_backbone(run_dir, floor_dir)
+            floors[arch] = _evaluate(floor_ckpt, floor_dir / "eval", train, test, eval_options)
+        results[method] = {
+            "preset": preset_for(method, preset_suffix),
+            "run_dir": str(run_dir),
+            "backbone": arch,
+            "steps": summary.get("steps"),
+            "global_batch": summary.get("global_batch"),
+            "pretrain_seconds": summary.get("seconds"),
+            "images_per_s": _images_per_s(run_dir),
+            "final_loss": summary.get("final_loss_mean"),
+            "trivial_loss": summary.get("trivial_loss", summary.get("uniform_loss")),
+            "eval": evaluation["rows"]["pretrained"],
+        }
+    return _write_results(out, results, floors, dict(data=data, train=train, test=test, steps=steps, epochs=epochs))
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _write_results(out: Path, results: dict, floors: dict, setup: dict) -> dict[str, Any]:
+    header = next(iter(floors.values()))["header"]
+    cols = ["method", "preset", "steps", "images/s", "final loss (trivial)", *header]
+    lines = ["| " + " | ".join(cols) + " |", "| --- " * len(cols) + "|"]
+    for method, r in results.items():
+        loss = f"{_fmt(r['final_loss'], '.3f')} ({_fmt(r['trivial_loss'], '.3g')})"
+        cells = [method, r["preset"], str(r["steps"]), _fmt(r["images_per_s"], ".0f"), loss, *r["eval"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    for arch, floor in floors.items():
+        cells = [f"random init ({arch})", "-", "0", "-", "-", *floor["rows"]["pretrained"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    summary = {
+        **setup,
+        "header": cols,
+        "methods": results,
+        "floors": {arch: floor["rows"]["pretrained"] for arch, floor in floors.items()},
+        "table": table,
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text(table + "\n"))
+    atomic_write(out / "compare.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    figure = _plot_side_by_side(out, results)
+    atomic_write(out / "compare.html", lambda tmp: Path(tmp).write_text(_html(cols, lines, figure, setup)))
+    summary["html"] = str(out / "compare.html")
+    return summary
+
+
+def _plot_side_by_side(out: Path, results: dict) -> str | None:
+    """One column per method: loss (with its trivial value) above, online kNN top-1 and images/s below."""
+    from openseer.report.plots import _pyplot, read_metrics
+
+    try:
+        plt = _pyplot()
+    except ImportError:
+        return None
+    n = len(results)
+    fig, axes = plt.subplots(2, n, figsize=(3.6 * n + 0.6, 6), squeeze=False, constrained_layout=True)
+    for j, (method, r) in enumerate(results.items()):
+        rows = read_metrics(Path(r["run_dir"]) / "metrics.jsonl")
+        steps = [row["step"] for row in rows]
+        ax = axes[0, j]
+        ax.plot(steps, [row.get("loss") if row.get("loss") is not None else float("nan") for row in rows])
+        if r["trivial_loss"]:
+            ax.axhline(r["trivial_loss"], ls="--", color="grey", lw=1, label="trivial (collapse)")
+            ax.legend(fontsize=7)
+        ax.set(title=f"{method}: loss", xlabel="step")
+        ax = axes[1, j]
+        knn = [(row["step"], 100 * row["monitor_knn_top1"]) for row in rows if row.get("monitor_knn_top1") is not None]
+        if knn:
+            ax.plot(*zip(*knn, strict=True), marker="o", color="tab:green")
+            ax.set(title=f"{method}: online kNN top-1 (%)", xlabel="step")
+        else:
+            ax.plot(steps, [row.get("images_per_s") or float("nan") for row in rows], color="tab:purple")
+            ax.set(title=f"{method}: images / s", xlabel="step")
+        for a in axes[:, j]:
+            a.grid(alpha=0.3)
+    fig.savefig(out / "curves.png", dpi=90)
+    plt.close(fig)
+    return "curves.png"
+
+
+def _html(cols: list[str], lines: list[str], figure: str | None, setup: dict) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
+        for line in lines[2:]
+    )
+    fig = (
+        f"<h2>Training curves</h2><img src='{esc(figure)}' alt='curves'>"
+        if figure
+        else ("<p>No curves: pip install matplotlib</p>")
+    )
+    budget = f"{setup['steps']} steps" if setup.get("steps") else f"{setup.get('epochs')} epochs"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>openseer compare</title>
+<style>body{{font-family:sans-serif;max-width:1400px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
+img{{max-width:100%;border:1px solid #eee}}</style></head><body>
+<h1>openseer compare</h1><p>Pretrained on {esc(str(setup["data"]))} for {esc(budget)} each; evaluated on
+{esc(str(setup["train"]))} / {esc(str(setup["test"]))} (top-1 %, random-init floor last).</p>
+<table><tr>{head}</tr>{body}</table>{fig}</body></html>
+"""
