@@ -24,8 +24,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from openseer.checkpoint import atomic_write
-from openseer.config import Config, ConfigError, list_presets, load_config, to_dict
+from openseer.config import Config, ConfigError, list_presets, load_config, resumable_keys, to_dict
+from openseer.errors import TrainingError
+from openseer.eval.pipeline import random_init_backbone
+from openseer.eval.settings import EvalSettings
+from openseer.eval.suite import run_suite
+from openseer.io import atomic_write
+from openseer.report.plots import pyplot, read_metrics
+from openseer.run_state import config_differences, load_run_config
+from openseer.train import pretrain
 
 log = logging.getLogger("openseer")
 
@@ -58,8 +65,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _images_per_s(run_dir: Path) -> float | None:
     """Median training throughput of the logged windows (the first window, with start-up, left out)."""
-    from openseer.report.plots import read_metrics
-
     rates = [r["images_per_s"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("images_per_s")]
     rates = rates[1:] if len(rates) > 1 else rates
     return statistics.median(rates) if rates else None
@@ -67,11 +72,9 @@ def _images_per_s(run_dir: Path) -> float | None:
 
 def _check_same_settings(run_dir: Path, cfg: Config) -> None:
     """A finished run is reused only if it was made with the settings asked for now."""
-    from openseer.run_state import RESUMABLE_CHANGES, config_differences, load_run_config
-
     diff = config_differences(to_dict(load_run_config(run_dir)), to_dict(cfg))
     # the budget and the data define the comparison; how a run was executed does not
-    harmless = RESUMABLE_CHANGES - {"train.max_steps", "train.epochs", "data.path"}
+    harmless = resumable_keys() - {"train.max_steps", "train.epochs", "data.path"}
     diff = [k for k in diff if k not in harmless and not k.startswith("parallel.")]
     if diff:
         raise ConfigError(
@@ -82,8 +85,6 @@ def _check_same_settings(run_dir: Path, cfg: Config) -> None:
 
 def _evaluate(checkpoint: Path, out_dir: Path, train: str, test: str, eval_options: dict[str, Any]) -> dict:
     """``eval all`` without its floor, reused when its summary is newer than the backbone."""
-    from openseer.eval.suite import run_suite
-
     done = _read_json(out_dir / "summary.json")
     weights = checkpoint / "backbone.safetensors"
     if done and weights.is_file() and (out_dir / "summary.json").stat().st_mtime >= weights.stat().st_mtime:
@@ -110,9 +111,6 @@ def compare(
     apply to every run, on top of its preset. ``eval_options`` go to :func:`run_suite` (ks, fractions, seeds,
     ...). ``on_method(method, what)`` is told ``"pretrain"``, ``"skip"`` or ``"eval"`` (for logs and tests).
     """
-    from openseer.eval.suite import random_init_backbone
-    from openseer.train import TrainingError, pretrain
-
     if not methods:
         raise ConfigError("compare needs at least one method (--methods swav,barlowtwins,...)")
     if len(set(methods)) != len(methods):
@@ -121,6 +119,9 @@ def compare(
         raise ConfigError("compare needs a budget: --steps N or --epochs N (the same for every method)")
     out = Path(out)
     eval_options = dict(eval_options or {})
+    setting_keys = [k for k in ("image_size", "crop_pct", "batch_size", "num_workers", "device") if k in eval_options]
+    if setting_keys:  # evaluation settings travel as one EvalSettings
+        eval_options["settings"] = EvalSettings(**{k: eval_options.pop(k) for k in setting_keys})
     configs = {m: _run_config(m, preset_suffix, data, steps, epochs, overrides) for m in methods}  # fail early
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
@@ -197,10 +198,8 @@ def _write_results(out: Path, results: dict, floors: dict, setup: dict) -> dict[
 
 def _plot_side_by_side(out: Path, results: dict) -> str | None:
     """One column per method: loss (with its trivial value) above, online kNN top-1 and images/s below."""
-    from openseer.report.plots import _pyplot, read_metrics
-
     try:
-        plt = _pyplot()
+        plt = pyplot()
     except ImportError:
         return None
     n = len(results)

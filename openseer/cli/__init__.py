@@ -23,13 +23,13 @@ import argparse
 import logging
 import sys
 
-from openseer.cli import demo, embed, export, info, launch, presets, pretrain, report, shard
+from openseer.cli import compare, demo, embed, export, info, launch, presets, pretrain, report, shard
 from openseer.cli import eval as eval_commands  # (not to shadow the builtin)
 from openseer.cli.common import Parents
 from openseer.errors import OpenseerError
 
 #: The subcommands, in the order ``openseer --help`` lists them.
-COMMANDS = (pretrain, eval_commands, demo, presets, launch, info, embed, report, shard, export)
+COMMANDS = (pretrain, eval_commands, demo, presets, launch, info, embed, report, shard, export, compare)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
     except ImportError:
@@ -39,7 +39,7 @@ def plot_curves(rows: list[dict], out: Path, uniform_loss: float | None = None) 
     """Loss, lr, monitor kNN top-1 and throughput against the step, in one 2x2 figure."""
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     steps = [r["step"] for r in rows]
 
     def series(key):
@@ -94,7 +94,7 @@ def image_grid(
     title: str = "",
 ) -> Path:
     """Save a grid of HxWx3 uint8 images; row i is ``rows[i]``, labelled with ``row_titles[i]``."""
-    plt = _pyplot()
+    plt = pyplot()
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(
         n_rows, n_cols, figsize=(1.25 * n_cols + 0.8, 1.35 * n_rows + 0.5), squeeze=False

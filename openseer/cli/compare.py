@@ -1,0 +1,54 @@
+"""``openseer compare --methods swav,barlowtwins,... --data UNLABELLED --train LABELLED --test LABELLED
+--steps N --out DIR [key=value ...]``: which method for my data? Each method pretrained with its short preset on
+the same images and budget (resumable), `eval all` on each and the random-init floor, one table
+(`openseer.compare.compare`; docs/methods.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+from openseer.cli.common import Parents, eval_settings, floats, ints
+from openseer.compare import compare
+
+
+def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="pretrain several methods on the same data and budget, evaluate each, one table",
+        parents=[parents.pair, parents.settings],
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every method")
+    p.add_argument("--methods", required=True, help="comma-separated methods, e.g. swav,barlowtwins,vicreg")
+    p.add_argument("--data", required=True, help="unlabelled pretraining images (as pretrain --data)")
+    p.add_argument("--out", required=True, help="folder: one run dir per method, compare.md/.json/.html")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="optimizer steps per method")
+    budget.add_argument("--epochs", type=int, help="epochs per method")
+    p.add_argument("--preset-suffix", default="-cifar10", help="short presets <method><suffix> [-cifar10]")
+    p.add_argument("--k", default="10,20,200", help="kNN k values [10,20,200]")
+    p.add_argument("--fractions", default="0.01,0.1", help="low-shot label fractions [0.01,0.1]")
+    p.add_argument("--seeds", type=int, default=3, help="seeded subsets per fraction [3]")
+    p.set_defaults(run=run, trailing_overrides=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = compare(
+        [m.strip() for m in args.methods.split(",") if m.strip()],
+        args.data,
+        args.train,
+        args.test,
+        args.out,
+        steps=args.steps,
+        epochs=args.epochs,
+        preset_suffix=args.preset_suffix,
+        overrides=args.overrides,
+        eval_options=dict(
+            ks=ints(args.k, "--k"),
+            fractions=floats(args.fractions, "--fractions"),
+            seeds=args.seeds,
+            settings=eval_settings(args),
+        ),
+    )
+    print(summary["table"])
+    print(f"results in {args.out} (compare.md, compare.json, compare.html)")
+    return 0
