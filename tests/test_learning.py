@@ -93,7 +93,7 @@ def test_short_dino_pretraining_leaves_collapse_and_beats_random_init_on_cifar10
     print(f"DINO last rows: teacher entropy {entropy:.3f} (ln K = {ln_k:.3f}), KL {kl:.3f}")
     assert 0.05 * ln_k < entropy < 0.9 * ln_k and kl > 0.05, (entropy, kl)
     trained = max(knn_from_checkpoint(str(tmp_path / "run"), str(train), str(test), ks=(20,))["top1"].values())
-    torch.manual_seed(cfg.train.seed)
-    random = max(knn_for_backbone(build_backbone(cfg.model), cfg, str(train), str(test), ks=(20,))["top1"].values())
+    floor = random_init_backbone(tmp_path / "run", tmp_path / "eval")  # seeded with cfg.train.seed
+    random = max(knn_from_checkpoint(floor, str(train), str(test), ks=(20,))["top1"].values())
     print(f"CIFAR-10 kNN top-1 (k=20), DINO: pretrained {trained:.3f}, random init {random:.3f}")
     assert trained > random + 0.03

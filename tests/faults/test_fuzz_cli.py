@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openseer.cli import _parser, main
+from openseer.cli import build_parser, main
 from openseer.config import Config, ConfigError, field_help, list_presets, load_config
 
 FAST = settings(
@@ -109,7 +109,7 @@ def _flags(parser: argparse.ArgumentParser) -> list[str]:
     return sorted(set(out))
 
 
-FLAGS = _flags(_parser())
+FLAGS = _flags(build_parser())
 COMMANDS = [
     ["pretrain"],
     ["eval", "knn"],
@@ -124,6 +124,8 @@ COMMANDS = [
     ["shard"],
     ["launch"],
     ["launch", "pretrain"],
+    ["export"],
+    ["compare"],
     [],
 ]
 tokens = st.one_of(

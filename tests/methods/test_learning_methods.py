@@ -4,11 +4,9 @@ leaves its collapse value behind and its features beat random-init features on k
 import json
 
 import pytest
-import torch
 
 from openseer.config import load_config
-from openseer.eval.run import knn_for_backbone, knn_from_checkpoint
-from openseer.models.backbone import build_backbone
+from openseer.eval.pipeline import knn_from_checkpoint, random_init_backbone
 from openseer.train import pretrain
 from tests.test_learning import CIFAR, _write_subset
 
@@ -59,7 +57,7 @@ def test_short_pretraining_leaves_collapse_and_beats_random_init(method, cifar, 
     if method == "deepclusterv2":
         assert rows[-1]["known_targets"] > 0.9  # every image of the epoch has a cluster
     trained = max(knn_from_checkpoint(str(tmp_path / "run"), str(train), str(test), ks=(20,))["top1"].values())
-    torch.manual_seed(cfg.train.seed)
-    random = max(knn_for_backbone(build_backbone(cfg.model), cfg, str(train), str(test), ks=(20,))["top1"].values())
+    floor = random_init_backbone(tmp_path / "run", tmp_path / "eval")  # seeded with cfg.train.seed
+    random = max(knn_from_checkpoint(floor, str(train), str(test), ks=(20,))["top1"].values())
     print(f"{method}: CIFAR-10 kNN top-1 (k=20) pretrained {trained:.3f}, random init {random:.3f}")
     assert trained > random + 0.02

@@ -8,12 +8,10 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from openseer.cli import main
 from openseer.config import load_config
-from openseer.eval.run import knn_for_backbone, knn_from_checkpoint
-from openseer.models.backbone import build_backbone
+from openseer.eval.pipeline import knn_from_checkpoint, random_init_backbone
 from openseer.train import pretrain
 from tests.helpers import write_images
 from tests.test_learning import CIFAR, _write_subset
@@ -106,8 +104,8 @@ def test_short_cifar10_pretraining_does_not_collapse_and_beats_random_init(tmp_p
     if summary["uniform_loss"] is not None:  # contrastive: left the all-similarities-equal value
         assert summary["final_loss_mean"] < 0.95 * summary["uniform_loss"]
     trained = max(knn_from_checkpoint(str(tmp_path / "run"), str(train), str(test), ks=(20,))["top1"].values())
-    torch.manual_seed(cfg.train.seed)
-    random = max(knn_for_backbone(build_backbone(cfg.model), cfg, str(train), str(test), ks=(20,))["top1"].values())
+    floor = random_init_backbone(tmp_path / "run", tmp_path / "eval")  # seeded with cfg.train.seed
+    random = max(knn_from_checkpoint(floor, str(train), str(test), ks=(20,))["top1"].values())
     print(f"{name}: CIFAR-10 kNN top-1 (k=20) pretrained {trained:.3f}, random init {random:.3f}")
     if name in BEATS_RANDOM_IN_BUDGET:
         assert trained > random + 0.02
