@@ -25,7 +25,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from openseer.config import Config, ConfigError, load_config, set_value
+from openseer.checkpoint import load_backbone as load_with_config
+from openseer.config import Config, ConfigError, config_from_dict, load_config, set_value, to_dict, validate
+from openseer.eval.cache import cached_features
+from openseer.eval.finetune import finetune
+from openseer.eval.linear import linear_probe
+from openseer.eval.lowshot import run_lowshot
+from openseer.eval.pipeline import frozen_pair, knn_from_checkpoint
+from openseer.eval.settings import EvalSettings
+from openseer.eval.suite import run_suite
+from openseer.train import pretrain as run_pretrain
+from openseer.weights.sources import backbone_from_source
 
 
 def build_config(
@@ -45,13 +55,9 @@ def build_config(
     if data is not None:
         dotted.append(("data.path", str(data)))
     if isinstance(config_or_preset, Config):
-        from openseer.config import config_from_dict, to_dict
-
         cfg = config_from_dict(to_dict(config_or_preset))
         for key, value in dotted:
             set_value(cfg, key, value)
-        from openseer.config import validate
-
         validate(cfg)
         return cfg
     return load_config(config_or_preset, [f"{k}={json.dumps(v)}" for k, v in dotted])
@@ -71,8 +77,6 @@ def pretrain(
     ``init`` starts from pretrained weights (any SOURCE; ``model.init`` in the config), ``init_strict=False``
     loads what fits and prints the rest.
     """
-    from openseer.train import pretrain as run_pretrain
-
     if init is not None:
         overrides["model__init"] = str(init)
         overrides["model__init_strict"] = init_strict
@@ -95,8 +99,6 @@ def load_backbone(
     """
     from timm.models import FeatureListNet
 
-    from openseer.weights.sources import backbone_from_source
-
     backbone, _ = backbone_from_source(source, strict=strict)
     if not features_only:
         return backbone
@@ -107,43 +109,35 @@ def load_backbone(
     return FeatureListNet(backbone, out_indices=indices).eval()
 
 
+def _settings(options: dict[str, Any]) -> EvalSettings:
+    """Pop the feature-extraction options (image_size, crop_pct, batch_size, num_workers, device)."""
+    keys = ("image_size", "crop_pct", "batch_size", "num_workers", "device")
+    return EvalSettings(**{k: options.pop(k) for k in keys if k in options})
+
+
 def evaluate(
     source: str | Path, train: str | Path, test: str | Path, protocol: str = "knn", **options: Any
 ) -> dict[str, Any]:
     """``openseer eval PROTOCOL``: ``knn``, ``linear``, ``lowshot``, ``finetune`` or ``all``; returns its JSON dict.
 
     ``options`` are the keyword arguments of the protocol's function (e.g. ``ks=(10, 20)``, ``fractions=``,
-    ``epochs=``, ``image_size=``, ``device=``).
+    ``epochs=``) plus the feature-extraction settings ``image_size=``, ``crop_pct=``, ``batch_size=``,
+    ``num_workers=``, ``device=`` (:class:`openseer.eval.EvalSettings`).
     """
-    from openseer.checkpoint import load_backbone as load_with_config
-
     train, test, source = str(train), str(test), str(source)
-    if protocol == "all":
-        from openseer.eval.suite import run_suite
-
-        return run_suite(source, train, test, **options)
-    backbone, config = load_with_config(source)
-    if protocol == "knn":
-        from openseer.eval.run import knn_for_backbone
-
-        return knn_for_backbone(backbone, config, train, test, **options)
-    if protocol == "finetune":
-        from openseer.eval.finetune import finetune
-
-        return finetune(backbone, config, train, test, **options)
-    if protocol not in ("linear", "lowshot"):
+    if protocol not in ("knn", "linear", "lowshot", "finetune", "all"):
         raise ConfigError(f"unknown protocol {protocol!r}; choose knn, linear, lowshot, finetune or all")
-    extract = {
-        k: options.pop(k) for k in ("image_size", "crop_pct", "batch_size", "num_workers", "device") if k in options
-    }
-    train_f = embed(source, train, backbone=backbone, config=config, **extract)
-    test_f = embed(source, test, backbone=backbone, config=config, **extract)
+    settings = _settings(options)
+    if protocol == "all":
+        return run_suite(source, train, test, settings=settings, **options)
+    if protocol == "knn":
+        return knn_from_checkpoint(source, train, test, settings=settings, **options)
+    if protocol == "finetune":
+        backbone, config = load_with_config(source)
+        return finetune(backbone, config, train, test, settings=settings, **options)
+    train_f, test_f, _ = frozen_pair(source, train, test, settings)
     if protocol == "linear":
-        from openseer.eval.linear import linear_probe
-
         return linear_probe(train_f.features, train_f.labels, test_f.features, test_f.labels, **options)
-    from openseer.eval.lowshot import run_lowshot
-
     return run_lowshot(train_f, test_f, **options)
 
 
@@ -154,7 +148,6 @@ def embed(source: str | Path, data: str | Path | torch.Tensor, **options: Any) -
         backbone = load_backbone(source)
         with torch.no_grad():
             return backbone(data)
-    from openseer.eval.cache import cached_features
-
-    features, _ = cached_features(str(source), str(data), **options)
+    settings = _settings(options)
+    features, _ = cached_features(str(source), str(data), settings=settings, **options)
     return features

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from openseer import dist
 from openseer.errors import CheckpointError, CheckpointWriteError
-from openseer.io import atomic_write, atomic_write_json, fsync_dir, os_error_of
-
-BACKBONE_WEIGHTS = "backbone.safetensors"
-BACKBONE_SPEC = "backbone.json"
+from openseer.io import BACKBONE_SPEC, BACKBONE_WEIGHTS, atomic_write, atomic_write_json, fsync_dir, os_error_of
+from openseer.models.backbone import create_backbone_from_spec
+from openseer.weights.sources import backbone_and_config, infer_spec, is_openseer_path, read_source, source_path
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -93,8 +93,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
     A ``FORMAT:FILE`` SOURCE (``vissl:``, ``dino:`` ...) resolves to FILE; a ``timm:`` tag has no file.
     """
-    from openseer.weights.sources import source_path
-
     resolved = source_path(path)
     if resolved is None:
         raise CheckpointError(f"{path} is a timm tag, not a file or run directory")
@@ -151,8 +149,6 @@ def _is_openseer_file(path: str | Path) -> bool:
 def read_backbone_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The timm spec of the backbone a run dir, ``backbone.safetensors`` or checkpoint holds, and the run's
     config dict (empty if unknown), without building the backbone (foreign SOURCEs: see openseer.weights)."""
-    from openseer.weights.sources import infer_spec, is_openseer_path, read_source
-
     if not is_openseer_path(path) and not _is_openseer_file(path):
         imported = read_source(path, with_heads=False)
         return infer_spec(imported), imported.config
@@ -166,9 +162,6 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     Returns the backbone (eval mode, CPU) and the run's config dict (empty if unknown). Any other SOURCE
     (``timm:`` tags, VISSL / SwAV / DINO / torchvision files) goes through :mod:`openseer.weights`.
     """
-    from openseer.models.backbone import create_backbone_from_spec
-    from openseer.weights.sources import backbone_and_config, is_openseer_path
-
     if not is_openseer_path(path) and not _is_openseer_file(path):
         return backbone_and_config(path)
 
@@ -199,8 +192,6 @@ META = "meta.pt"
 
 
 def _barrier() -> None:
-    from openseer import dist
-
     if dist.world_size() > 1:
         torch.distributed.barrier()
 
@@ -221,8 +212,6 @@ def save_sharded_checkpoint(
     import shutil
 
     import torch.distributed.checkpoint as dcp
-
-    from openseer import dist
 
     ckpt_dir = Path(ckpt_dir)
     target, tmp = ckpt_dir / name, ckpt_dir / f".{name}.partial"

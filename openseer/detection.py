@@ -25,6 +25,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from openseer.weights.mapping import WeightsError
+from openseer.weights.sources import backbone_from_source
 
 
 def stage_info(backbone: nn.Module) -> list[dict]:
@@ -72,8 +73,6 @@ def fpn_backbone(
     if isinstance(source, nn.Module):
         backbone = source
     else:
-        from openseer.weights.sources import backbone_from_source
-
         backbone, _ = backbone_from_source(source, log=lambda s: None)
     info = stage_info(backbone)
     if not stages or any(not 0 <= i < len(info) for i in stages):

@@ -17,6 +17,10 @@ from typing import Any
 
 from openseer.errors import CheckpointWriteError
 
+#: The files of an exported backbone in a run directory (checkpoint.export_backbone_state writes them).
+BACKBONE_WEIGHTS = "backbone.safetensors"
+BACKBONE_SPEC = "backbone.json"
+
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""

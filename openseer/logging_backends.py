@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any, Protocol
 
-from openseer.config import Config, ConfigError
+from openseer.config import Config, ConfigError, to_dict
 
 
 class MetricsSink(Protocol):
@@ -133,8 +133,6 @@ class MultiSink:
 
 def sink_from_config(cfg: Config, run_dir: str | Path, is_main: bool = True) -> MetricsSink:
     """The sinks ``cfg.log`` asks for (a :class:`NullSink` when none, and on every process but the main one)."""
-    from openseer.config import to_dict
-
     if not is_main:
         return NullSink()
     sinks: list[MetricsSink] = []

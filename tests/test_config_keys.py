@@ -88,11 +88,13 @@ def test_old_regnet_and_recompute_keys_still_load_with_a_note(tmp_path, caplog):
 
 
 def test_resumable_keys_are_declared_on_the_fields():
-    """The list run_state.py used to keep by hand, plus every parallel.* field (how a run executes)."""
+    """The list run_state.py used to keep by hand (with the weights keys), plus every parallel.* field."""
     hand_kept = {
         "train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
         "train.max_nonfinite_steps", "data.num_workers", "data.path", "train.device", "monitor.train",
         "monitor.test", "monitor.every", "monitor.k", "monitor.max_train", "monitor.max_test",
+        # where metrics are mirrored, and the starting weights (applied once, at step 0; never on resume)
+        "log.tensorboard", "log.wandb", "model.init", "model.init_strict",
     }
     parallel = {f"parallel.{k}" for k in to_dict(load_config())["parallel"]}
     assert resumable_keys() == hand_kept | parallel

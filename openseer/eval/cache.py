@@ -34,6 +34,7 @@ from openseer.eval.features import Features, feature_extractor, source_features
 from openseer.eval.knn import check_label_sets
 from openseer.eval.settings import FROM_RUN, EvalSettings
 from openseer.io import atomic_write
+from openseer.weights.sources import source_path
 
 CACHE_FORMAT = "openseer-features/1"
 
@@ -135,8 +136,6 @@ def load_features(path: str | os.PathLike[str]) -> tuple[Features, str, dict[str
 def default_cache_dir(checkpoint: str | os.PathLike[str]) -> Path:
     """``RUN_DIR/features`` for a run dir, else a ``features`` folder beside the checkpoint file (a timm tag:
     ``./features``)."""
-    from openseer.weights.sources import source_path
-
     path = source_path(checkpoint) or Path("timm")
     return path / "features" if path.is_dir() else path.parent / "features"
 

@@ -32,6 +32,7 @@ import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 from openseer import dist
+from openseer.errors import ConfigError
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
@@ -58,8 +59,6 @@ class Config:
 
 
 def validate(cfg: Any) -> None:
-    from openseer.config import ConfigError
-
     b = cfg.barlowtwins
     if not b.projector_dims or min(b.projector_dims) <= 0:
         raise ConfigError(f"barlowtwins.projector_dims={b.projector_dims} must be a non-empty list of widths > 0")
@@ -162,8 +161,6 @@ class BarlowTwins(Method):
 
 
 def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> BarlowTwins:
-    from openseer.config import ConfigError
-
     if info.local_batch * info.world_size < 2:
         raise ConfigError(
             f"Barlow Twins needs a batch of at least 2 images to correlate (got {info.local_batch} x "

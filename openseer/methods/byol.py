@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openseer.errors import ConfigError
 from openseer.methods.base import Method, RunInfo, StepContext, StepOutput
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import per_view, require_two_views
@@ -47,8 +48,6 @@ class Config:
 
 
 def validate(cfg: Any) -> None:
-    from openseer.config import ConfigError
-
     s = cfg.byol
     if s.hidden_dim <= 0 or s.output_dim <= 0:
         raise ConfigError("byol.hidden_dim and byol.output_dim must be positive")

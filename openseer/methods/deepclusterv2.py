@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer import dist
+from openseer.errors import ConfigError
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
@@ -64,8 +65,6 @@ class Config:
 
 
 def validate(cfg: Any) -> None:
-    from openseer.config import ConfigError
-
     d = cfg.deepclusterv2
     if d.output_dim <= 0 or d.temperature <= 0 or d.kmeans_iterations < 0:
         raise ConfigError("deepclusterv2.output_dim and temperature must be > 0, kmeans_iterations >= 0")
@@ -311,8 +310,6 @@ class DeepClusterV2(Method):
 
 
 def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> DeepClusterV2:
-    from openseer.config import ConfigError
-
     d = cfg.deepclusterv2
     images = info.steps_per_epoch * info.global_batch
     if max(d.num_prototypes) > images:

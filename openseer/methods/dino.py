@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer import dist
+from openseer.errors import ConfigError
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import check_crop_sizes, feature_dim
@@ -81,8 +82,6 @@ class Config:
 
 
 def validate(cfg: Any) -> None:
-    from openseer.config import ConfigError
-
     d = cfg.dino
     for key in ("out_dim", "hidden_dim", "bottleneck_dim", "head_layers"):
         if getattr(d, key) <= 0:

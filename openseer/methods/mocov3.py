@@ -31,6 +31,7 @@ from torch import nn
 
 from openseer import dist
 from openseer.dist import all_gather_cat
+from openseer.errors import ConfigError
 from openseer.methods.base import Method, RunInfo, StepContext, StepOutput
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import per_view, require_two_views
@@ -64,8 +65,6 @@ class Config:
 
 
 def validate(cfg: Any) -> None:
-    from openseer.config import ConfigError
-
     s = cfg.mocov3
     if s.projector_layers < 0 or s.hidden_dim <= 0 or s.output_dim <= 0:
         raise ConfigError("mocov3.hidden_dim and output_dim must be positive, projector_layers >= 0")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer import dist
+from openseer.errors import ConfigError
 from openseer.methods.base import Method, RunInfo, StepContext, StepOutput
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import require_two_views
@@ -54,8 +55,6 @@ class Config:
 
 
 def validate(cfg: Any) -> None:
-    from openseer.config import ConfigError
-
     s = cfg.simclr
     if s.projector_layers < 1 or s.hidden_dim < 0 or s.output_dim <= 0:
         raise ConfigError("simclr.projector_layers and simclr.output_dim must be positive, hidden_dim >= 0")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openseer.errors import ConfigError
 from openseer.methods.base import Method, RunInfo, StepContext, StepOutput
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import per_view, require_two_views
@@ -46,8 +47,6 @@ class Config:
 
 
 def validate(cfg: Any) -> None:
-    from openseer.config import ConfigError
-
     s = cfg.simsiam
     if s.projector_layers < 1 or s.hidden_dim < 0 or s.output_dim <= 0 or s.predictor_hidden_dim <= 0:
         raise ConfigError("simsiam.projector_layers, output_dim and predictor_hidden_dim must be positive")

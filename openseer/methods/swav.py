@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer import dist
-from openseer.config import ConfigError
+from openseer.errors import ConfigError
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim

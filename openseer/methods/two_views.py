@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from openseer.errors import ConfigError
+
 
 def require_two_views(cfg: Any, name: str) -> None:
     """Exactly two global crops per image, and 2+ images per process for the heads' batch norm."""
-    from openseer.config import ConfigError
-
     if cfg.aug.global_crops != 2 or cfg.aug.local_crops != 0:
         raise ConfigError(
             f"{name} compares exactly 2 views of each image: set aug.global_crops=2 aug.local_crops=0 "

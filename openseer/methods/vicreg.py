@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer import dist
+from openseer.errors import ConfigError
 from openseer.methods.base import Method, RunInfo, StepContext, StepOutput
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
@@ -51,8 +52,6 @@ class Config:
 
 
 def validate(cfg: Any) -> None:
-    from openseer.config import ConfigError
-
     v = cfg.vicreg
     if not v.projector_dims or min(v.projector_dims) <= 0:
         raise ConfigError(f"vicreg.projector_dims={v.projector_dims} must be a non-empty list of widths > 0")
@@ -146,8 +145,6 @@ class VICReg(Method):
 
 
 def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> VICReg:
-    from openseer.config import ConfigError
-
     if info.local_batch * info.world_size < 2:
         raise ConfigError(
             f"VICReg needs a batch of at least 2 images for its variance and covariance (got "

@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from openseer.checkpoint import BACKBONE_SPEC, atomic_write
+from openseer.io import BACKBONE_SPEC, atomic_write
 from openseer.weights.mapping import Imported, KeyTable, WeightsError
+from openseer.weights.sources import backbone_from_source
 
 FORMATS = ("safetensors", "timm", "torchvision", "onnx", "torchscript", "detectron2")
 
@@ -47,8 +48,6 @@ def export_run(source: str | Path, fmt: str, out: str | Path, image_size: int = 
     ``image_size`` is the side of the example input used to trace ONNX/TorchScript (default: the run's
     evaluation size, else 224); convnets accept other sizes afterwards.
     """
-    from openseer.weights.sources import backbone_from_source
-
     if fmt not in FORMATS:
         raise WeightsError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     backbone, imported = backbone_from_source(source, log=lambda s: None)

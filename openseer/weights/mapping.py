@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from openseer.checkpoint import CheckpointError
+from openseer.errors import CheckpointError
 
 
 class WeightsError(CheckpointError):

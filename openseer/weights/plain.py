@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from openseer.weights.mapping import Imported, KeyTable, WeightsError, describe, strip_prefix, tensors_only
+from openseer.io import BACKBONE_SPEC, BACKBONE_WEIGHTS
+from openseer.weights.mapping import Imported, KeyTable, WeightsError, describe, read_file, strip_prefix, tensors_only
 
 EXPECTED = "a state dict (name -> tensor) of a timm or torchvision model"
 
@@ -116,9 +117,6 @@ def convert_openseer_checkpoint(obj: dict[str, Any], where: str) -> Imported:
 
 def convert_openseer_dir(path: Path, with_heads: bool) -> Imported:
     """A run directory: its training checkpoint when heads are wanted, else its exported backbone."""
-    from openseer.checkpoint import BACKBONE_WEIGHTS
-    from openseer.weights.mapping import read_file
-
     last = path / "checkpoints" / "last.pt"
     exported = path / BACKBONE_WEIGHTS
     if last.is_file() and (with_heads or not exported.is_file()):
@@ -134,9 +132,6 @@ def convert_openseer_safetensors(path: Path) -> Imported:
     import json
 
     import yaml
-
-    from openseer.checkpoint import BACKBONE_SPEC
-    from openseer.weights.mapping import read_file
 
     spec_path = path.with_name(BACKBONE_SPEC)
     weights = read_file(path, "backbone weights (safetensors)")

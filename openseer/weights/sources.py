@@ -31,6 +31,9 @@ import timm
 import torch
 from torch import nn
 
+from openseer.config import list_presets, load_config
+from openseer.io import BACKBONE_SPEC
+from openseer.models.backbone import backbone_spec, create_backbone_from_spec
 from openseer.weights import dino, plain, swav, vissl
 from openseer.weights.mapping import Imported, WeightsError, describe, fit_report, load_checked, read_file
 
@@ -113,8 +116,6 @@ def source_path(source: str | Path) -> Path | None:
 
 def is_openseer_path(source: str | Path) -> bool:
     """A run directory or an exported ``backbone.safetensors`` (with its spec beside): openseer's own layout."""
-    from openseer.checkpoint import BACKBONE_SPEC
-
     text = str(source)
     if text.startswith("timm:") or text.partition(":")[0] in FORMATS and not Path(text).exists():
         return False
@@ -163,8 +164,6 @@ def _first(e: BaseException) -> str:
 
 # ---- which architecture holds these weights ---------------------------------------------------------------
 def _meta_model(spec: dict[str, Any]) -> nn.Module:
-    from openseer.models.backbone import create_backbone_from_spec
-
     with torch.device("meta"):
         return create_backbone_from_spec(spec)
 
@@ -187,9 +186,6 @@ def _candidates(weights: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
 
 def _preset_regnets() -> list[dict[str, Any]]:
     """The SEER sizes of openseer's presets (RegNetCfg specs that timm has no name for)."""
-    from openseer.config import list_presets, load_config
-    from openseer.models.backbone import backbone_spec
-
     specs = []
     for name in list_presets():
         spec = backbone_spec(load_config(name).model)
@@ -249,8 +245,6 @@ def backbone_from_source(
     source: str | Path, spec: dict[str, Any] | None = None, strict: bool = True, log: Callable[[str], None] = print
 ) -> tuple[nn.Module, Imported]:
     """A timm backbone (eval mode, CPU) holding the weights of ``source``; its spec is inferred if not given."""
-    from openseer.models.backbone import create_backbone_from_spec
-
     imported = read_source(source, with_heads=False)
     spec = spec or infer_spec(imported)
     imported.spec = spec

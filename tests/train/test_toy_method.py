@@ -20,7 +20,7 @@ from torch import nn
 from openseer.cli import main
 from openseer.config import derive, load_config
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
-from openseer.methods.registry import MethodEntry, register_method
+from openseer.methods.registry import METHODS, MethodEntry, register_method
 from openseer.models.backbone import feature_dim
 from openseer.train import build_trainer, train_step
 from tests.helpers import write_images
@@ -63,7 +63,17 @@ def build(cfg, backbone: nn.Module, info: RunInfo) -> TwoViewCosine:
     return TwoViewCosine(backbone, cfg.toy)
 
 
-register_method(MethodEntry("toy", ToyConfig, build, None, "a two-view cosine toy (tests only)"))
+ENTRY = MethodEntry("toy", ToyConfig, build, None, "a two-view cosine toy (tests only)")
+if os.environ.get("OPENSEER_METHODS") == __name__:  # imported as a plugin by `openseer` in a fresh process
+    register_method(ENTRY)
+
+
+@pytest.fixture(autouse=True)
+def toy_registered():
+    """Registered for this file's tests only, so that other tests see the built-in methods alone."""
+    register_method(ENTRY)
+    yield
+    METHODS.pop("toy", None)
 
 PRESET = """# toy: two-view cosine on a 36k-parameter RegNet
 method: toy
