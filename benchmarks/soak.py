@@ -3,6 +3,7 @@ final weights and per-step losses must equal those of the same run left alone, a
 
     PYTHONPATH=. .venv/bin/python benchmarks/soak.py --minutes 2 --kill-every 15 --out /tmp/soak   # a check
     PYTHONPATH=. .venv/bin/python benchmarks/soak.py --minutes 30 --kill-every 120 --out soak_run   # BENCHMARKS.md
+    ... --threads 1 --parallel    # the reference and the faulted run side by side, one core each
 
 ``--minutes`` is the length of the uninterrupted run (the number of steps is calibrated on a short run first);
 the faulted run then takes that long plus what each restart costs. Each attempt is killed after a random
@@ -72,8 +73,11 @@ def command(data: Path, out: Path, extra: list[str]) -> list[str]:
     ]
 
 
+THREADS: dict[str, str] = {}  # OMP_NUM_THREADS for every run, set by --threads
+
+
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return {**os.environ, **THREADS, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
 def rows(run: Path) -> list[tuple[int, float, float]]:
@@ -129,6 +133,13 @@ def calibrate(data: Path, out: Path, images: int, batch: int, minutes: float) ->
     return math.ceil(steps / steps_per_epoch), startup
 
 
+def wait_reference(proc: subprocess.Popen, started: float) -> tuple[int, float, str]:
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        sys.exit(f"reference run failed:\n{(err or '')[-3000:]}")
+    return proc.returncode, time.time() - started, err
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=3.0, help="length of the uninterrupted run [3]")
@@ -137,7 +148,11 @@ def main() -> None:
     p.add_argument("--images", type=int, default=256, help="synthetic 32 px images [256]")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill times [0]")
     p.add_argument("--out", type=Path, required=True, help="work folder (data, runs, soak.json)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (OMP_NUM_THREADS) [torch's default]")
+    p.add_argument("--parallel", action="store_true", help="run the reference beside the faulted run, not before")
     args = p.parse_args()
+    if args.threads:
+        THREADS["OMP_NUM_THREADS"] = str(args.threads)
     rng = random.Random(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / "data"
@@ -154,9 +169,17 @@ def main() -> None:
     extra = [f"train.epochs={epochs}", f"train.checkpoint_every={args.checkpoint_every}"]
 
     print(f"reference: {epochs} epochs of {images // 16} steps, uninterrupted ...", file=sys.stderr)
-    code, reference_s, err = run_once(command(data, args.out / "reference", extra))
-    if code != 0:
-        sys.exit(f"reference run failed:\n{err[-3000:]}")
+    reference = subprocess.Popen(
+        command(data, args.out / "reference", extra),
+        env=env(),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    reference_started = time.time()
+    if not args.parallel:
+        code, reference_s, err = wait_reference(reference, reference_started)
 
     run = args.out / "faulted"
     cmd = command(data, run, extra)
@@ -195,6 +218,8 @@ def main() -> None:
             file=sys.stderr,
         )
     faulted_s = time.time() - started
+    if args.parallel:
+        code, reference_s, err = wait_reference(reference, reference_started)
 
     ref_rows = [r[:3] for r in rows(args.out / "reference")]
     got_rows = [r[:3] for r in rows(run)]

@@ -10,11 +10,24 @@ import sys
 from pathlib import Path
 
 import torch
+from hypothesis import HealthCheck, settings
 from safetensors.torch import load_file
 
 from tests.helpers import TINY_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[2]
+
+#: ``OPENSEER_FUZZ_SCALE=N`` multiplies every fuzz test's example count and draws fresh random examples
+#: (a deep local hunt); the default run is derandomized, so CI reports the same examples every time.
+FUZZ_SCALE = max(1, int(os.environ.get("OPENSEER_FUZZ_SCALE", "1")))
+
+
+def fuzz_settings(examples: int, *, fixture_scoped: bool = False) -> settings:
+    """Hypothesis settings for the fuzz tests: ``examples`` cases (times ``OPENSEER_FUZZ_SCALE``), no deadline."""
+    checks = [HealthCheck.too_slow] + ([HealthCheck.function_scoped_fixture] if fixture_scoped else [])
+    return settings(
+        max_examples=examples * FUZZ_SCALE, deadline=None, derandomize=FUZZ_SCALE == 1, suppress_health_check=checks
+    )
 INJECTOR = Path(__file__).resolve().parent / "injector"
 
 #: A 6-step run on 24 images (3 steps per epoch x 2 epochs) that exercises every piece of resumable state:

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from openseer.cli import build_parser, main
 from openseer.config import Config, ConfigError, field_help, list_presets, load_config
+from tests.faults.common import fuzz_settings
 
-FAST = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-)
+FAST = fuzz_settings(40, fixture_scoped=True)
 KEYS = [key for key, _, _ in field_help()]
 PRESETS = sorted(list_presets())
 SECTIONS = sorted({k.split(".", 1)[0] for k in KEYS if "." in k})

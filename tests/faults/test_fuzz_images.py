@@ -7,7 +7,7 @@ import io
 from collections import Counter
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -15,9 +15,10 @@ from openseer.config import load_config
 from openseer.data import BadImage, PretrainDataset, load_rgb, open_source
 from openseer.data.images import BAD_IMAGE_REASONS
 from openseer.data.transforms import MultiCropTransform
+from tests.faults.common import fuzz_settings
 from tests.helpers import TINY_OVERRIDES
 
-FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = fuzz_settings(30)
 
 
 def _real_file(fmt: str, mode: str, seed: int) -> bytes:
@@ -95,7 +96,7 @@ def test_fuzzed_bytes_decode_or_give_a_known_reason(data):
     _classify(data)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(8)
 @given(st.lists(mutated(), min_size=3, max_size=10))
 def test_the_loader_counts_each_skip_by_its_reason(tmp_path_factory, files):
     """Through a folder and PretrainDataset, the skips reported equal, reason by reason, what load_rgb says
