@@ -26,9 +26,9 @@ import torch
 
 from openseer.config import derive, load_config
 from openseer.methods.base import RunInfo
-from openseer.methods.dino import multicrop_forward
 from openseer.methods.registry import get_method
 from openseer.models.backbone import build_backbone
+from openseer.models.heads import multicrop_forward
 from openseer.train import build_trainer, train_step
 
 

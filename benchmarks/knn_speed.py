@@ -33,9 +33,7 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    results = knn_classify(
-        train, train_labels, test, test_labels, num_classes=args.classes, chunk_size=args.chunk_size
-    )
+    results = knn_classify(train, train_labels, test, test_labels, num_classes=args.classes, chunk_size=args.chunk_size)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -93,9 +93,17 @@ def measure(cfg, precision: str, repeats: int, warmup: int) -> dict:
                 times[name].append(dt)
     bound, swav = statistics.median(times["bound"]), statistics.median(times["swav"])
     batch = cfg.train.batch_size
-    return {"precision": precision, "channels_last": fmt == torch.channels_last, "batch": batch,
-            "bound_s": bound, "swav_s": swav, "ratio": swav / bound, "bound_img_s": batch / bound,
-            "swav_img_s": batch / swav, "nonfinite_steps": nonfinite}
+    return {
+        "precision": precision,
+        "channels_last": fmt == torch.channels_last,
+        "batch": batch,
+        "bound_s": bound,
+        "swav_s": swav,
+        "ratio": swav / bound,
+        "bound_img_s": batch / bound,
+        "swav_img_s": batch / swav,
+        "nonfinite_steps": nonfinite,
+    }
 
 
 def end_to_end(cfg, data: str, steps: int) -> dict:
@@ -107,8 +115,12 @@ def end_to_end(cfg, data: str, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         summary = pretrain(cfg, out)
         rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
-    return {"steps": summary["steps"], "images_per_s": rows[-1]["images_per_s"],
-            "nonfinite_steps": summary["nonfinite_steps"], "skipped_images": summary["skipped_images"]}
+    return {
+        "steps": summary["steps"],
+        "images_per_s": rows[-1]["images_per_s"],
+        "nonfinite_steps": summary["nonfinite_steps"],
+        "skipped_images": summary["skipped_images"],
+    }
 
 
 def main() -> None:

@@ -60,8 +60,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"refusing to load {path}: it needs code execution to unpickle, which "
-            f"weights_only=True forbids ({first})"
+            f"refusing to load {path}: it needs code execution to unpickle, which weights_only=True forbids ({first})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -171,9 +170,7 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         missing, unexpected = backbone.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(
-            f"{path}: weights do not fit backbone {spec}: {str(e).splitlines()[1:2]}"
-        ) from None
+        raise CheckpointError(f"{path}: weights do not fit backbone {spec}: {str(e).splitlines()[1:2]}") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit backbone {spec}: {len(missing)} missing "
@@ -324,9 +321,7 @@ def load_sharded_checkpoint(path: str | Path, model: nn.Module, optimizer: torch
     # buffers of parameters never stepped (e.g. frozen prototypes) are absent from the checkpoint: keep zeros
     dcp.load(state, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=True))
     extra = {k: v for k, v in model.state_dict().items() if k.endswith("_extra_state")}  # e.g. the SwAV queue
-    set_state_dict(
-        model, optimizer, model_state_dict={**state["model"], **extra}, optim_state_dict=state["optim"]
-    )
+    set_state_dict(model, optimizer, model_state_dict={**state["model"], **extra}, optim_state_dict=state["optim"])
 
 
 def _checkpoint_keys(path: str | Path, prefix: str) -> set[str]:
@@ -346,9 +341,7 @@ def full_backbone_state(method: nn.Module, submodule: str = "backbone") -> dict[
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix) and torch.is_tensor(v)}
 
 
-def export_backbone_state(
-    run_dir: str | Path, tensors: dict[str, torch.Tensor], spec: dict[str, Any]
-) -> Path:
+def export_backbone_state(run_dir: str | Path, tensors: dict[str, torch.Tensor], spec: dict[str, Any]) -> Path:
     """Like :func:`export_backbone`, from a state dict (e.g. :func:`full_backbone_state`)."""
     from safetensors.torch import save_file
 

@@ -134,9 +134,7 @@ class ModelConfig:
         "default). False gives diverse random features from step 0, which small "
         "images and short runs need to leave SwAV's uniform-code start.",
     )
-    channels_last: bool = _f(
-        True, "Use channels_last memory format (faster for convnets with bf16 on CPU and GPU)."
-    )
+    channels_last: bool = _f(True, "Use channels_last memory format (faster for convnets with bf16 on CPU and GPU).")
     init: str = _f(
         "",
         "Start from pretrained weights (--init): a timm tag (timm:regnety_320.seer), an openseer run dir, or a "
@@ -218,8 +216,7 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, "Step checkpoints kept besides last.pt (older ones are deleted).", resumable=True)
     max_nonfinite_steps: int = _f(
         20,
-        "Abort after this many consecutive steps with a non-finite loss or "
-        "gradient (each is skipped and reported).",
+        "Abort after this many consecutive steps with a non-finite loss or gradient (each is skipped and reported).",
         resumable=True,
     )
     accumulate_steps: int = _f(
@@ -243,8 +240,7 @@ class ParallelConfig:
     )
     fsdp_unit: Literal["block", "stage"] = _f(
         "block",
-        "FSDP2 sharding unit: every residual block (least memory) or every stage (fewer, larger "
-        "collectives).",
+        "FSDP2 sharding unit: every residual block (least memory) or every stage (fewer, larger collectives).",
         resumable=True,
     )
     fsdp_reshard_after_forward: bool = _f(
@@ -267,7 +263,8 @@ class ParallelConfig:
         1, "With activation_checkpointing: recompute every k-th block of each stage (1 = every block).", resumable=True
     )
     checkpoint_stages: list[int] = _f(
-        [], "With activation_checkpointing: 1-based stages whose blocks are checkpointed; [] = all stages.",
+        [],
+        "With activation_checkpointing: 1-based stages whose blocks are checkpointed; [] = all stages.",
         resumable=True,
     )
     sync_batchnorm: bool = _f(
@@ -317,7 +314,9 @@ class LogConfig:
     """Where else the metrics go, besides metrics.jsonl (docs/weights.md; extras: tensorboard, wandb)."""
 
     tensorboard: bool = _f(False, "Also write TensorBoard event files into RUN_DIR/tensorboard.", resumable=True)
-    wandb: str = _f("", "Also log to Weights & Biases under this project name ('' = off); needs `wandb login`.", resumable=True)
+    wandb: str = _f(
+        "", "Also log to Weights & Biases under this project name ('' = off); needs `wandb login`.", resumable=True
+    )
 
 
 @dataclass(eq=False)

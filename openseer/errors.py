@@ -6,7 +6,8 @@ or an unusable checkpoint never ends in a traceback. The subclasses say which in
 arguments (``ConfigError``, ``CheckpointError``, ``DataError``) are also ``ValueError``s, as Python code
 expects of a bad argument; a run that cannot continue (``TrainingError``) is a ``RuntimeError``.
 
-This module imports only the standard library, so every layer of the package can raise these errors without import cycles.
+This module imports only the standard library, so every layer of the package can raise these errors without
+import cycles.
 """
 
 from __future__ import annotations

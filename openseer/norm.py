@@ -148,8 +148,6 @@ def batchnorm_group(group_size: int = 0):
     if group_size <= 0 or group_size >= world:
         return None
     if world % group_size:
-        raise ValueError(
-            f"parallel.batchnorm_group_size={group_size} must divide the number of processes ({world})"
-        )
+        raise ValueError(f"parallel.batchnorm_group_size={group_size} must divide the number of processes ({world})")
     group, _ = tdist.new_subgroups(group_size=group_size)
     return group

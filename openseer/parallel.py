@@ -57,10 +57,7 @@ _CKPT_CLASSES: dict[type, type] = {}
 def _frozen_norm_stats(block: nn.Module):
     """During recomputation, batch norms must not update their running statistics a second time."""
     norms = [m for m in block.modules() if isinstance(m, _BatchNorm)]
-    saved = [
-        (m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-        for m in norms
-    ]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in norms]
     for m in norms:
         m.momentum = 0.0
     try:
@@ -104,9 +101,7 @@ def apply_activation_checkpointing(
         raise ValueError(f"{type(backbone).__name__}: no residual blocks found for activation checkpointing")
     bad = [s for s in stages if not 1 <= s <= len(all_stages)]
     if bad:
-        raise ValueError(
-            f"parallel.checkpoint_stages={list(stages)}: this backbone has stages 1..{len(all_stages)}"
-        )
+        raise ValueError(f"parallel.checkpoint_stages={list(stages)}: this backbone has stages 1..{len(all_stages)}")
     n = 0
     for si, blocks in enumerate(all_stages, start=1):
         if stages and si not in stages:
@@ -140,9 +135,7 @@ def shard_model(
     kwargs: dict[str, Any] = {
         "mesh": mesh,
         "reshard_after_forward": reshard_after_forward,
-        "offload_policy": CPUOffloadPolicy(pin_memory=device.type == "cuda")
-        if cpu_offload
-        else OffloadPolicy(),
+        "offload_policy": CPUOffloadPolicy(pin_memory=device.type == "cuda") if cpu_offload else OffloadPolicy(),
     }
     if param_dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
@@ -241,8 +234,6 @@ def no_gradient_sync(model: nn.Module):
     if hasattr(model, "no_sync") and not is_sharded(model):
         return model.no_sync()
     return contextlib.nullcontext()
-
-
 
 
 def grad_norm(parameters) -> torch.Tensor:

@@ -22,22 +22,53 @@ def test_pretrain_then_eval_knn_end_to_end(tmp_path, capsys):
     labelled_train = write_images(tmp_path / "train", 20, classes=2, seed=1)
     labelled_test = write_images(tmp_path / "test", 10, classes=2, seed=2)
     out = tmp_path / "knn.json"
-    assert main(["eval", "knn", "--checkpoint", str(run), "--train", str(labelled_train), "--test",
-                 str(labelled_test), "--k", "1,5", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "knn",
+                "--checkpoint",
+                str(run),
+                "--train",
+                str(labelled_train),
+                "--test",
+                str(labelled_test),
+                "--k",
+                "1,5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert set(result["top1"]) == {"1", "5"} and all(0 <= v <= 1 for v in result["top1"].values())
     assert "k" in capsys.readouterr().out
     # the exported backbone is a plain timm state dict
     timm.create_model("regnetx_002", num_classes=0).load_state_dict(load_file(run / "backbone.safetensors"))
     # eval also accepts a training checkpoint
-    assert main(["eval", "knn", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--train",
-                 str(labelled_train), "--test", str(labelled_test), "--k", "3"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "knn",
+                "--checkpoint",
+                str(run / "checkpoints" / "last.pt"),
+                "--train",
+                str(labelled_train),
+                "--test",
+                str(labelled_test),
+                "--k",
+                "3",
+            ]
+        )
+        == 0
+    )
 
 
 def test_max_steps_and_resume_by_rerunning(tmp_path, capsys):
     data = write_images(tmp_path / "imgs", 16)
-    args = ["pretrain", "demo", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "3",
-            *TINY_OVERRIDES]
+    args = ["pretrain", "demo", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "3", *TINY_OVERRIDES]
     assert main([*args, "--max-steps", "2"]) == 0
     assert main([*args, "--max-steps", "3"]) == 0
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -46,19 +77,29 @@ def test_max_steps_and_resume_by_rerunning(tmp_path, capsys):
     assert "--no-resume" in _one_error_line(capsys)
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["pretrain", "--data", "{missing}", "--out", "{out}"], "does not exist"),
-    (["pretrain", "--data", "{empty}", "--out", "{out}"], "no images found"),
-    (["pretrain", "nosuchpreset", "--data", "{imgs}", "--out", "{out}"], "unknown preset 'nosuchpreset'"),
-    (["pretrain", "demo", "train.bach_size=3", "--data", "{imgs}", "--out", "{out}"], "did you mean 'batch_size'"),
-    (["pretrain", "demo", "train.batch_size=x", "--data", "{imgs}", "--out", "{out}"], "expected an integer"),
-    (["pretrain", "demo", "train.batch_size=64", "--data", "{imgs}", "--out", "{out}"], "fewer than one global batch"),
-    (["eval", "knn", "--checkpoint", "{out}", "--train", "{imgs}", "--test", "{imgs}"], "neither"),
-    (["eval", "knn", "--checkpoint", "{out}", "--train", "{imgs}", "--test", "{imgs}", "--k", "a"], "--k"),
-])
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["pretrain", "--data", "{missing}", "--out", "{out}"], "does not exist"),
+        (["pretrain", "--data", "{empty}", "--out", "{out}"], "no images found"),
+        (["pretrain", "nosuchpreset", "--data", "{imgs}", "--out", "{out}"], "unknown preset 'nosuchpreset'"),
+        (["pretrain", "demo", "train.bach_size=3", "--data", "{imgs}", "--out", "{out}"], "did you mean 'batch_size'"),
+        (["pretrain", "demo", "train.batch_size=x", "--data", "{imgs}", "--out", "{out}"], "expected an integer"),
+        (
+            ["pretrain", "demo", "train.batch_size=64", "--data", "{imgs}", "--out", "{out}"],
+            "fewer than one global batch",
+        ),
+        (["eval", "knn", "--checkpoint", "{out}", "--train", "{imgs}", "--test", "{imgs}"], "neither"),
+        (["eval", "knn", "--checkpoint", "{out}", "--train", "{imgs}", "--test", "{imgs}", "--k", "a"], "--k"),
+    ],
+)
 def test_bad_input_gives_one_clear_error_line(tmp_path, capsys, argv, fragment):
-    paths = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "out": tmp_path / "out",
-             "imgs": write_images(tmp_path / "imgs", 4)}
+    paths = {
+        "missing": tmp_path / "nope",
+        "empty": tmp_path / "empty",
+        "out": tmp_path / "out",
+        "imgs": write_images(tmp_path / "imgs", 4),
+    }
     paths["empty"].mkdir()
     paths["out"].mkdir()
     assert main([a.format(**paths) for a in argv]) == 2

@@ -39,8 +39,17 @@ def images(tmp_path_factory):
 def test_compare_writes_one_table_and_skips_finished_methods(images):
     root, data, train, test = images
     out, calls = root / "out", []
-    summary = compare(METHODS, data, train, test, out, steps=2, overrides=TINY, eval_options=EVAL,
-                      on_method=lambda m, what: calls.append((m, what)))
+    summary = compare(
+        METHODS,
+        data,
+        train,
+        test,
+        out,
+        steps=2,
+        overrides=TINY,
+        eval_options=EVAL,
+        on_method=lambda m, what: calls.append((m, what)),
+    )
     assert calls == [(m, what) for m in METHODS for what in ("pretrain", "eval")]
     table = (out / "compare.md").read_text()
     rows = table.splitlines()
@@ -57,8 +66,17 @@ def test_compare_writes_one_table_and_skips_finished_methods(images):
     # again: nothing is pretrained or evaluated twice, the table is the same
     stamp = {m: (out / m / "eval" / "summary.json").stat().st_mtime for m in METHODS}
     calls.clear()
-    again = compare(METHODS, data, train, test, out, steps=2, overrides=TINY, eval_options=EVAL,
-                    on_method=lambda m, what: calls.append((m, what)))
+    again = compare(
+        METHODS,
+        data,
+        train,
+        test,
+        out,
+        steps=2,
+        overrides=TINY,
+        eval_options=EVAL,
+        on_method=lambda m, what: calls.append((m, what)),
+    )
     assert calls == [(m, what) for m in METHODS for what in ("skip", "eval")]
     assert {m: (out / m / "eval" / "summary.json").stat().st_mtime for m in METHODS} == stamp
     assert again["table"] == summary["table"]

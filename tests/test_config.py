@@ -99,9 +99,7 @@ def test_yaml_file_preset(tmp_path):
 
 
 def test_derive_scales_lr_and_lays_out_schedule():
-    cfg = load_config(
-        None, ["train.batch_size=64", "optim.base_lr=0.3", "train.epochs=10", "optim.warmup_epochs=1"]
-    )
+    cfg = load_config(None, ["train.batch_size=64", "optim.base_lr=0.3", "train.epochs=10", "optim.warmup_epochs=1"])
     d = derive(cfg, dataset_size=1000, world_size=2)
     assert d.global_batch == 128 and d.steps_per_epoch == 7 and d.total_steps == 70 and d.warmup_steps == 7
     assert d.peak_lr == pytest.approx(0.3 * 128 / 256)

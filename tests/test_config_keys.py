@@ -53,6 +53,7 @@ def test_bad_bases_are_clear_errors(tmp_path):
 @pytest.mark.parametrize("name", sorted(list_presets()))
 def test_every_builtin_preset_resolves_to_what_its_chain_states(name):
     """Whatever a preset inherits, the resolved config holds every value its files state."""
+
     def leaves(d, prefix=""):
         for key, value in d.items():
             yield from leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
@@ -64,16 +65,28 @@ def test_every_builtin_preset_resolves_to_what_its_chain_states(name):
 
 
 def test_old_regnet_and_recompute_keys_still_load_with_a_note(tmp_path, caplog):
-    new = ["model.regnet.depth=6", "model.regnet.w0=8", "model.regnet.wa=10.0", "model.regnet.wm=1.8",
-           "model.regnet.group_size=8", "parallel.recompute_every=2"]
+    new = [
+        "model.regnet.depth=6",
+        "model.regnet.w0=8",
+        "model.regnet.wa=10.0",
+        "model.regnet.wm=1.8",
+        "model.regnet.group_size=8",
+        "parallel.recompute_every=2",
+    ]
     old = [k.replace("regnet.", "regnet_").replace("recompute_every", "checkpoint_every") for k in new]
     with caplog.at_level(logging.WARNING, logger="openseer"):
         cfg = load_config("demo", old)
     assert to_dict(cfg) == to_dict(load_config("demo", new))
     assert "'model.regnet_depth' is now 'model.regnet.depth'" in caplog.text
     assert "'parallel.checkpoint_every' is now 'parallel.recompute_every'" in caplog.text
-    assert backbone_spec(cfg.model)["regnet_cfg"] == {"depth": 6, "w0": 8, "wa": 10.0, "wm": 1.8, "group_size": 8,
-                                                      "se_ratio": 0.25}
+    assert backbone_spec(cfg.model)["regnet_cfg"] == {
+        "depth": 6,
+        "w0": 8,
+        "wa": 10.0,
+        "wm": 1.8,
+        "group_size": 8,
+        "se_ratio": 0.25,
+    }
     # an old run directory's config.yaml (flat keys) and an old YAML preset
     old_dict = to_dict(load_config("demo"))
     old_dict["model"] = {k: v for k, v in old_dict["model"].items() if k != "regnet"}
@@ -81,8 +94,10 @@ def test_old_regnet_and_recompute_keys_still_load_with_a_note(tmp_path, caplog):
     old_dict["parallel"]["checkpoint_every"] = old_dict["parallel"].pop("recompute_every")
     assert to_dict(config_from_dict(old_dict)).keys() == to_dict(cfg).keys()
     assert config_from_dict(old_dict).model.regnet.w0 == 8
-    yaml_file = _write(tmp_path / "old.yaml", {"model": {"regnet_depth": 6, "regnet_w0": 8, "regnet_wa": 10.0,
-                                                         "regnet_wm": 1.8, "regnet_group_size": 8}})
+    yaml_file = _write(
+        tmp_path / "old.yaml",
+        {"model": {"regnet_depth": 6, "regnet_w0": 8, "regnet_wa": 10.0, "regnet_wm": 1.8, "regnet_group_size": 8}},
+    )
     assert load_config(str(yaml_file)).model.regnet.group_size == 8
     assert set(RENAMED_KEYS) >= {"model.regnet_depth", "parallel.checkpoint_every"}
 
@@ -90,11 +105,26 @@ def test_old_regnet_and_recompute_keys_still_load_with_a_note(tmp_path, caplog):
 def test_resumable_keys_are_declared_on_the_fields():
     """The list run_state.py used to keep by hand (with the weights keys), plus every parallel.* field."""
     hand_kept = {
-        "train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-        "train.max_nonfinite_steps", "data.num_workers", "data.path", "train.device", "monitor.train",
-        "monitor.test", "monitor.every", "monitor.k", "monitor.max_train", "monitor.max_test",
+        "train.max_steps",
+        "train.epochs",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.max_nonfinite_steps",
+        "data.num_workers",
+        "data.path",
+        "train.device",
+        "monitor.train",
+        "monitor.test",
+        "monitor.every",
+        "monitor.k",
+        "monitor.max_train",
+        "monitor.max_test",
         # where metrics are mirrored, and the starting weights (applied once, at step 0; never on resume)
-        "log.tensorboard", "log.wandb", "model.init", "model.init_strict",
+        "log.tensorboard",
+        "log.wandb",
+        "model.init",
+        "model.init_strict",
     }
     parallel = {f"parallel.{k}" for k in to_dict(load_config())["parallel"]}
     assert resumable_keys() == hand_kept | parallel

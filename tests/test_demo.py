@@ -11,6 +11,7 @@ def test_demo_runs_end_to_end_and_writes_its_json(tmp_path, capsys):
     for key in ("knn_top1_pretrained", "knn_top1_random"):
         assert 0.0 <= result[key] <= 1.0
     assert result["pretrain_steps"] == 8
-    assert len(list((out / "data" / "train").glob("*/*.png"))) + len(list((out / "data" / "test").glob("*/*.png"))) \
-        == 1797
+    assert (
+        len(list((out / "data" / "train").glob("*/*.png"))) + len(list((out / "data" / "test").glob("*/*.png"))) == 1797
+    )
     assert "random init" in capsys.readouterr().out

@@ -33,9 +33,19 @@ CIFAR = _cifar_dir()
 def test_loss_falls_clearly_below_uniform_on_structured_images(tmp_path):
     """Images whose class shows in every crop (a dominant colour): codes become predictable quickly."""
     data = write_images(tmp_path / "imgs", 96, classes=6)
-    cfg = load_config("demo", [*TINY_OVERRIDES, f"data.path={data}", "train.batch_size=32", "train.epochs=25",
-                               "swav.num_prototypes=12", "swav.freeze_prototypes_steps=5", "aug.color_jitter=0.2",
-                               "aug.grayscale_prob=0"])
+    cfg = load_config(
+        "demo",
+        [
+            *TINY_OVERRIDES,
+            f"data.path={data}",
+            "train.batch_size=32",
+            "train.epochs=25",
+            "swav.num_prototypes=12",
+            "swav.freeze_prototypes_steps=5",
+            "aug.color_jitter=0.2",
+            "aug.grayscale_prob=0",
+        ],
+    )
     summary = pretrain(cfg, tmp_path / "run")
     losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     ln_k = math.log(12)
@@ -45,8 +55,7 @@ def test_loss_falls_clearly_below_uniform_on_structured_images(tmp_path):
 
 def _write_subset(tar: Path, out: Path, per_class: int) -> Path:
     src = open_source(str(tar), labelled=True)
-    chosen = [i for c in range(len(src.classes))
-              for i in [j for j in range(len(src)) if src.label(j) == c][:per_class]]
+    chosen = [i for c in range(len(src.classes)) for i in [j for j in range(len(src)) if src.label(j) == c][:per_class]]
     view = subset(src, chosen)
     for i in range(len(view)):
         p = out / view.name(i)
@@ -56,13 +65,16 @@ def _write_subset(tar: Path, out: Path, per_class: int) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CIFAR / "cifar10-train.tar").is_file(),
-                    reason=f"CIFAR-10 tars not found in {CIFAR} (see its README); this check needs real images")
+@pytest.mark.skipif(
+    not (CIFAR / "cifar10-train.tar").is_file(),
+    reason=f"CIFAR-10 tars not found in {CIFAR} (see its README); this check needs real images",
+)
 def test_short_pretraining_beats_random_init_on_cifar10(tmp_path):
     train = _write_subset(CIFAR / "cifar10-train.tar", tmp_path / "train", 250)  # 2,500 images
     test = _write_subset(CIFAR / "cifar10-test.tar", tmp_path / "test", 100)  # 1,000 images
-    cfg = load_config("cifar10", [f"data.path={train}", "train.batch_size=64", "train.max_steps=300",
-                                  "data.num_workers=0"])
+    cfg = load_config(
+        "cifar10", [f"data.path={train}", "train.batch_size=64", "train.max_steps=300", "data.num_workers=0"]
+    )
     summary = pretrain(cfg, tmp_path / "run")
     assert summary["final_loss_mean"] < 0.85 * summary["uniform_loss"]  # left the uniform-code start
     trained = max(knn_from_checkpoint(str(tmp_path / "run"), str(train), str(test), ks=(20,))["top1"].values())
@@ -74,19 +86,26 @@ def test_short_pretraining_beats_random_init_on_cifar10(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CIFAR / "cifar10-train.tar").is_file(),
-                    reason=f"CIFAR-10 tars not found in {CIFAR} (see its README); this check needs real images")
-@pytest.mark.xfail(reason="dino-cifar10-regnet is not tuned yet: measured 2026-12-02, 300 steps on 2,500 images, "
-                   "the teacher drifts to the uniform collapse (entropy 8.30 vs ln K 8.32, KL 0.015) with teacher "
-                   "temperature 0.04 and with 0.07 (8.24); see the DINO section of docs/methods.md", strict=False)
+@pytest.mark.skipif(
+    not (CIFAR / "cifar10-train.tar").is_file(),
+    reason=f"CIFAR-10 tars not found in {CIFAR} (see its README); this check needs real images",
+)
+@pytest.mark.xfail(
+    reason="dino-cifar10-regnet is not tuned yet: measured 2026-12-02, 300 steps on 2,500 images, "
+    "the teacher drifts to the uniform collapse (entropy 8.30 vs ln K 8.32, KL 0.015) with teacher "
+    "temperature 0.04 and with 0.07 (8.24); see the DINO section of docs/methods.md",
+    strict=False,
+)
 def test_short_dino_pretraining_leaves_collapse_and_beats_random_init_on_cifar10(tmp_path):
     """DINO (dino-cifar10-regnet) on 2,500 CIFAR-10 images: the teacher's outputs stay between DINO's two
     collapses (uniform: entropy ln K; one-hot: entropy 0, with KL(teacher || student) -> 0 for both), and the
     exported teacher beats random-init features on kNN."""
     train = _write_subset(CIFAR / "cifar10-train.tar", tmp_path / "train", 250)  # 2,500 images
     test = _write_subset(CIFAR / "cifar10-test.tar", tmp_path / "test", 100)  # 1,000 images
-    cfg = load_config("dino-cifar10-regnet", [f"data.path={train}", "train.batch_size=64", "train.max_steps=300",
-                                              "data.num_workers=0"])
+    cfg = load_config(
+        "dino-cifar10-regnet",
+        [f"data.path={train}", "train.batch_size=64", "train.max_steps=300", "data.num_workers=0"],
+    )
     summary = pretrain(cfg, tmp_path / "run")
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     ln_k = math.log(cfg.dino.out_dim)

@@ -25,8 +25,18 @@ def test_preset_step_is_finite_in_its_precision(name):
     with torch.device("meta"):
         big = count_parameters(build_backbone(cfg.model)) > MAX_PARAMS
     if big:
-        cfg = load_config(name, ["train.batch_size=4", "swav.queue_length=0", "model.backbone=regnety_002",
-                                 "model.regnet_depth=0", "swav.hidden_dims=[64]", "swav.num_prototypes=100", *small])
+        cfg = load_config(
+            name,
+            [
+                "train.batch_size=4",
+                "swav.queue_length=0",
+                "model.backbone=regnety_002",
+                "model.regnet_depth=0",
+                "swav.hidden_dims=[64]",
+                "swav.num_prototypes=100",
+                *small,
+            ],
+        )
     torch.manual_seed(0)
     model = METHODS[cfg.method].build(cfg, build_backbone(cfg.model), run_info(4))
     fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format

@@ -77,8 +77,7 @@ def test_run_dir_contents_and_prototype_freeze(tmp_path):
     assert {"step", "epoch", "loss", "lr", "wd", "images_per_s", "seconds"} <= set(rows[0])
     assert json.loads((run / "summary.json").read_text())["steps"] == summary["steps"] == 4
     protos = [
-        load_checkpoint(run / "checkpoints" / f"step_{s:08d}.pt")["model"]["prototypes.weight"]
-        for s in (1, 2, 3)
+        load_checkpoint(run / "checkpoints" / f"step_{s:08d}.pt")["model"]["prototypes.weight"] for s in (1, 2, 3)
     ]
     torch.testing.assert_close(protos[0], protos[1], rtol=0, atol=1e-6)  # frozen: lr multiplier 0
     assert (protos[2] - protos[1]).abs().max() > 1e-5  # step 3 updates them

@@ -44,8 +44,7 @@ class FastCropTransform:
             (aug.local_size, tuple(aug.local_scale))
         ] * aug.local_crops
         self._rrc = {
-            (s, sc): v2.RandomResizedCrop(s, scale=sc, ratio=ratio, antialias=True)
-            for s, sc in self.positions
+            (s, sc): v2.RandomResizedCrop(s, scale=sc, ratio=ratio, antialias=True) for s, sc in self.positions
         }
         # Smallest side a crop box can have, as a fraction of sqrt(image area): sqrt(min_scale * 3/4).
         self._min_side = min(math.sqrt(sc[0] * ratio[0]) / s for s, sc in self.positions)

@@ -63,13 +63,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
     skips the first ``k`` batches of this rank's share to resume mid-epoch.
     """
 
-    def __init__(
-        self, dataset_size: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0
-    ) -> None:
+    def __init__(self, dataset_size: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         if batch_size <= 0 or world_size <= 0 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"need batch_size > 0 and 0 <= rank < world_size; got {batch_size}, {rank}, {world_size}"
-            )
+            raise ValueError(f"need batch_size > 0 and 0 <= rank < world_size; got {batch_size}, {rank}, {world_size}")
         self.dataset_size = dataset_size
         self.batch_size = batch_size
         self.rank = rank

@@ -127,9 +127,7 @@ class ShardStream:
         smallest = int(np.sort(shards.counts)[:per_rank].sum())  # the fewest samples any rank can get
         self.steps_per_epoch = smallest // batch_size
         if self.steps_per_epoch < 1:
-            raise DataError(
-                f"{shards} gives a rank as few as {smallest} samples, fewer than one batch of {batch_size}"
-            )
+            raise DataError(f"{shards} gives a rank as few as {smallest} samples, fewer than one batch of {batch_size}")
         self.epoch, self.start_step = 0, 0
         #: what the stream met so far, per reason: skips (empty, truncated, unreadable, non_image,
         #: too_large, shard_truncated, unsafe_member, ...) and conversions (cmyk, 16bit, palette, tiny, ...)

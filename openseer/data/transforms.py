@@ -73,9 +73,7 @@ def crop_transform(size: int, scale: tuple[float, float], aug: AugConfig) -> v2.
     s = aug.color_jitter
     return v2.Compose(
         [
-            v2.RandomResizedCrop(
-                size, scale=tuple(scale), interpolation=v2.InterpolationMode.BILINEAR, antialias=True
-            ),
+            v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
             v2.RandomHorizontalFlip(p=aug.flip_prob),
             # SimCLR's colour distortion of strength s (swav get_color_distortion(s), VISSL
             # ImgPilColorDistortion): ColorJitter(0.8s, 0.8s, 0.8s, 0.2s); SwAV and SEER use s = 1.
@@ -98,9 +96,7 @@ class MultiCropTransform:
     def __init__(self, aug: AugConfig) -> None:
         self.aug = aug
         self.global_transform = crop_transform(aug.global_size, aug.global_scale, aug)
-        self.local_transform = (
-            crop_transform(aug.local_size, aug.local_scale, aug) if aug.local_crops > 0 else None
-        )
+        self.local_transform = crop_transform(aug.local_size, aug.local_scale, aug) if aug.local_crops > 0 else None
 
     @property
     def num_crops(self) -> int:
@@ -122,9 +118,7 @@ class MultiCropTransform:
         )
 
 
-def eval_transform(
-    image_size: int, crop_pct: float, mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
+def eval_transform(image_size: int, crop_pct: float, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """Evaluation preprocessing: resize the shorter side to ``round(image_size / crop_pct)`` (bilinear,
     antialiased), centre-crop ``image_size``, convert to float32 and normalise.
 
@@ -141,9 +135,7 @@ def eval_transform(
     return v2.Compose(
         [
             v2.RGB(),
-            v2.Resize(
-                round(image_size / crop_pct), interpolation=v2.InterpolationMode.BILINEAR, antialias=True
-            ),
+            v2.Resize(round(image_size / crop_pct), interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
             v2.CenterCrop(image_size),
             *_to_normalised_tensor(mean, std),
         ]

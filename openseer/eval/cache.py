@@ -206,9 +206,7 @@ def cached_features(
     return feats, {**meta, "cached": False, "path": str(out), "seconds": meta["extract_seconds"]}
 
 
-def check_pair(
-    train: Features, test: Features, train_meta: dict | None = None, test_meta: dict | None = None
-):
+def check_pair(train: Features, test: Features, train_meta: dict | None = None, test_meta: dict | None = None):
     """Check that cached train/test features can be scored together.
 
     Raises:

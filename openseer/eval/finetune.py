@@ -32,6 +32,7 @@ from openseer.models.backbone import feature_dim
 
 log = logging.getLogger("openseer")
 
+
 def light_augmentation(image_size: int, mean, std, min_scale: float = 0.35):
     """Random resized crop (scale [min_scale, 1]) + horizontal flip + normalisation."""
     return v2.Compose(

@@ -36,8 +36,7 @@ def _check_inputs(train_features: Tensor, train_labels: Tensor, test_features: T
     """Raise ValueError on shapes that cannot be classified."""
     if train_features.dim() != 2 or test_features.dim() != 2:
         raise ValueError(
-            f"features must be (N, D); got train {tuple(train_features.shape)}, "
-            f"test {tuple(test_features.shape)}"
+            f"features must be (N, D); got train {tuple(train_features.shape)}, test {tuple(test_features.shape)}"
         )
     if train_features.shape[0] == 0 or test_features.shape[0] == 0:
         raise ValueError(
@@ -45,9 +44,7 @@ def _check_inputs(train_features: Tensor, train_labels: Tensor, test_features: T
             f"{test_features.shape[0]} test"
         )
     if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(
-            f"feature dims differ: train {train_features.shape[1]}, test {test_features.shape[1]}"
-        )
+        raise ValueError(f"feature dims differ: train {train_features.shape[1]}, test {test_features.shape[1]}")
     if train_labels.shape != (train_features.shape[0],) or test_labels.shape != (test_features.shape[0],):
         raise ValueError("labels must be 1-D with one entry per feature row")
     if int(train_labels.min()) < 0 or int(test_labels.min()) < 0:
@@ -170,9 +167,7 @@ def align_labels(train: Features, test: Features) -> Features:
     return dataclasses.replace(test, labels=permutation[test.labels], classes=list(train.classes))
 
 
-def knn_result(
-    train: Features, test: Features, ks: Sequence[int] = DEFAULT_KS, temperature: float = 0.07
-) -> dict:
+def knn_result(train: Features, test: Features, ks: Sequence[int] = DEFAULT_KS, temperature: float = 0.07) -> dict:
     """Score ``test`` by the weighted kNN vote over ``train``: the result every kNN evaluation writes.
 
     Both carry class names (`openseer.eval.features.source_features`, the feature cache); test labels are

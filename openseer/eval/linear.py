@@ -183,9 +183,7 @@ def linear_probe(
         selection = "fixed"
     lr, wd = grid[best]
     mean, std = standardiser(x_all)
-    weight, bias = train_linear_heads(
-        (x_all - mean) / std, y_all, num_classes, [lr], [wd], epochs, batch_size, seed
-    )
+    weight, bias = train_linear_heads((x_all - mean) / std, y_all, num_classes, [lr], [wd], epochs, batch_size, seed)
     test_logits = head_logits((test_features.float() - mean) / std, weight, bias)[0]
     acc = topk_accuracy(test_logits, test_labels.long(), (1, 5))
     return {

@@ -41,7 +41,7 @@ from openseer.errors import ConfigError
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
-from openseer.models.heads import ProjectionMLP, Prototypes
+from openseer.models.heads import ProjectionMLP, Prototypes, multicrop_forward
 
 IGNORE = -100  # target of an image without an assignment (cross_entropy's ignore_index)
 
@@ -79,18 +79,6 @@ def validate(cfg: Any) -> None:
         raise ConfigError(
             f"deepclusterv2.crops_for_assign={d.crops_for_assign} must index global crops 0..{cfg.aug.global_crops - 1}"
         )
-
-
-def embed(backbone: nn.Module, head: nn.Module, crops: list[torch.Tensor]) -> torch.Tensor:
-    """Unit embeddings of all crops, crop-major; consecutive crops of one resolution share a backbone call."""
-    feats, start = [], 0
-    while start < len(crops):
-        end = start
-        while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-            end += 1
-        feats.append(backbone(torch.cat(crops[start:end])))
-        start = end
-    return head(torch.cat(feats))
 
 
 @torch.no_grad()
@@ -188,10 +176,10 @@ class DeepClusterV2(Method):
         start = ((ctx.step % self.info.steps_per_epoch) * self.info.accumulate_steps + self._micro) * batch
         self._micro += 1
         if self.assignments is None:  # the first epoch fills the bank (the reference's init_memory)
-            z = embed(self.backbone, self.head, [crops[c] for c in self.cfg.crops_for_assign])
+            z = multicrop_forward(self.backbone, self.head, [crops[c] for c in self.cfg.crops_for_assign])
             self._pending.append((start, indices, z.detach().float().view(len(self.cfg.crops_for_assign), batch, -1)))
             return StepOutput(z.sum() * 0.0, {"memory_fill": 1.0})
-        z = embed(self.backbone, self.head, crops)
+        z = multicrop_forward(self.backbone, self.head, crops)
         n_crops = len(crops)
         loss = z.new_zeros((), dtype=torch.float32)
         labels = self.targets_of(indices.to(z.device))

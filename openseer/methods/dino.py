@@ -36,7 +36,7 @@ from openseer.errors import ConfigError
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import check_crop_sizes, feature_dim
-from openseer.models.heads import DINOProjection, WeightNormLinear
+from openseer.models.heads import DINOProjection, WeightNormLinear, multicrop_forward
 from openseer.ops.schedules import cosine_schedule
 
 
@@ -147,19 +147,6 @@ def teacher_temperature(epoch: int, cfg: Config) -> float:
 
 
 # ---- the module -------------------------------------------------------------------------------------------
-def multicrop_forward(backbone: nn.Module, head: nn.Module, crops: list[torch.Tensor]) -> torch.Tensor:
-    """Head outputs of all crops, crop-major; consecutive crops of one resolution share one backbone call
-    (the reference's ``MultiCropWrapper``), then the head runs once on every feature."""
-    feats, start = [], 0
-    while start < len(crops):
-        end = start
-        while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-            end += 1
-        feats.append(backbone(torch.cat(crops[start:end])))
-        start = end
-    return head(torch.cat(feats))
-
-
 class Teacher(nn.Module):
     """The EMA copy of the student: backbone + projection + last layer, never trained by gradients."""
 

@@ -26,7 +26,7 @@ from openseer.errors import ConfigError
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
-from openseer.models.heads import ProjectionMLP, Prototypes
+from openseer.models.heads import ProjectionMLP, Prototypes, multicrop_forward
 from openseer.ops.sinkhorn import sinkhorn_knopp
 
 
@@ -47,14 +47,10 @@ class Config:
             "you expect; fewer for small datasets."
         },
     )
-    temperature: float = field(
-        default=0.1, metadata={"help": "Softmax temperature tau of the swapped prediction."}
-    )
+    temperature: float = field(default=0.1, metadata={"help": "Softmax temperature tau of the swapped prediction."})
     epsilon: float = field(
         default=0.05,
-        metadata={
-            "help": "Sinkhorn entropy regularisation (SwAV 0.05, SEER-10B 0.03); smaller gives sharper codes."
-        },
+        metadata={"help": "Sinkhorn entropy regularisation (SwAV 0.05, SEER-10B 0.03); smaller gives sharper codes."},
     )
     sinkhorn_iterations: int = field(default=3, metadata={"help": "Sinkhorn iterations (SwAV 3, SEER 10)."})
     crops_for_assign: list[int] = field(
@@ -92,8 +88,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError("swav.temperature and swav.epsilon must be positive")
     if not s.crops_for_assign or any(not 0 <= c < cfg.aug.global_crops for c in s.crops_for_assign):
         raise ConfigError(
-            f"swav.crops_for_assign={s.crops_for_assign} must index global crops "
-            f"0..{cfg.aug.global_crops - 1}"
+            f"swav.crops_for_assign={s.crops_for_assign} must index global crops 0..{cfg.aug.global_crops - 1}"
         )
     if cfg.aug.global_crops + cfg.aug.local_crops < 2:
         raise ConfigError("SwAV needs at least 2 crops per image (aug.global_crops + aug.local_crops)")
@@ -198,14 +193,7 @@ class SwAV(Method):
         Consecutive crops of the same resolution go through the backbone as one batch (as the reference
         does), so 2 global + 6 local crops cost two backbone calls.
         """
-        feats, start = [], 0
-        while start < len(crops):
-            end = start
-            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-                end += 1
-            feats.append(self.backbone(torch.cat(crops[start:end])))
-            start = end
-        return self.head(torch.cat(feats))
+        return multicrop_forward(self.backbone, self.head, crops)
 
     def scores(self, z: torch.Tensor) -> torch.Tensor:
         """Prototype scores in float32 with autocast off: bf16 scores move Sinkhorn's codes by ~1% (epsilon
@@ -227,9 +215,7 @@ class SwAV(Method):
         codes = targets if targets is not None else self.assign(z, scores, batch, ctx.epoch)
         return StepOutput(self.swapped_prediction_loss(scores, codes, batch))
 
-    def swapped_prediction_loss(
-        self, scores: torch.Tensor, codes: list[torch.Tensor], batch: int
-    ) -> torch.Tensor:
+    def swapped_prediction_loss(self, scores: torch.Tensor, codes: list[torch.Tensor], batch: int) -> torch.Tensor:
         n_crops = scores.shape[0] // batch
         log_p = F.log_softmax(scores.float() / self.cfg.temperature, dim=1)
         loss = scores.new_zeros((), dtype=torch.float32)
@@ -246,9 +232,7 @@ class SwAV(Method):
         return self._assign([z[r] for r in rows], [scores[r] for r in rows], epoch)
 
     @torch.no_grad()
-    def accumulation_targets(
-        self, micro_crops: list[list[torch.Tensor]], ctx: StepContext
-    ) -> list[list[torch.Tensor]]:
+    def accumulation_targets(self, micro_crops: list[list[torch.Tensor]], ctx: StepContext) -> list[list[torch.Tensor]]:
         """Codes of k micro-batches computed as for one k-times larger batch (exact gradient accumulation).
 
         A no-grad forward of every micro-batch gives the assigned crops' embeddings and scores; Sinkhorn runs

@@ -97,9 +97,7 @@ def _create(spec: dict[str, Any], **train_kwargs: Any) -> nn.Module:
     name = spec["timm_name"]
     if name not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:12]
-        raise ConfigError(
-            f"model.backbone={name!r} is not a timm model; similar: {', '.join(close) or 'none'}"
-        )
+        raise ConfigError(f"model.backbone={name!r} is not a timm model; similar: {', '.join(close) or 'none'}")
     return timm.create_model(name, pretrained=False, num_classes=0, **init, **train_kwargs)
 
 
@@ -113,12 +111,7 @@ class _GuardedGroupedConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.device.type == "cpu"
-            and x.shape[-1] == 1
-            and x.shape[-2] == 1
-            and torch.is_autocast_enabled("cpu")
-        ):
+        if x.device.type == "cpu" and x.shape[-1] == 1 and x.shape[-2] == 1 and torch.is_autocast_enabled("cpu"):
             with torch.autocast("cpu", enabled=False):
                 return super().forward(x.float())
         return super().forward(x)

@@ -152,3 +152,17 @@ class MLP(nn.Sequential):
                 bn.bias.requires_grad_(False)
             layers.append(bn)
         super().__init__(*layers)
+
+
+def multicrop_forward(backbone: nn.Module, head: nn.Module, crops: list[torch.Tensor]) -> torch.Tensor:
+    """Head outputs of all crops, crop-major (rows [c*B:(c+1)*B] belong to crop c). Consecutive crops of one
+    resolution share one backbone call (SwAV's multi-crop forward, DINO's ``MultiCropWrapper``), so 2 global
+    + 6 local crops cost two backbone calls; the head then runs once on every feature."""
+    feats, start = [], 0
+    while start < len(crops):
+        end = start
+        while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+            end += 1
+        feats.append(backbone(torch.cat(crops[start:end])))
+        start = end
+    return head(torch.cat(feats))

@@ -49,18 +49,14 @@ def plot_curves(rows: list[dict], out: Path, uniform_loss: float | None = None) 
     ax = axes[0, 0]
     ax.plot(steps, series("loss"), color="tab:blue")
     if uniform_loss:
-        ax.axhline(
-            uniform_loss, ls="--", color="grey", lw=1, label=f"uniform codes (ln K = {uniform_loss:.2f})"
-        )
+        ax.axhline(uniform_loss, ls="--", color="grey", lw=1, label=f"uniform codes (ln K = {uniform_loss:.2f})")
         ax.legend(loc="upper right", fontsize=8)
     ax.set(title="training loss", xlabel="step", ylabel="loss")
     ax = axes[0, 1]
     ax.plot(steps, series("lr"), color="tab:orange")
     ax.set(title="learning rate", xlabel="step", ylabel="lr")
     ax = axes[1, 0]
-    monitored = [
-        (r["step"], 100 * r["monitor_knn_top1"]) for r in rows if r.get("monitor_knn_top1") is not None
-    ]
+    monitored = [(r["step"], 100 * r["monitor_knn_top1"]) for r in rows if r.get("monitor_knn_top1") is not None]
     if monitored:
         ax.plot(*zip(*monitored, strict=True), marker="o", color="tab:green")
         ax.set(title="online kNN top-1 (monitor)", xlabel="step", ylabel="top-1 (%)")
@@ -96,9 +92,7 @@ def image_grid(
     """Save a grid of HxWx3 uint8 images; row i is ``rows[i]``, labelled with ``row_titles[i]``."""
     plt = pyplot()
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(1.25 * n_cols + 0.8, 1.35 * n_rows + 0.5), squeeze=False
-    )
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.25 * n_cols + 0.8, 1.35 * n_rows + 0.5), squeeze=False)
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i, j]

@@ -76,9 +76,7 @@ def prototype_grid(method, images, thumbs, out: Path, prototypes: int, k: int = 
     """Images with the highest score for the most populated prototypes (argmax assignment)."""
     with torch.no_grad():
         method.eval()
-        z = torch.cat(
-            [method.head(method.backbone(images[s : s + 256])).float() for s in range(0, len(images), 256)]
-        )
+        z = torch.cat([method.head(method.backbone(images[s : s + 256])).float() for s in range(0, len(images), 256)])
         scores = z @ F.normalize(method.cluster_weights().float(), dim=1).t()  # (N, K) cosine
     assigned = scores.argmax(dim=1)
     counts = torch.bincount(assigned, minlength=scores.shape[1])
@@ -189,8 +187,7 @@ def _html(run_dir: Path, summary: dict, figures: list[tuple[str, str]], evals, n
     eval_html = (
         f"<table><tr><th>file</th><th>evaluation</th><th>setting</th><th>top-1 (%)</th></tr>{table}</table>"
         if evals
-        else "<p>No evaluation JSON in this run dir "
-        "(write them with <code>--out RUN_DIR/eval/NAME.json</code>).</p>"
+        else "<p>No evaluation JSON in this run dir (write them with <code>--out RUN_DIR/eval/NAME.json</code>).</p>"
     )
     figs = "".join(f"<h2>{esc(t)}</h2><img src='{esc(f)}' alt='{esc(t)}'>" for t, f in figures)
     note = "".join(f"<li>{esc(n)}</li>" for n in notes)

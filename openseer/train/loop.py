@@ -107,9 +107,7 @@ def _epoch(run: Run, logger: MetricsLogger, stop: StopFlag, on_step: Callable[[i
         micro_batches, micro_indices = [], []
         _account(run, result)
         p.step += 1
-        logger.record(
-            p.step, epoch, result, d.global_batch, p.nonfinite_total, run.trainer.method.export_module()
-        )
+        logger.record(p.step, epoch, result, d.global_batch, p.nonfinite_total, run.trainer.method.export_module())
         if on_step is not None:
             on_step(p.step, result.loss)
         stopping = stop_agreed(stop.requested, run.trainer.device)

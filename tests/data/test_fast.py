@@ -135,9 +135,7 @@ def test_fast_pipeline_from_config_for_folders_and_shards(tmp_path):
         sampler, loader, n = build_pretrain_data(cfg, 0, 1, torch.device("cpu"))
         sampler.set_epoch(0, 0)
         batch = next(iter(loader))
-        assert (
-            n == 16 and [tuple(c.shape) for c in batch.crops] == [(8, 3, 24, 24)] * 2 + [(8, 3, 16, 16)] * 2
-        )
+        assert n == 16 and [tuple(c.shape) for c in batch.crops] == [(8, 3, 24, 24)] * 2 + [(8, 3, 16, 16)] * 2
         assert all(c.dtype == torch.float32 and torch.isfinite(c).all() for c in batch.crops)
         sampler.set_epoch(0, 0)
         again = next(iter(loader))

@@ -75,9 +75,7 @@ def test_pack_limits_resize_and_refuses_a_used_folder(tmp_path):
     Image.new("RGB", (40, 30), (10, 200, 30)).save(big / "b.png")
     m = write_shards(big, tmp_path / "out", max_size="40KB", resize_longer=100, progress=False)
     assert m["resized"] == 1 and m["total"] == 2 and m["classes"] == []
-    sizes = sorted(
-        Image.open(io.BytesIO(r.data)).size for r in iter_shard(str(tmp_path / "out/shard-000000.tar"))
-    )
+    sizes = sorted(Image.open(io.BytesIO(r.data)).size for r in iter_shard(str(tmp_path / "out/shard-000000.tar")))
     assert sizes == [(40, 30), (100, 67)]
     with pytest.raises(DataError, match="already holds shards"):
         write_shards(big, tmp_path / "out", progress=False)
@@ -177,9 +175,7 @@ def test_file_lists_with_and_without_labels(tmp_path):
     data = labelled_folder(tmp_path / "imgs", n=6, classes=2)
     names = sorted(p.relative_to(tmp_path) for p in data.rglob("*.png"))
     (tmp_path / "plain.txt").write_text("# comment\n\n" + "".join(f"{n}\n" for n in names))
-    (tmp_path / "lab.tsv").write_text(
-        "".join(f"{n}\t{'dog' if i % 2 else 'cat'}\n" for i, n in enumerate(names))
-    )
+    (tmp_path / "lab.tsv").write_text("".join(f"{n}\t{'dog' if i % 2 else 'cat'}\n" for i, n in enumerate(names)))
     plain = open_source(tmp_path / "plain.txt")
     assert len(plain) == 6 and plain.read(0) == (tmp_path / names[0]).read_bytes() and plain.label(0) == -1
     by_folder = open_file_list(str(tmp_path / "plain.txt"), labelled=True)

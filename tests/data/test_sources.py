@@ -220,9 +220,7 @@ def test_subset_and_pickle(tmp_path):
 
 def test_cifar10_test_tar():
     if not CIFAR_TEST.is_file():
-        pytest.skip(
-            f"{CIFAR_TEST} not present (the shared CIFAR-10 copy is only on the development machines)"
-        )
+        pytest.skip(f"{CIFAR_TEST} not present (the shared CIFAR-10 copy is only on the development machines)")
     readme = CIFAR_README.read_text()
     line = next(x for x in readme.splitlines() if x.startswith("Classes"))
     expected = [c.strip(" .") for c in line.split(":", 1)[1].split("(")[0].split(",")]

@@ -36,9 +36,7 @@ def shard_set(root: Path, counts: list[int]) -> ShardSet:
 
 
 def run(shards: ShardSet, rank=0, world=1, workers=0, epoch=0, start=0, batch=4, buffer=5, aug=TINY_AUG):
-    stream = ShardStream(
-        shards, MultiCropTransform(aug), batch, rank, world, workers, seed=7, shuffle_buffer=buffer
-    )
+    stream = ShardStream(shards, MultiCropTransform(aug), batch, rank, world, workers, seed=7, shuffle_buffer=buffer)
     stream.set_epoch(epoch, start)
     batches = list(stream)
     assert len(batches) == stream.steps_per_epoch - start

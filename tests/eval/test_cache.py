@@ -55,9 +55,7 @@ def test_explicit_out_file_and_layers(tmp_path):
     data = write_images(tmp_path / "train", 4, size=16, classes=2)
     backbone = create_backbone_from_spec(SPEC)
     assert available_layers(backbone) == ["pooled", "stem", "s1", "s2", "s3", "s4"]
-    feats, meta = cached_features(
-        run, data, out=tmp_path / "f.pt", layer="s2", backbone=backbone, config=CONFIG
-    )
+    feats, meta = cached_features(run, data, out=tmp_path / "f.pt", layer="s2", backbone=backbone, config=CONFIG)
     assert meta["path"] == str(tmp_path / "f.pt") and feats.dim == 56
     with pytest.raises(ValueError, match="unknown layer"):
         feature_extractor(backbone, "s9")
@@ -89,9 +87,7 @@ def test_checkpoint_of_another_backbone_is_a_clear_error(tmp_path):
     data = write_images(tmp_path / "train", 4, size=16, classes=2)
     with pytest.raises(CheckpointError, match="do not fit backbone"):
         cached_features(run, data, config=CONFIG)
-    assert (
-        main(["embed", "--checkpoint", str(run), "--data", str(data), "--out", str(tmp_path / "f.pt")]) == 2
-    )
+    assert main(["embed", "--checkpoint", str(run), "--data", str(data), "--out", str(tmp_path / "f.pt")]) == 2
 
 
 def test_one_class_and_empty_class_folders_are_clear_errors(tmp_path, capsys):

@@ -62,9 +62,7 @@ def test_drops_and_counts_failed_images():
 
 def test_batch_of_only_failed_images_is_skipped():
     backbone = _Backbone().eval()
-    result = extract_features(
-        backbone, _Dataset(num_items=6, failed=(0, 1, 2), with_names=False), batch_size=3
-    )
+    result = extract_features(backbone, _Dataset(num_items=6, failed=(0, 1, 2), with_names=False), batch_size=3)
     assert backbone.calls == 1 and result.num_failed == 3 and len(result) == 3
     assert result.names is None
     assert not backbone.training

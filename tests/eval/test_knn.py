@@ -51,9 +51,7 @@ def test_matches_per_sample_reference(temperature):
     expected = reference_knn(train, train_labels, test, test_labels, ks, temperature, 5)
     assert knn_classify(train, train_labels, test, test_labels, ks=ks, temperature=temperature) == expected
     # float32 features give the same votes on continuous data (no near-ties).
-    got32 = knn_classify(
-        train.float(), train_labels, test.float(), test_labels, ks=ks, temperature=temperature
-    )
+    got32 = knn_classify(train.float(), train_labels, test.float(), test_labels, ks=ks, temperature=temperature)
     assert got32 == expected
 
 

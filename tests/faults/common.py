@@ -28,6 +28,8 @@ def fuzz_settings(examples: int, *, fixture_scoped: bool = False) -> settings:
     return settings(
         max_examples=examples * FUZZ_SCALE, deadline=None, derandomize=FUZZ_SCALE == 1, suppress_health_check=checks
     )
+
+
 INJECTOR = Path(__file__).resolve().parent / "injector"
 
 #: A 6-step run on 24 images (3 steps per epoch x 2 epochs) that exercises every piece of resumable state:

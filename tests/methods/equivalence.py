@@ -29,8 +29,9 @@ class TinyBackbone(nn.Module):
         return torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
 
 
-def context(step: int = 0, epoch: int = 0, local_batch: int = 8, world: int = 1, steps_per_epoch: int = 4,
-            accumulate: int = 1) -> StepContext:
+def context(
+    step: int = 0, epoch: int = 0, local_batch: int = 8, world: int = 1, steps_per_epoch: int = 4, accumulate: int = 1
+) -> StepContext:
     info = RunInfo(
         global_batch=local_batch * world * accumulate,
         local_batch=local_batch,

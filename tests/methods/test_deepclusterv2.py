@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from openseer import dist as real_dist
 from openseer.config import ConfigError
 from openseer.methods import deepclusterv2
-from openseer.methods.deepclusterv2 import IGNORE, Config, DeepClusterV2, embed, spherical_kmeans
+from openseer.methods.deepclusterv2 import IGNORE, Config, DeepClusterV2, spherical_kmeans
+from openseer.models.heads import multicrop_forward
 from tests.dist.common import spawn
 from tests.methods.equivalence import TinyBackbone, assert_same_run, context, differs, sgd_steps
 
@@ -86,7 +87,7 @@ def test_first_epoch_fills_the_bank_then_kmeans_sets_prototypes_and_targets():
     out = model(crops, ctx, indices=idx)
 
     # the loss by its formula: mean over sets of the mean over crops x known images of -log softmax(z.c/T)[target]
-    z = embed(model.backbone, model.head, crops).double()
+    z = multicrop_forward(model.backbone, model.head, crops).double()
     expected = 0.0
     for h, protos in enumerate(model.prototypes):
         logp = torch.log_softmax(z @ protos.weight.double().t() / 0.5, dim=1)
@@ -114,8 +115,11 @@ def test_too_many_clusters_for_the_data_is_a_config_error():
 
 # ---- 2 processes = 1 process on the concatenated batch, through two k-means epochs ------------------------------
 
-INDICES = [torch.randperm(16, generator=torch.Generator().manual_seed(e))[s * BATCH : (s + 1) * BATCH]
-           for e in range(3) for s in range(STEPS_PER_EPOCH)]
+INDICES = [
+    torch.randperm(16, generator=torch.Generator().manual_seed(e))[s * BATCH : (s + 1) * BATCH]
+    for e in range(3)
+    for s in range(STEPS_PER_EPOCH)
+]
 
 
 def _make():

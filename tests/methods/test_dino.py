@@ -138,8 +138,17 @@ def test_param_groups_last_layer_freeze_and_weight_decay_schedule_through_train_
     first epoch; weight decay follows the cosine 0.04 -> 0.4 (DINO's wd_schedule); none on biases/norms."""
     cfg = load_config(
         "dino-cifar10",
-        ["aug.global_size=16", "aug.local_size=8", "aug.local_crops=3", "model.patch_size=4", "train.batch_size=4",
-         "train.epochs=2", "dino.freeze_last_layer_epochs=1", "train.precision=fp32", "optim.warmup_epochs=0"],
+        [
+            "aug.global_size=16",
+            "aug.local_size=8",
+            "aug.local_crops=3",
+            "model.patch_size=4",
+            "train.batch_size=4",
+            "train.epochs=2",
+            "dino.freeze_last_layer_epochs=1",
+            "train.precision=fp32",
+            "optim.warmup_epochs=0",
+        ],
     )
     derived = derive(cfg, 8)  # 2 steps per epoch, 4 in all
     torch.manual_seed(0)

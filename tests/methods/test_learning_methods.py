@@ -28,8 +28,10 @@ def cifar(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CIFAR / "cifar10-train.tar").is_file(),
-                    reason=f"CIFAR-10 tars not found in {CIFAR} (see its README); this check needs real images")
+@pytest.mark.skipif(
+    not (CIFAR / "cifar10-train.tar").is_file(),
+    reason=f"CIFAR-10 tars not found in {CIFAR} (see its README); this check needs real images",
+)
 @pytest.mark.parametrize(
     "method",
     [
@@ -45,8 +47,9 @@ def cifar(tmp_path_factory):
 )
 def test_short_pretraining_leaves_collapse_and_beats_random_init(method, cifar, tmp_path):
     train, test = cifar
-    cfg = load_config(f"{method}-cifar10", [f"data.path={train}", "train.batch_size=64", "data.num_workers=0",
-                                            *RUNS[method]])
+    cfg = load_config(
+        f"{method}-cifar10", [f"data.path={train}", "train.batch_size=64", "data.num_workers=0", *RUNS[method]]
+    )
     summary = pretrain(cfg, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     trivial = summary.get("trivial_loss", summary["uniform_loss"])

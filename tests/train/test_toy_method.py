@@ -75,6 +75,7 @@ def toy_registered():
     yield
     METHODS.pop("toy", None)
 
+
 PRESET = """# toy: two-view cosine on a 36k-parameter RegNet
 method: toy
 toy: {dim: 8}

@@ -18,7 +18,8 @@ def _pretrain(root, out, *extra):
     data = root / "unlabelled"
     if not data.exists():
         write_images(data, 16, size=24)
-    argv = ["pretrain", "demo", *TINY_OVERRIDES, *FROZEN_STEP, "--data", str(data), "--out", str(out), "--max-steps", "1"]
+    argv = ["pretrain", "demo", *TINY_OVERRIDES, *FROZEN_STEP, "--data", str(data), "--out", str(out)]
+    argv += ["--max-steps", "1"]
     return main([*argv, *extra])
 
 
@@ -42,6 +43,7 @@ def test_init_strict_refuses_other_head_sizes_and_false_loads_the_rest(tmp_path,
     assert len(err) == 1 and "prototypes.weight" in err[0]
     argv = [*bigger, "--init", str(tmp_path / "source"), "--init-strict", "false"]
     assert _pretrain(tmp_path, tmp_path / "loose", *argv) == 0
+
 
 def test_tensorboard_gets_the_metrics_rows(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
