@@ -35,6 +35,7 @@ from openseer import dist
 from openseer.errors import ConfigError
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
 from openseer.methods.registry import MethodEntry, register_method
+from openseer.methods.two_views import require_two_views
 from openseer.models.backbone import feature_dim
 
 
@@ -64,16 +65,12 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"barlowtwins.projector_dims={b.projector_dims} must be a non-empty list of widths > 0")
     if b.lambd < 0 or b.bias_lr_scale < 0 or b.eps <= 0:
         raise ConfigError("barlowtwins.lambd and bias_lr_scale must be >= 0 and barlowtwins.eps > 0")
-    if cfg.aug.global_crops != 2 or cfg.aug.local_crops:
-        raise ConfigError(
-            "Barlow Twins compares exactly 2 views: set aug.global_crops=2 and aug.local_crops=0 "
-            f"(got {cfg.aug.global_crops} + {cfg.aug.local_crops})"
-        )
-    if cfg.train.batch_size < 2:
-        raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size}: Barlow Twins standardises each embedding dimension over "
-            "the batch and needs at least 2 images per process (use >= 256 for a useful correlation estimate)"
-        )
+    require_two_views(
+        cfg,
+        "barlowtwins",
+        "Barlow Twins standardises each embedding dimension over the batch and needs at least 2 images per "
+        "process (use >= 256 for a useful correlation estimate)",
+    )
 
 
 def all_reduce_sum_with_grad(t: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""What the two-view methods (SimCLR, MoCo v3, BYOL, SimSiam) share: the crop check and per-view forward."""
+"""What the two-view methods (SimCLR, MoCo v3, BYOL, SimSiam, Barlow Twins, VICReg) share: the crop check and
+per-view forward."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from torch import nn
 
 from openseer.errors import ConfigError
 
+BATCH_NORM_NEEDS = "batch norm in the heads needs at least 2 images per process"
 
-def require_two_views(cfg: Any, name: str) -> None:
-    """Exactly two global crops per image, and 2+ images per process for the heads' batch norm."""
+
+def require_two_views(cfg: Any, name: str, batch_reason: str = BATCH_NORM_NEEDS) -> None:
+    """Exactly two global crops per image, and 2+ images per process (``batch_reason`` says why)."""
     if cfg.aug.global_crops != 2 or cfg.aug.local_crops != 0:
         raise ConfigError(
             f"{name} compares exactly 2 views of each image: set aug.global_crops=2 aug.local_crops=0 "
@@ -19,8 +22,7 @@ def require_two_views(cfg: Any, name: str) -> None:
         )
     if cfg.train.batch_size < 2:
         raise ConfigError(
-            f"{name}: train.batch_size={cfg.train.batch_size}; batch norm in the heads needs at least 2 images "
-            "per process: raise train.batch_size"
+            f"{name}: train.batch_size={cfg.train.batch_size}; {batch_reason}: raise train.batch_size"
         )
 
 

@@ -36,6 +36,7 @@ from openseer import dist
 from openseer.errors import ConfigError
 from openseer.methods.base import Method, RunInfo, StepContext, StepOutput
 from openseer.methods.registry import MethodEntry, register_method
+from openseer.methods.two_views import require_two_views
 from openseer.models.backbone import feature_dim
 
 
@@ -57,16 +58,12 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"vicreg.projector_dims={v.projector_dims} must be a non-empty list of widths > 0")
     if min(v.sim_coeff, v.std_coeff, v.cov_coeff) < 0 or v.std_eps <= 0:
         raise ConfigError("vicreg.sim_coeff, std_coeff and cov_coeff must be >= 0 and vicreg.std_eps > 0")
-    if cfg.aug.global_crops != 2 or cfg.aug.local_crops:
-        raise ConfigError(
-            "VICReg compares exactly 2 views: set aug.global_crops=2 and aug.local_crops=0 "
-            f"(got {cfg.aug.global_crops} + {cfg.aug.local_crops})"
-        )
-    if cfg.train.batch_size < 2:
-        raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size}: VICReg's variance and covariance are batch statistics and "
-            "need at least 2 images per process (use >= 256 for useful estimates)"
-        )
+    require_two_views(
+        cfg,
+        "vicreg",
+        "VICReg's variance and covariance are batch statistics and need at least 2 images per process "
+        "(use >= 256 for useful estimates)",
+    )
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
