@@ -21,9 +21,7 @@ def require_two_views(cfg: Any, name: str, batch_reason: str = BATCH_NORM_NEEDS)
             f"(got {cfg.aug.global_crops} and {cfg.aug.local_crops}); the {name}-* presets do"
         )
     if cfg.train.batch_size < 2:
-        raise ConfigError(
-            f"{name}: train.batch_size={cfg.train.batch_size}; {batch_reason}: raise train.batch_size"
-        )
+        raise ConfigError(f"{name}: train.batch_size={cfg.train.batch_size}; {batch_reason}: raise train.batch_size")
 
 
 def per_view(net: nn.Module, crops: list[torch.Tensor]) -> list[torch.Tensor]:
