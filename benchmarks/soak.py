@@ -21,6 +21,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,11 +134,26 @@ def calibrate(data: Path, out: Path, images: int, batch: int, minutes: float) ->
     return math.ceil(steps / steps_per_epoch), startup
 
 
-def wait_reference(proc: subprocess.Popen, started: float) -> tuple[int, float, str]:
-    _, err = proc.communicate()
-    if proc.returncode != 0:
-        sys.exit(f"reference run failed:\n{(err or '')[-3000:]}")
-    return proc.returncode, time.time() - started, err
+class Reference(threading.Thread):
+    """The uninterrupted run, waited for in a thread so that its wall time is right with ``--parallel``."""
+
+    def __init__(self, cmd: list[str]):
+        super().__init__(daemon=True)
+        self.proc = subprocess.Popen(
+            cmd, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.started, self.seconds, self.err = time.time(), 0.0, ""
+        self.start()
+
+    def run(self) -> None:
+        _, self.err = self.proc.communicate()
+        self.seconds = time.time() - self.started
+
+    def result(self) -> float:
+        self.join()
+        if self.proc.returncode != 0:
+            sys.exit(f"reference run failed:\n{(self.err or '')[-3000:]}")
+        return self.seconds
 
 
 def main() -> None:
@@ -169,17 +185,9 @@ def main() -> None:
     extra = [f"train.epochs={epochs}", f"train.checkpoint_every={args.checkpoint_every}"]
 
     print(f"reference: {epochs} epochs of {images // 16} steps, uninterrupted ...", file=sys.stderr)
-    reference = subprocess.Popen(
-        command(data, args.out / "reference", extra),
-        env=env(),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    reference_started = time.time()
+    reference = Reference(command(data, args.out / "reference", extra))
     if not args.parallel:
-        code, reference_s, err = wait_reference(reference, reference_started)
+        reference_s = reference.result()
 
     run = args.out / "faulted"
     cmd = command(data, run, extra)
@@ -219,7 +227,7 @@ def main() -> None:
         )
     faulted_s = time.time() - started
     if args.parallel:
-        code, reference_s, err = wait_reference(reference, reference_started)
+        reference_s = reference.result()
 
     ref_rows = [r[:3] for r in rows(args.out / "reference")]
     got_rows = [r[:3] for r in rows(run)]
