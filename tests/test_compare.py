@@ -39,17 +39,21 @@ def images(tmp_path_factory):
 def test_compare_writes_one_table_and_skips_finished_methods(images):
     root, data, train, test = images
     out, calls = root / "out", []
-    summary = compare(
-        METHODS,
-        data,
-        train,
-        test,
-        out,
-        steps=2,
-        overrides=TINY,
-        eval_options=EVAL,
-        on_method=lambda m, what: calls.append((m, what)),
-    )
+
+    def run() -> dict:
+        return compare(
+            METHODS,
+            data,
+            train,
+            test,
+            out,
+            steps=2,
+            overrides=TINY,
+            eval_options=EVAL,
+            on_method=lambda m, what: calls.append((m, what)),
+        )
+
+    summary = run()
     assert calls == [(m, what) for m in METHODS for what in ("pretrain", "eval")]
     table = (out / "compare.md").read_text()
     rows = table.splitlines()
@@ -66,17 +70,7 @@ def test_compare_writes_one_table_and_skips_finished_methods(images):
     # again: nothing is pretrained or evaluated twice, the table is the same
     stamp = {m: (out / m / "eval" / "summary.json").stat().st_mtime for m in METHODS}
     calls.clear()
-    again = compare(
-        METHODS,
-        data,
-        train,
-        test,
-        out,
-        steps=2,
-        overrides=TINY,
-        eval_options=EVAL,
-        on_method=lambda m, what: calls.append((m, what)),
-    )
+    again = run()
     assert calls == [(m, what) for m in METHODS for what in ("skip", "eval")]
     assert {m: (out / m / "eval" / "summary.json").stat().st_mtime for m in METHODS} == stamp
     assert again["table"] == summary["table"]
