@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from openseer.checkpoint import export_backbone_state  # noqa: E402
+from openseer.checkpoint import export_backbone  # noqa: E402
 from openseer.models.backbone import create_backbone_from_spec  # noqa: E402
 from openseer.weights.export import export_run, torchvision_model  # noqa: E402
 from openseer.weights.sources import backbone_from_source  # noqa: E402
@@ -36,7 +36,7 @@ def random_run(root: Path, name: str, seed: int) -> Path:
             elif key.endswith("running_mean"):
                 t.copy_(torch.randn(t.shape, generator=g) * 0.1)
     run = root / name
-    export_backbone_state(run, model.state_dict(), {"timm_name": name})
+    export_backbone(run, model.state_dict(), {"timm_name": name})
     return run
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.models import FeatureListNet
 from torch import nn
 
 from openseer.checkpoint import load_backbone as load_with_config
@@ -97,8 +98,6 @@ def load_backbone(
     ``features_only``: timm's multi-scale feature maps instead of pooled features (a list of tensors, one per
     ``out_indices`` entry of ``model.feature_info``; default all: stem and every stage).
     """
-    from timm.models import FeatureListNet
-
     backbone, _ = backbone_from_source(source, strict=strict)
     if not features_only:
         return backbone

@@ -23,11 +23,23 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 from openseer import dist
 from openseer.errors import CheckpointError, CheckpointWriteError
@@ -70,11 +82,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def export_backbone(run_dir: str | Path, backbone: nn.Module, spec: dict[str, Any]) -> Path:
-    """Write the backbone's weights (safetensors) and its timm spec into ``run_dir``."""
-    return export_backbone_state(run_dir, backbone.state_dict(), spec)
-
-
 def _backbone_state_from_training(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     model = state.get("model")
     if not isinstance(model, dict):
@@ -111,9 +118,6 @@ def _read_backbone(path: Path, with_weights: bool) -> tuple[dict[str, Any], dict
     config: dict[str, Any] = {}
     weights: dict[str, Any] = {}
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         spec_path = path.with_name(BACKBONE_SPEC)
         if not spec_path.is_file():
             raise CheckpointError(f"{path} has no {BACKBONE_SPEC} beside it saying which backbone it is")
@@ -125,8 +129,6 @@ def _read_backbone(path: Path, with_weights: bool) -> tuple[dict[str, Any], dict
                 raise CheckpointError(f"cannot read {path}: {e}") from None
         cfg_path = path.with_name("config.yaml")
         if cfg_path.is_file():
-            import yaml
-
             config = yaml.safe_load(cfg_path.read_text()) or {}
     else:
         state = load_checkpoint(path)
@@ -194,8 +196,6 @@ def _barrier() -> None:
 
 
 def _model_optim_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
     model_sd, optim_sd = get_state_dict(model, optimizer)
     # the SwAV queue is per process: it travels in meta.pt as one global queue instead
     model_sd = {k: v for k, v in model_sd.items() if not k.endswith("_extra_state")}
@@ -206,10 +206,6 @@ def save_sharded_checkpoint(
     ckpt_dir: str | Path, name: str, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]
 ) -> Path:
     """Every process calls this; writes ``ckpt_dir/name/`` and points ``LATEST`` at it."""
-    import shutil
-
-    import torch.distributed.checkpoint as dcp
-
     ckpt_dir = Path(ckpt_dir)
     target, tmp = ckpt_dir / name, ckpt_dir / f".{name}.partial"
     if dist.is_main():
@@ -248,8 +244,6 @@ def sharded_checkpoint_problem(path: str | Path) -> str | None:
     Checks, without loading weights: ``meta.pt`` loads, DCP's ``.metadata`` reads, and every shard file the
     metadata names exists and is long enough for the data it should hold (a missing or cut shard).
     """
-    from torch.distributed.checkpoint import FileSystemReader
-
     path = Path(path)
     if not path.is_dir():
         return f"{path} does not exist"
@@ -309,10 +303,6 @@ def _materialize_momentum(optimizer: torch.optim.Optimizer) -> None:
 
 def load_sharded_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Load model and optimizer from a sharded checkpoint written by any number of processes."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import DefaultLoadPlanner
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
     _materialize_momentum(optimizer)
     state = _model_optim_state(model, optimizer)
     missing = [k for k in state["model"] if k not in _checkpoint_keys(path, "model.")]
@@ -325,8 +315,6 @@ def load_sharded_checkpoint(path: str | Path, model: nn.Module, optimizer: torch
 
 
 def _checkpoint_keys(path: str | Path, prefix: str) -> set[str]:
-    from torch.distributed.checkpoint import FileSystemReader
-
     md = FileSystemReader(str(path)).read_metadata()
     return {k[len(prefix) :] for k in md.state_dict_metadata if k.startswith(prefix)}
 
@@ -334,19 +322,19 @@ def _checkpoint_keys(path: str | Path, prefix: str) -> set[str]:
 def full_backbone_state(method: nn.Module, submodule: str = "backbone") -> dict[str, torch.Tensor]:
     """The full (unsharded) weights on CPU of the method's exported backbone (``method.exported_backbone``,
     e.g. "teacher.backbone" for DINO); with FSDP every process must call this."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     sd = get_model_state_dict(method, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     prefix = submodule + "."
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix) and torch.is_tensor(v)}
 
 
-def export_backbone_state(run_dir: str | Path, tensors: dict[str, torch.Tensor], spec: dict[str, Any]) -> Path:
-    """Like :func:`export_backbone`, from a state dict (e.g. :func:`full_backbone_state`)."""
-    from safetensors.torch import save_file
+def export_backbone(run_dir: str | Path, weights: nn.Module | dict[str, torch.Tensor], spec: dict[str, Any]) -> Path:
+    """Write a backbone's weights (safetensors) and its timm spec into ``run_dir``; returns the weights file.
 
+    ``weights`` is the backbone module or its state dict (e.g. :func:`full_backbone_state` of a sharded model).
+    """
     run_dir = Path(run_dir)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write(run_dir / BACKBONE_WEIGHTS, lambda tmp: save_file(tensors, tmp))
     atomic_write_json(run_dir / BACKBONE_SPEC, spec)
     return run_dir / BACKBONE_WEIGHTS

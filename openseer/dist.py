@@ -8,6 +8,7 @@ GPUs and gloo on CPU. See docs/distributed.md for the sbatch recipe.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -107,7 +108,6 @@ def _restart_store():
     """
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_ADDR" not in os.environ:
         return None
-    from datetime import timedelta
 
     store = dist.TCPStore(
         os.environ["MASTER_ADDR"],

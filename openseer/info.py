@@ -198,7 +198,7 @@ def info_main(preset: str, overrides: list[str], world_size: int) -> str:
     return format_info(cfg, model_info(cfg, world_size), world_size, preset)
 
 
-def param_count(cfg: Any) -> int:
+def count_config_parameters(cfg: Any) -> int:
     """Backbone parameters of ``cfg``, counted on the meta device (`count_parameters`, no weights allocated)."""
     with torch.device("meta"):
         return count_parameters(create_backbone_from_spec(backbone_spec(cfg.model)))

@@ -17,7 +17,7 @@ from typing import Any
 
 from openseer.errors import CheckpointWriteError
 
-#: The files of an exported backbone in a run directory (checkpoint.export_backbone_state writes them).
+#: The files of an exported backbone in a run directory (checkpoint.export_backbone writes them).
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_SPEC = "backbone.json"
 

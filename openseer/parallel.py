@@ -22,7 +22,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from openseer import dist
@@ -128,9 +131,6 @@ def shard_model(
     ``param_dtype`` (bf16/fp16) gathers and computes in that dtype while gradients are reduced and the
     optimizer steps in float32. Returns ``method`` itself (its class becomes an ``FSDPModule``).
     """
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-
     mesh = init_device_mesh(device.type, (dist.world_size(),))
     kwargs: dict[str, Any] = {
         "mesh": mesh,
@@ -155,8 +155,6 @@ def shard_model(
 
 
 def _shard_tower(tower: nn.Module, unit: str, kwargs: dict[str, Any]) -> None:
-    from torch.distributed.fsdp import fully_shard
-
     backbone = getattr(tower, "backbone", None)
     stages = find_blocks(backbone) if backbone is not None else []
     for blocks in stages:
@@ -181,8 +179,6 @@ def _common_parent(root: nn.Module, blocks: list[nn.Module]) -> nn.Module:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
     return isinstance(model, FSDPModule)
 
 
@@ -217,7 +213,6 @@ def prepare_model(method: nn.Module, pcfg: Any, device: torch.device, precision:
 def wrap_data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     if dist.world_size() == 1:
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
     # SwAV's loss uses every parameter each step, but frozen prototypes receive no update: gradients still

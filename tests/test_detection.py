@@ -8,7 +8,7 @@ from timm.models.regnet import RegNet, RegNetCfg
 from torchvision.models.detection import FasterRCNN
 
 from openseer.api import load_backbone
-from openseer.checkpoint import export_backbone_state
+from openseer.checkpoint import export_backbone
 from openseer.detection import fpn_backbone
 from openseer.weights import WeightsError
 from tests.weights import foreign
@@ -18,7 +18,7 @@ from tests.weights import foreign
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     model = foreign.randomise(RegNet(RegNetCfg(**foreign.TINY_REGNET), num_classes=0), 21)
-    export_backbone_state(run, model.state_dict(), foreign.TINY_REGNET_SPEC)
+    export_backbone(run, model.state_dict(), foreign.TINY_REGNET_SPEC)
     return run
 
 

@@ -7,7 +7,7 @@ import torch
 
 from openseer.cli import main
 from openseer.config import list_presets, load_config
-from openseer.info import model_info, param_count
+from openseer.info import count_config_parameters, model_info
 from openseer.methods import METHODS
 from openseer.models.backbone import build_backbone
 from tests.dist.test_data_parallel import TINY_REGNET
@@ -22,7 +22,7 @@ TIMM_WITH_FC = {"seer-32gf": 145.05e6, "seer-64gf": 281.38e6, "seer-128gf": 644.
 @pytest.mark.parametrize("preset", list(TIMM_WITH_FC))
 def test_full_size_parameter_counts_on_meta(preset):
     cfg = load_config(preset)
-    n = param_count(cfg)
+    n = count_config_parameters(cfg)
     with torch.device("meta"):
         width = build_backbone(cfg.model).num_features
     assert n + width * 1000 + 1000 == pytest.approx(TIMM_WITH_FC[preset], abs=0.005e6)

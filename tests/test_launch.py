@@ -97,5 +97,5 @@ def test_local_launch_runs_two_gloo_processes_and_reports_what_every_process_ski
     assert summary["status"] == "completed" and summary["steps"] == 2
     assert summary["global_batch"] == 8  # 2 processes x 4
     assert set(summary["skipped"]) == bad and summary["skipped_by_reason"] == {"unreadable": 4}
-    assert summary["converted_by_kind"]["cmyk"] >= 2  # drawn once per epoch (2 epochs of 9 images)
+    assert summary["conversions"]["cmyk"] >= 2  # drawn once per epoch (2 epochs of 9 images)
     assert (run / "backbone.safetensors").is_file()

@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
-from openseer.checkpoint import load_checkpoint
+from openseer.checkpoint import load_checkpoint, save_checkpoint
 from openseer.config import ConfigError, load_config
 from openseer.train import pretrain
 from tests.helpers import TINY_OVERRIDES, write_images
@@ -114,18 +115,20 @@ def test_nonfinite_loss_is_reported_and_aborts(tmp_path, monkeypatch):
 
 
 def test_conversions_are_counted_per_kind_in_summary_and_checkpoint(tmp_path):
-    from PIL import Image
-
-    from openseer.checkpoint import load_checkpoint
-
     data = tmp_path / "cmyk"
     data.mkdir()
     for i in range(8):
         Image.new("CMYK", (20, 20), (i * 30, 40, 0, 10)).save(data / f"{i}.jpg")
     summary = pretrain(_cfg(data, "train.max_steps=2", "train.batch_size=8"), tmp_path / "run")
-    assert summary["converted_by_kind"] == {"cmyk": 16}  # 2 steps x 8 images, each converted to RGB
+    assert summary["conversions"] == {"cmyk": 16}  # 2 steps x 8 images, each converted to RGB
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert saved["input_counts"] == {"cmyk": 16}
+    assert saved["conversions"] == {"cmyk": 16}
     # resumed runs keep counting from the checkpoint
     summary = pretrain(_cfg(data, "train.max_steps=3", "train.batch_size=8"), tmp_path / "run")
-    assert summary["converted_by_kind"] == {"cmyk": 24}
+    assert summary["conversions"] == {"cmyk": 24}
+    # a checkpoint written before the key was renamed ("input_counts") resumes with its count
+    old = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    old["input_counts"] = old.pop("conversions")
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", old)
+    summary = pretrain(_cfg(data, "train.max_steps=4", "train.batch_size=8"), tmp_path / "run")
+    assert summary["conversions"] == {"cmyk": 32}

@@ -57,9 +57,9 @@ class FastCropTransform:
             factor *= 2
         return math.ceil(width / factor), math.ceil(height / factor)
 
-    def decode(self, data: bytes, notes: list[str] | None = None) -> Image.Image:
+    def decode(self, data: bytes, conversions: list[str] | None = None) -> Image.Image:
         """load_rgb, with JPEG DCT-scaled decoding when ``draft`` is on."""
-        return load_rgb(data, draft=self.draft_size if self.draft else None, notes=notes)
+        return load_rgb(data, draft=self.draft_size if self.draft else None, conversions=conversions)
 
     def __call__(self, img: Image.Image) -> list[torch.Tensor]:
         if img.mode != "RGB":

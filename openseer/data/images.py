@@ -37,7 +37,7 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 def load_rgb(
     data: bytes,
     draft: Callable[[int, int], tuple[int, int]] | None = None,
-    notes: list[str] | None = None,
+    conversions: list[str] | None = None,
 ) -> Image.Image:
     """Decode image bytes into a fully loaded 8-bit RGB image.
 
@@ -49,7 +49,7 @@ def load_rgb(
         data: the raw bytes of an image file.
         draft: for JPEGs, ``(width, height) -> minimum size``: libjpeg then decodes at the smallest DCT scale
             (1/2, 1/4 or 1/8) that keeps at least that size (PIL ``Image.draft``); ignored for other formats.
-        notes: if given, what had to be converted is appended, from :data:`CONVERSION_NOTES` (for counting
+        conversions: if given, what had to be converted is appended, from :data:`CONVERSIONS` (for counting
             what an uncurated collection holds).
 
     Returns:
@@ -68,8 +68,8 @@ def load_rgb(
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = _decode(data, draft)
         rotated = _apply_exif_orientation(img)
-        if notes is not None:
-            notes += _conversion_notes(img, rotated)
+        if conversions is not None:
+            conversions += _conversions(img, rotated)
         try:
             return _to_rgb(img)
         except Exception as e:  # an exotic mode PIL cannot convert
@@ -154,8 +154,8 @@ def _apply_exif_orientation(img: Image.Image) -> bool:
     return False
 
 
-#: What :func:`load_rgb` reports in ``notes``.
-CONVERSION_NOTES = (
+#: What :func:`load_rgb` reports in ``conversions``.
+CONVERSIONS = (
     "exif_rotated",
     "animated",
     "cmyk",
@@ -167,28 +167,28 @@ CONVERSION_NOTES = (
 )
 
 
-def _conversion_notes(img: Image.Image, rotated: bool) -> list[str]:
-    notes = ["exif_rotated"] if rotated else []
+def _conversions(img: Image.Image, rotated: bool) -> list[str]:
+    found = ["exif_rotated"] if rotated else []
     try:  # counting frames seeks through the file: a damaged later frame must not cost the first one
         frames = getattr(img, "n_frames", 1)
     except Exception:
         frames = 1
     if frames > 1:
-        notes.append("animated")
+        found.append("animated")
     mode = img.mode
     if mode == "CMYK":
-        notes.append("cmyk")
+        found.append("cmyk")
     elif mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
-        notes.append("16bit")
+        found.append("16bit")
     elif mode in ("P", "PA"):
-        notes.append("palette")
+        found.append("palette")
     elif mode in ("RGBA", "LA", "RGBa", "La"):
-        notes.append("alpha")
+        found.append("alpha")
     elif mode in ("L", "1"):
-        notes.append("grayscale")
+        found.append("grayscale")
     elif mode != "RGB":
-        notes.append("other_mode")
-    return notes
+        found.append("other_mode")
+    return found
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -13,6 +13,7 @@ of its key, ImageFolder-style (e.g. the CIFAR-10 tars: ``airplane/0000.jpg``).
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -82,8 +83,6 @@ def open_shards(spec: str, labelled: bool = False) -> TarSource:
     if not names:
         raise DataError(f"the shards {spec!r} hold no images ({stats.counts or 'empty'})")
     if stats.counts:
-        import logging
-
         logging.getLogger("openseer").warning("reading %s: %s", spec, stats.counts)
     offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
     labels, classes = np.full(len(names), -1, dtype=np.int64), []

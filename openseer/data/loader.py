@@ -35,7 +35,7 @@ AUGMENT_STREAM = 0xA06_C0DE
 BATCH_AUG_STREAM = 0xBA7C4
 
 #: One sample of :class:`PretrainDataset`: (crops, index of the image used, skipped (name, reason) pairs,
-#: conversion notes of the image used).
+#: conversions the image used needed).
 Sample = tuple[list[torch.Tensor], int, list[tuple[str, str]], list[str]]
 
 
@@ -120,8 +120,8 @@ class PretrainDataset(Dataset):
     torch's CPU generator seeded from (seed, epoch, index) and restored afterwards, so the crops of a key do
     not depend on worker count, order or resumption, and the caller's random stream is untouched.
 
-    ``__getitem__`` returns a :data:`Sample` ``(crops, index, skipped, notes)`` where ``index`` is the image
-    actually used (the key's index unless it was substituted) and ``notes`` the conversions it needed (CMYK,
+    ``__getitem__`` returns a :data:`Sample` ``(crops, index, skipped, conversions)`` where ``index`` is the image
+    actually used (the key's index unless it was substituted) and ``conversions`` what it needed converted (CMYK,
     16-bit, EXIF rotation, ...); the seed always comes from the key's index.
     """
 
@@ -151,9 +151,10 @@ class PretrainDataset(Dataset):
         decoder = getattr(self.transform, "decode", load_rgb)
         for step in range(min(MAX_SKIPS, n)):
             i = (index + step) % n
-            notes: list[str] = []  # conversions (CMYK, 16-bit, EXIF rotation, ...), counted by the loop
+            conversions: list[str] = []  # CMYK, 16-bit, EXIF rotation, ...: counted by the loop
             try:
-                return _decode(self.source, i, functools.partial(decoder, notes=notes)), i, skipped, notes
+                img = _decode(self.source, i, functools.partial(decoder, conversions=conversions))
+                return img, i, skipped, conversions
             except BadImage as e:
                 skipped.append((self.source.name(i), e.reason))
         reasons = ", ".join(sorted({reason for _, reason in skipped}))
@@ -164,15 +165,15 @@ class PretrainDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> Sample:
         epoch, index = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (0, int(key))
-        img, used, skipped, notes = self._first_good(index)
+        img, used, skipped, conversions = self._first_good(index)
         if not self.seeded:
-            return self.transform(img), used, skipped, notes
+            return self.transform(img), used, skipped, conversions
         # fork_rng(devices=[]) saves and restores only the CPU generator; seeding the default CPU generator
         # directly (not torch.manual_seed) leaves any CUDA generator alone as well.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(self.sample_seed(epoch, index))
             crops = self.transform(img)
-        return crops, used, skipped, notes
+        return crops, used, skipped, conversions
 
 
 @dataclass
@@ -183,24 +184,24 @@ class MultiCropBatch:
         crops: one ``(B, 3, h, w)`` tensor per crop position (global crops first).
         indices: ``(B,)`` source indices of the images used.
         skipped: ``(name, reason)`` of every undecodable image met while building the batch.
-        notes: how many of its images needed each conversion (``cmyk``, ``16bit``, ``exif_rotated``, ...).
+        conversions: how many of its images needed each conversion (``cmyk``, ``16bit``, ``exif_rotated``, ...).
     """
 
     crops: list[torch.Tensor]
     indices: torch.Tensor
     skipped: list[tuple[str, str]]
-    notes: dict[str, int] = field(default_factory=dict)
+    conversions: dict[str, int] = field(default_factory=dict)
 
     def pin_memory(self) -> MultiCropBatch:
         """Called by DataLoader(pin_memory=True) on the batches it produces."""
         pinned = [c.pin_memory() for c in self.crops]
-        return MultiCropBatch(pinned, self.indices.pin_memory(), self.skipped, self.notes)
+        return MultiCropBatch(pinned, self.indices.pin_memory(), self.skipped, self.conversions)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MultiCropBatch:
         """The batch with its tensors on ``device``."""
         crops = [c.to(device, non_blocking=non_blocking) for c in self.crops]
         indices = self.indices.to(device, non_blocking=non_blocking)
-        return MultiCropBatch(crops, indices, self.skipped, self.notes)
+        return MultiCropBatch(crops, indices, self.skipped, self.conversions)
 
 
 def collate_multicrop(items: Sequence[Sample]) -> MultiCropBatch:
@@ -211,11 +212,11 @@ def collate_multicrop(items: Sequence[Sample]) -> MultiCropBatch:
     crops = [torch.stack([item[0][k] for item in items]) for k in range(num_crops)]
     indices = torch.tensor([item[1] for item in items], dtype=torch.long)
     skipped = [entry for item in items for entry in item[2]]
-    notes: dict[str, int] = {}
+    conversions: dict[str, int] = {}
     for item in items:
-        for note in item[3]:
-            notes[note] = notes.get(note, 0) + 1
-    return MultiCropBatch(crops, indices, skipped, notes)
+        for kind in item[3]:
+            conversions[kind] = conversions.get(kind, 0) + 1
+    return MultiCropBatch(crops, indices, skipped, conversions)
 
 
 def available_cores() -> int:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from PIL import Image
+from tqdm import tqdm
 
 from openseer.data.images import BadImage, DataError, load_rgb
 from openseer.data.lists import open_source
@@ -79,7 +80,6 @@ def write_shards(
     Returns:
         The manifest.
     """
-    from tqdm import tqdm
     from webdataset import TarWriter
 
     limit = parse_size(max_size)

@@ -101,7 +101,7 @@ def build_pretrain_data(
             pin_memory=device.type == "cuda",
         )
         if resumed_from and resumed_from.get("kind") == "shards":
-            stream.counts = dict(resumed_from.get("input_counts", {}))  # counts cover the whole run
+            stream.input_counts = dict(resumed_from.get("input_counts", {}))  # counts cover the whole run
             layout = {k: stream.state()[k] for k in ("world_size", "workers", "shards", "samples")}
             changed = {k: (resumed_from.get(k), v) for k, v in layout.items() if resumed_from.get(k) != v}
             if changed:

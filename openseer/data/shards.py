@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import json
+import logging
 import os
 import re
 import tarfile
@@ -205,7 +206,6 @@ def iter_shard(path: str, stats: ShardStats | None = None) -> Iterator[ShardReco
         stream = _open(path)
     except (OSError, ValueError) as e:
         stats.add("shard_unreadable")
-        import logging
 
         logging.getLogger("openseer").warning("cannot open shard %s: %s", path, e)
         return
@@ -228,7 +228,6 @@ def iter_shard(path: str, stats: ShardStats | None = None) -> Iterator[ShardReco
                 raise tarfile.ReadError("no end-of-archive marker (the file is cut short)")
         except (tarfile.TarError, OSError, EOFError, ValueError, KeyError) as e:
             stats.add("shard_truncated")
-            import logging
 
             logging.getLogger("openseer").warning("shard %s is truncated or corrupt: %s", path, e)
 

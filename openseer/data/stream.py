@@ -131,7 +131,7 @@ class ShardStream:
         self.epoch, self.start_step = 0, 0
         #: what the stream met so far, per reason: skips (empty, truncated, unreadable, non_image,
         #: too_large, shard_truncated, unsafe_member, ...) and conversions (cmyk, 16bit, palette, tiny, ...)
-        self.counts: dict[str, int] = {}
+        self.input_counts: dict[str, int] = {}
 
     # ---- the plan ---------------------------------------------------------------------------------------
     def rank_shards(self, epoch: int) -> np.ndarray:
@@ -227,7 +227,7 @@ class ShardStream:
         crops_acc: list[list[torch.Tensor]] = []
         ids: list[int] = []
         skipped: list[tuple[str, str]] = []
-        counts: dict[str, int] = {}
+        conversions: dict[str, int] = {}
         last_good = Image.new("RGB", (64, 64), (128, 128, 128))  # used only before any good image
         seen, good = 0, 0
         chunk = start // b
@@ -235,10 +235,10 @@ class ShardStream:
         aug = getattr(self.transform, "aug", None)
         tiny = aug.global_size if aug is not None else 0  # "tiny": smaller than a global crop (upscaled)
         for gid, item in self._worker_samples(epoch, worker, start):
-            img, notes = None, []
+            img, found = None, []
             if isinstance(item, ShardRecord):
                 try:
-                    img = decode(item.data, notes=notes)
+                    img = decode(item.data, conversions=found)
                 except BadImage as e:
                     non_image = e.reason == "unreadable" and e.detail.startswith("not a recognised")
                     skipped.append((f"{item.key}.{item.ext}", "non_image" if non_image else e.reason))
@@ -248,9 +248,9 @@ class ShardStream:
             seen += 1
             if img is not None:
                 last_good, good = img, good + 1
-                notes += ["tiny"] if min(img.size) < tiny else []
-                for note in notes:
-                    counts[note] = counts.get(note, 0) + 1
+                found += ["tiny"] if min(img.size) < tiny else []
+                for kind in found:
+                    conversions[kind] = conversions.get(kind, 0) + 1
             elif good == 0 and seen >= MAX_BAD_START:
                 raise DataError(f"the first {seen} samples of a worker's shards held no decodable image")
             with torch.random.fork_rng(devices=[]):
@@ -260,10 +260,10 @@ class ShardStream:
             if len(ids) == b - (start % b if chunk == start // b else 0):
                 skipped += self._shard_notes
                 self._shard_notes = []
-                yield worker, chunk, _stack(crops_acc), torch.tensor(ids), skipped, counts
-                crops_acc, ids, skipped, counts, chunk = [], [], [], {}, chunk + 1
+                yield worker, chunk, _stack(crops_acc), torch.tensor(ids), skipped, conversions
+                crops_acc, ids, skipped, conversions, chunk = [], [], [], {}, chunk + 1
         if ids:
-            yield worker, chunk, _stack(crops_acc), torch.tensor(ids), skipped + self._shard_notes, counts
+            yield worker, chunk, _stack(crops_acc), torch.tensor(ids), skipped + self._shard_notes, conversions
 
     # ---- the main process ------------------------------------------------------------------------------
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -287,7 +287,7 @@ class ShardStream:
             "shards": len(self.shards),
             "samples": self.shards.num_samples,
             "shuffle_buffer": self.shuffle_buffer,
-            "input_counts": dict(self.counts),
+            "input_counts": dict(self.input_counts),
         }
 
     def __iter__(self) -> Iterator[MultiCropBatch]:
@@ -312,10 +312,10 @@ class ShardStream:
             while have < b:
                 key = expected.pop() if expected else next(sequence)[:2]
                 while key not in waiting:
-                    w, k, crops, ids, skipped, counts = next(chunks)
-                    waiting[(w, k)] = (crops, ids, skipped, counts)
-                    for reason, n in [*counts.items(), *((r, 1) for _, r in skipped)]:
-                        self.counts[reason] = self.counts.get(reason, 0) + n
+                    w, k, crops, ids, skipped, conversions = next(chunks)
+                    waiting[(w, k)] = (crops, ids, skipped, conversions)
+                    for reason, n in [*conversions.items(), *((r, 1) for _, r in skipped)]:
+                        self.input_counts[reason] = self.input_counts.get(reason, 0) + n
                 pending.append(waiting.pop(key))
                 have += len(pending[-1][1])
             batch, pending, have = _cut(pending, b)
@@ -339,11 +339,11 @@ def _cut(pending: list[tuple], b: int) -> tuple[MultiCropBatch, list[tuple], int
     crops = [torch.cat([c[0][k] for c in pending]) for k in range(len(pending[0][0]))]
     ids = torch.cat([c[1] for c in pending])
     skipped = [s for c in pending for s in c[2]]
-    notes: dict[str, int] = {}  # a chunk's conversion counts go with the first batch that takes from it
+    conversions: dict[str, int] = {}  # a chunk's conversion counts go with the first batch that takes from it
     for c in pending:
-        for note, n in c[3].items():
-            notes[note] = notes.get(note, 0) + n
-    batch = MultiCropBatch([c[:b] for c in crops], ids[:b], skipped, notes)
+        for kind, n in c[3].items():
+            conversions[kind] = conversions.get(kind, 0) + n
+    batch = MultiCropBatch([c[:b] for c in crops], ids[:b], skipped, conversions)
     if len(ids) == b:
         return batch, [], 0
     return batch, [([c[b:] for c in crops], ids[b:], [], {})], len(ids) - b

@@ -22,6 +22,8 @@ from typing import Any
 
 import timm
 import torch
+from timm.models import is_model, model_entrypoint
+from timm.models.regnet import RegNet, RegNetCfg
 from torch import nn
 
 from openseer.config import ConfigError, ModelConfig
@@ -32,8 +34,6 @@ _SPEC_KWARGS = ("zero_init_last", "img_size", "patch_size", "dynamic_img_size")
 
 def is_vit(name: str) -> bool:
     """Whether a timm model name is a Vision Transformer of timm's ``vision_transformer`` module."""
-    from timm.models import is_model, model_entrypoint
-
     return is_model(name) and model_entrypoint(name).__module__ in VIT_MODULES
 
 
@@ -91,8 +91,6 @@ def create_backbone_from_spec(spec: dict[str, Any]) -> nn.Module:
 def _create(spec: dict[str, Any], **train_kwargs: Any) -> nn.Module:
     init = {k: spec[k] for k in _SPEC_KWARGS if k in spec}
     if "regnet_cfg" in spec:
-        from timm.models.regnet import RegNet, RegNetCfg
-
         return RegNet(RegNetCfg(**spec["regnet_cfg"]), num_classes=0, **init, **train_kwargs)
     name = spec["timm_name"]
     if name not in timm.list_models():

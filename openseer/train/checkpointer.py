@@ -32,7 +32,7 @@ class Progress:
 
     step: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable image -> reason (this process)
-    converted: dict[str, int] = field(default_factory=dict)  # images converted, per kind (this process)
+    conversions: dict[str, int] = field(default_factory=dict)  # images converted, per kind (this process)
     nonfinite_total: int = 0
     consecutive_bad: int = 0
     losses: list[float] = field(default_factory=list)  # per step since start/resume
@@ -64,7 +64,7 @@ class Checkpointer:
             "nonfinite_steps": progress.nonfinite_total,
             "data": self.sampler.state() if hasattr(self.sampler, "state") else None,  # stream position
             "format": 2 if self.sharded else 1,
-            "input_counts": dist.sum_counts(progress.converted),
+            "conversions": dist.sum_counts(progress.conversions),
             "extra_state_keys": sorted(extra),
         }
         clash = set(extra) & set(meta) | set(extra) & {"model", "optimizer"}
@@ -121,7 +121,8 @@ class Checkpointer:
             step=state["step"],
             skipped=dict(state.get("skipped", {})),
             # the checkpoint holds the sum over processes: rank 0 carries it on
-            converted=dict(state.get("input_counts", {})) if dist.is_main() else {},
+            # ("input_counts" in checkpoints written before the key was renamed)
+            conversions=dict(state.get("conversions", state.get("input_counts", {}))) if dist.is_main() else {},
             nonfinite_total=state.get("nonfinite_steps", 0),
         )
         if dist.is_main():

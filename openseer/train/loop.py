@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from openseer import dist
-from openseer.checkpoint import atomic_write, export_backbone_state, full_backbone_state
+from openseer.checkpoint import atomic_write, export_backbone, full_backbone_state
 from openseer.config import Config
 from openseer.logging_backends import sink_from_config
 from openseer.models.backbone import backbone_spec
@@ -86,8 +86,8 @@ def _note_batch(run: Run, batch: Any) -> None:
         if name not in p.skipped:
             p.skipped[name] = reason
             log.warning("skipped unreadable image %s (%s)", name, reason)
-    for note, n in batch.notes.items():
-        p.converted[note] = p.converted.get(note, 0) + n
+    for kind, n in batch.conversions.items():
+        p.conversions[kind] = p.conversions.get(kind, 0) + n
 
 
 def _epoch(run: Run, logger: MetricsLogger, stop: StopFlag, on_step: Callable[[int, float], None] | None) -> bool:
@@ -142,12 +142,12 @@ def _finish(run: Run, status: str) -> dict[str, Any]:
     cfg, p, method = run.cfg, run.progress, run.trainer.method
     skipped = dist.merge_dicts(p.skipped)
     summary = run_summary(cfg, run.derived, method, p.step, p.losses, skipped, p.nonfinite_total, status, run.started)
-    summary["converted_by_kind"] = dist.sum_counts(p.converted)
+    summary["conversions"] = dist.sum_counts(p.conversions)
     # a consolidated backbone (gathered from the shards with FSDP: every process takes part)
     backbone_state = full_backbone_state(method, method.exported_backbone) if status == "completed" else None
     if dist.is_main():
         if backbone_state is not None:
             spec = {**backbone_spec(cfg.model), "exported": method.exported_backbone}
-            export_backbone_state(run.out, backbone_state, spec)
+            export_backbone(run.out, backbone_state, spec)
         atomic_write(run.out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     return summary

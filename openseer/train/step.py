@@ -18,7 +18,7 @@ from torch import nn
 from openseer import dist
 from openseer.errors import TrainingError  # noqa: F401 (re-exported)
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext
-from openseer.parallel import clip_grads, grad_norm, no_gradient_sync
+from openseer.parallel import PRECISION_DTYPES, clip_grads, grad_norm, no_gradient_sync
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Trainer:
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return PRECISION_DTYPES.get(self.precision)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from openseer.errors import CheckpointError
@@ -115,9 +117,6 @@ def read_file(path: str | Path, expected: str) -> Any:
     if path.stat().st_size == 0:
         raise WeightsError(f"{path} is empty (zero bytes); expected {expected}")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:

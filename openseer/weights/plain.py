@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from openseer.io import BACKBONE_SPEC, BACKBONE_WEIGHTS
 from openseer.weights.mapping import Imported, KeyTable, WeightsError, describe, read_file, strip_prefix, tensors_only
@@ -129,10 +131,6 @@ def convert_openseer_dir(path: Path, with_heads: bool) -> Imported:
 
 
 def convert_openseer_safetensors(path: Path) -> Imported:
-    import json
-
-    import yaml
-
     spec_path = path.with_name(BACKBONE_SPEC)
     weights = read_file(path, "backbone weights (safetensors)")
     spec = json.loads(spec_path.read_text()) if spec_path.is_file() else None

@@ -94,7 +94,7 @@ def test_bad_images_are_substituted_and_reported(tmp_path):
     bad = {1: b"", 2: jpeg.getvalue()[:200], 5: b"not an image"}
     source = open_source(image_folder(tmp_path, 6, bad))
     dataset = PretrainDataset(source, MultiCropTransform(TINY_AUG), seed=0)
-    crops, index, skipped, notes = dataset[(0, 1)]
+    crops, index, skipped, conversions = dataset[(0, 1)]
     assert index == 3 and skipped == [("001.png", "empty"), ("002.png", "truncated")]
     assert len(crops) == 4
     assert dataset[(0, 5)][1:] == (0, [("005.png", "unreadable")], [])  # wraps around to index 0
@@ -149,7 +149,7 @@ def test_collate_multicrop_shapes():
     ]
     batch = collate_multicrop(items)
     assert [tuple(c.shape) for c in batch.crops] == [(4, 3, 16, 16), (4, 3, 8, 8), (4, 3, 8, 8)]
-    assert batch.notes == {"cmyk": 2}
+    assert batch.conversions == {"cmyk": 2}
     assert batch.indices.tolist() == [0, 1, 2, 3] and batch.indices.dtype == torch.long
     assert batch.crops[0][:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
     assert len(batch.skipped) == 6

@@ -129,7 +129,7 @@ def test_bad_input_is_replaced_and_counted_per_reason(tmp_path, monkeypatch):
     assert skipped["d_text.jpg"] == "non_image"
     assert skipped["k_bomb.png"] == "too_large"
     assert sum(r == "shard_truncated" for r in skipped.values()) == 3
-    counts = stream.counts
+    counts = stream.input_counts
     for reason in ("cmyk", "16bit", "palette", "animated", "exif_rotated", "tiny", "empty", "non_image"):
         assert counts.get(reason, 0) >= 1, (reason, counts)
     assert counts["too_large"] == 1 and counts["shard_truncated"] == 3

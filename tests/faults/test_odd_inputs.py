@@ -38,9 +38,9 @@ def test_animated_gif_gives_its_first_frame(tmp_path):
     path = tmp_path / "imgs" / "anim.gif"
     path.parent.mkdir()
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
-    notes: list[str] = []
-    img = load_rgb(path.read_bytes(), notes=notes)
-    assert img.mode == "RGB" and img.getpixel((10, 10)) == (255, 0, 0) and "animated" in notes
+    conversions: list[str] = []
+    img = load_rgb(path.read_bytes(), conversions=conversions)
+    assert img.mode == "RGB" and img.getpixel((10, 10)) == (255, 0, 0) and "animated" in conversions
     assert open_source(tmp_path / "imgs").name(0) == "anim.gif"  # .gif is an image suffix
 
 

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from openseer.checkpoint import export_backbone_state
+from openseer.checkpoint import export_backbone
 from openseer.weights import WeightsError
 from openseer.weights.export import export_run, torchvision_model
 from openseer.weights.sources import backbone_from_source
@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory):
     backbone = foreign.randomise(
         timm.models.regnet.RegNet(timm.models.regnet.RegNetCfg(**foreign.TINY_REGNET), num_classes=0), 12
     )
-    export_backbone_state(run, backbone.state_dict(), foreign.TINY_REGNET_SPEC)
+    export_backbone(run, backbone.state_dict(), foreign.TINY_REGNET_SPEC)
     (run / "config.yaml").write_text("aug:\n  global_size: 32\n")
     return run
 

@@ -142,7 +142,7 @@ def test_timm_state_dict_drops_the_classifier(tmp_path):
 
 
 def test_openseer_run_dir_gives_backbone_and_heads(tmp_path):
-    from openseer.checkpoint import export_backbone_state, save_checkpoint
+    from openseer.checkpoint import export_backbone, save_checkpoint
 
     src = _swav_method(foreign.TINY_REGNET_SPEC)
     foreign.randomise(src, 11)
@@ -150,7 +150,7 @@ def test_openseer_run_dir_gives_backbone_and_heads(tmp_path):
     save_checkpoint(
         run / "checkpoints" / "last.pt", {"model": src.state_dict(), "backbone_spec": foreign.TINY_REGNET_SPEC}
     )
-    export_backbone_state(run, src.backbone.state_dict(), foreign.TINY_REGNET_SPEC)
+    export_backbone(run, src.backbone.state_dict(), foreign.TINY_REGNET_SPEC)
     dst = _swav_method(foreign.TINY_REGNET_SPEC)
     init_method_from(dst, run, log=lambda s: None)
     for k, v in src.state_dict().items():
