@@ -3,13 +3,13 @@
     PYTHONPATH=. .venv/bin/python benchmarks/continued_pretraining.py \
         --data ../shared/data/cifar10/cifar10-train.tar \
         --train ../shared/data/cifar10/cifar10-train.tar --test ../shared/data/cifar10/cifar10-test.tar \
-        --init timm:regnety_004.pycls_in1k --preset cifar10 --epochs 2 --out runs/continued
+        --init timm:regnety_004.pycls_in1k --preset cifar10 --epochs 2 --out runs/continued data.augment=fast
 
 ``--init`` is any SOURCE with the preset's backbone (a cached timm tag, a VISSL/SwAV/DINO file, an openseer run
 dir). Without network, make one with ``--source-data OTHER_IMAGES``: the script first pretrains the same preset on
 those images for ``--source-epochs`` and continues from that run. Both arms use the same preset, seed, data and
-number of steps; only the starting weights differ. Prints the two `eval all` tables (kNN, linear, low-shot vs
-the random-init floor) and writes them into ``--out``.
+number of steps (``key=value`` overrides apply to every run); only the starting weights differ. Prints the two
+`eval all` tables (kNN, linear, low-shot vs the random-init floor) and writes them into ``--out``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,21 +41,29 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=0)
     parser.add_argument("--out", default="runs/continued")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args()
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"override {item!r} is not key=value")
+        overrides[key.replace(".", "__")] = yaml.safe_load(value)
     out = Path(args.out)
     init = args.init
     if init is None:
         if not args.source_data:
             parser.error("give --init SOURCE or --source-data IMAGES")
         started = time.time()
-        openseer.pretrain(args.preset, data=args.source_data, out=out / "source", train={"epochs": args.source_epochs})
+        source_budget = {"train__epochs": args.source_epochs}
+        openseer.pretrain(args.preset, data=args.source_data, out=out / "source", **source_budget, **overrides)
         print(f"source run: {time.time() - started:.0f} s on {args.source_data}")
         init = str(out / "source")
-    budget = {"epochs": args.epochs, **({"max_steps": args.max_steps} if args.max_steps else {})}
+    budget = {"train__epochs": args.epochs, **({"train__max_steps": args.max_steps} if args.max_steps else {})}
     results = {}
     for arm, arm_init in (("scratch", None), ("continued", init)):
         started = time.time()
-        summary = openseer.pretrain(args.preset, data=args.data, out=out / arm, init=arm_init, train=budget)
+        summary = openseer.pretrain(args.preset, data=args.data, out=out / arm, init=arm_init, **budget, **overrides)
         seconds = time.time() - started
         suite = run_suite(out / arm, args.train, args.test, seeds=args.seeds, baseline=arm == "scratch")
         results[arm] = {
