@@ -44,7 +44,7 @@ class ModelInfo:
     teacher_flops_per_image: float = 0.0  # forward of an EMA teacher on the global crops (DINO), else 0
 
 
-def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+def saved_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
     """Bytes autograd keeps for the backward of ``module(x)`` (parameters excluded, each tensor once)."""
     params = {id(p) for p in module.parameters()}
     seen: dict[tuple, int] = {}
@@ -95,7 +95,7 @@ def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
             with torch.no_grad():
                 backbone(x)
         flops[size] = float(counter.get_total_flops()) / 2
-        acts += count * _saved_bytes(backbone, x.requires_grad_()) / 2
+        acts += count * saved_activation_bytes(backbone, x.requires_grad_()) / 2
     low_precision = cfg.train.precision in ("bf16", "fp16")
     if low_precision:
         acts /= 2
