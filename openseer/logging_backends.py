@@ -17,6 +17,9 @@ import math
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+from PIL import Image
+
 from openseer.config import Config, ConfigError, to_dict
 
 
@@ -72,9 +75,6 @@ class TensorBoardSink:
         self.writer.flush()
 
     def log_image(self, tag: str, path: str | Path, step: int) -> None:
-        import numpy as np
-        from PIL import Image
-
         with Image.open(path) as img:
             array = np.asarray(img.convert("RGB"))
         self.writer.add_image(tag, array, step, dataformats="HWC")

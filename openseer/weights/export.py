@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
+from safetensors.torch import save_file
+from timm.models import save_for_hf
+from timm.models.regnet import model_cfgs
 from torch import nn
+from torch.export import Dim
+from torchvision.models.regnet import BlockParams, RegNet
 
 from openseer.io import BACKBONE_SPEC, atomic_write
 from openseer.weights.mapping import Imported, KeyTable, WeightsError
@@ -75,8 +81,6 @@ def _run_image_size(imported: Imported) -> int:
 
 # ---- safetensors / timm ------------------------------------------------------------------------------------
 def export_safetensors(backbone: nn.Module, spec: dict[str, Any], out: Path) -> Path:
-    from safetensors.torch import save_file
-
     if out.suffix != ".safetensors":
         raise WeightsError(f"--out {out}: a safetensors export needs a .safetensors file name")
     tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
@@ -88,8 +92,6 @@ def export_safetensors(backbone: nn.Module, spec: dict[str, Any], out: Path) -> 
 
 def export_timm(backbone: nn.Module, imported: Imported, out: Path, image_size: int) -> Path:
     """timm's own hub folder (``save_for_hf``): ``timm.create_model("local-dir:OUT", pretrained=True)``."""
-    from timm.models import save_for_hf
-
     spec = imported.spec or {}
     if "timm_name" not in spec:
         raise WeightsError(
@@ -147,8 +149,6 @@ def regnet_params(spec: dict[str, Any]) -> dict[str, Any] | None:
         return dict(spec["regnet_cfg"])
     name = spec.get("timm_name", "")
     if name.startswith(("regnetx_", "regnety_")):
-        from timm.models.regnet import model_cfgs
-
         cfg = model_cfgs.get(name)
         if cfg is not None:
             return {k: getattr(cfg, k) for k in ("depth", "w0", "wa", "wm", "group_size", "se_ratio")}
@@ -157,9 +157,6 @@ def regnet_params(spec: dict[str, Any]) -> dict[str, Any] | None:
 
 def torchvision_model(spec: dict[str, Any]) -> nn.Module:
     """The torchvision model (classifier replaced by Identity) with the architecture of ``spec``."""
-    import torchvision
-    from torchvision.models.regnet import BlockParams, RegNet
-
     params = regnet_params(spec)
     name = spec.get("timm_name", "")
     if params is not None:
@@ -241,7 +238,6 @@ def export_detectron2(
 def export_onnx(backbone: nn.Module, example: torch.Tensor, out: Path, opset: int | None = None) -> Path:
     """``torch.onnx.export`` (the torch.export-based exporter) with a dynamic batch dimension."""
     import onnx
-    from torch.export import Dim
 
     backbone = backbone.eval().float()
     kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
