@@ -99,7 +99,8 @@ class ParamGroup:
     """Parameters the optimizer treats alike, tagged with what the loop and optimizer must apply.
 
     lr at a step = scheduled lr x ``lr_scale`` (0 while ``step < freeze_steps``: neither the parameter nor
-    its momentum changes); weight decay = scheduled weight decay x ``wd_scale``; LARS leaves a group with
+    its momentum changes), or with ``fixed_lr`` the peak lr x ``lr_scale`` at every step (no warm-up, no decay:
+    SimSiam's ``--fix-pred-lr``); weight decay = scheduled weight decay x ``wd_scale``; LARS leaves a group with
     ``lars_exclude`` unadapted (plain SGD momentum).
     """
 
@@ -109,6 +110,7 @@ class ParamGroup:
     wd_scale: float = 1.0
     lars_exclude: bool = False
     freeze_steps: int = 0
+    fixed_lr: bool = False
 
     def as_optimizer_group(self) -> dict[str, Any]:
         return {
@@ -118,6 +120,7 @@ class ParamGroup:
             "wd_scale": self.wd_scale,
             "lars_exclude": self.lars_exclude,
             "freeze_steps": self.freeze_steps,
+            "fixed_lr": self.fixed_lr,
         }
 
 

@@ -82,6 +82,7 @@ def build_trainer(cfg: Config, method: Method, derived: Derived, device: torch.d
         ),
         wd_schedule=cosine_schedule(o.weight_decay, wd_end, derived.total_steps),
         info=RunInfo.of(cfg, derived),
+        peak_lr=derived.peak_lr,
         device=device,
         precision=cfg.train.precision,
         clip_grad=o.clip_grad,

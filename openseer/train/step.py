@@ -32,6 +32,7 @@ class Trainer:
     lr_schedule: torch.Tensor  # per step
     wd_schedule: torch.Tensor  # per step
     info: RunInfo
+    peak_lr: float  # what groups with ``fixed_lr`` get at every step
     device: torch.device
     precision: str = "fp32"  # fp32, bf16 or fp16 (with a gradient scaler)
     clip_grad: float = 0.0
@@ -59,16 +60,19 @@ class StepResult:
     scalars: dict[str, float]  # the method's named scalars, mean over micro-batches (this process)
 
 
-def group_lr(group: ParamGroup, lr: float, step: int) -> float:
-    """A group's lr at ``step``: 0 while frozen, else the scheduled lr x its ``lr_scale``."""
-    return 0.0 if step < group.freeze_steps else lr * group.lr_scale
+def group_lr(group: ParamGroup, lr: float, step: int, peak_lr: float | None = None) -> float:
+    """A group's lr at ``step``: 0 while frozen, else the scheduled lr ``lr`` (``peak_lr`` for a group with
+    ``fixed_lr``) x its ``lr_scale``."""
+    if step < group.freeze_steps:
+        return 0.0
+    return (peak_lr if group.fixed_lr and peak_lr is not None else lr) * group.lr_scale
 
 
 def apply_schedules(trainer: Trainer, step: int) -> tuple[float, float]:
     """Set every optimizer group's lr and weight decay for ``step`` from the schedules and its tags."""
     lr, wd = float(trainer.lr_schedule[step]), float(trainer.wd_schedule[step])
     for opt_group, tags in zip(trainer.optimizer.param_groups, trainer.groups, strict=True):
-        opt_group["lr"] = group_lr(tags, lr, step)
+        opt_group["lr"] = group_lr(tags, lr, step, trainer.peak_lr)
         opt_group["weight_decay"] = wd * tags.wd_scale
     return lr, wd
 

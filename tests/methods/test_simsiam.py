@@ -1,14 +1,19 @@
 """SimSiam: negative cosine with stop-gradient against its formula, no gradient through the target branch,
 and batch norm synchronised across 2 processes."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from openseer.config import ConfigError
+from openseer.config import ConfigError, derive, load_config
 from openseer.methods.base import StepContext
+from openseer.methods.registry import get_method
 from openseer.methods.simsiam import negative_cosine, validate
+from openseer.train import apply_schedules, build_trainer
 from tests.methods.two_views import (
+    TinyBackbone,
     assert_two_processes_differ,
     assert_two_processes_equal_one,
     build,
@@ -76,3 +81,30 @@ def test_two_processes_with_synchronised_batch_norm_equal_one_process():
 @pytest.mark.dist
 def test_with_per_process_batch_norm_two_processes_differ():
     assert_two_processes_differ("simsiam", "per-process-bn")
+
+
+def _reference_lrs(init_lr: float, step: int, total: int) -> tuple[float, float]:
+    """main_simsiam.py ``adjust_learning_rate`` (per step instead of per epoch): (fix_lr groups, the rest)."""
+    cur_lr = init_lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+    return init_lr, cur_lr
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_fix_pred_lr_keeps_the_predictor_at_the_initial_lr(fixed):
+    cfg = load_config(
+        "simsiam-cifar10",
+        [f"simsiam.fix_pred_lr={str(fixed).lower()}", "train.batch_size=4", "optim.warmup_epochs=0",
+         "optim.final_lr_ratio=0", "train.precision=fp32", "model.channels_last=false"],
+    )  # fmt: skip
+    derived = derive(cfg, 40, 1)  # 10 steps per epoch
+    method = get_method("simsiam").build(cfg, TinyBackbone(), run_info(4, total_steps=derived.total_steps))
+    trainer = build_trainer(cfg, method, derived, torch.device("cpu"))
+    predictor = {id(p) for p in method.predictor.parameters()}
+    for step in (0, 1, derived.total_steps // 2, derived.total_steps - 1):
+        apply_schedules(trainer, step)
+        fix_lr, cur_lr = _reference_lrs(derived.peak_lr, step, derived.total_steps)
+        for group in trainer.optimizer.param_groups:
+            in_predictor = {id(p) in predictor for p in group["params"]}
+            assert len(in_predictor) == 1 or not fixed  # fixed: the predictor never shares a group
+            expected = fix_lr if fixed and True in in_predictor else cur_lr
+            assert group["lr"] == pytest.approx(expected, rel=1e-12), (step, group["name"])
