@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from openseer.cli import build_parser
 from openseer.compare import compare, preset_for
 from openseer.config import ConfigError
 from tests.helpers import write_images
@@ -88,3 +89,13 @@ def test_bad_requests_are_one_line_errors(images):
         compare(["swav"], data, train, test, root / "x", steps=1, preset_suffix="-nowhere")
     with pytest.raises(ConfigError, match="twice"):
         compare(["swav", "swav"], data, train, test, root / "x", steps=1)
+
+
+@pytest.mark.parametrize("given", ["cifar10-regnet", "-cifar10-regnet"])
+def test_preset_suffix_is_accepted_with_or_without_its_dash(given):
+    base = ["compare", "--methods", "dino", "--data", "d", "--train", "t", "--test", "v", "--steps", "1", "--out", "o"]
+    args = build_parser().parse_args([*base, f"--preset-suffix={given}"])
+    assert args.preset_suffix == "-cifar10-regnet"
+    if not given.startswith("-"):  # the plain form also works as a separate word
+        assert build_parser().parse_args([*base, "--preset-suffix", given]).preset_suffix == "-cifar10-regnet"
+    assert preset_for("dino", args.preset_suffix) == "dino-cifar10-regnet"

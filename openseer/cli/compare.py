@@ -11,6 +11,12 @@ from openseer.cli.common import Parents, eval_settings, floats, ints
 from openseer.compare import compare
 
 
+def preset_suffix(value: str) -> str:
+    """``cifar10-regnet`` or ``-cifar10-regnet`` -> ``-cifar10-regnet`` (argparse reads a value that starts with a
+    dash as an option, so the dash may be left out)."""
+    return value if value.startswith("-") else "-" + value
+
+
 def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
     p = sub.add_parser(
         "compare",
@@ -24,7 +30,12 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--steps", type=int, help="optimizer steps per method")
     budget.add_argument("--epochs", type=int, help="epochs per method")
-    p.add_argument("--preset-suffix", default="-cifar10", help="short presets <method><suffix> [-cifar10]")
+    p.add_argument(
+        "--preset-suffix",
+        type=preset_suffix,
+        default="-cifar10",
+        help="short presets <method>-<suffix>, e.g. cifar10-regnet (a leading '-' is optional) [cifar10]",
+    )
     p.add_argument("--k", default="10,20,200", help="kNN k values [10,20,200]")
     p.add_argument("--fractions", default="0.01,0.1", help="low-shot label fractions [0.01,0.1]")
     p.add_argument("--seeds", type=int, default=3, help="seeded subsets per fraction [3]")
