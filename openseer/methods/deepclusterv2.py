@@ -28,6 +28,7 @@ The training loop passes each micro-batch's dataset ``indices`` (``needs_indices
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -43,6 +44,7 @@ from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
 from openseer.models.heads import ProjectionMLP, Prototypes, multicrop_forward
 
+log = logging.getLogger("openseer")
 IGNORE = -100  # target of an image without an assignment (cross_entropy's ignore_index)
 
 
@@ -304,6 +306,14 @@ def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> DeepClusterV2:
         raise ConfigError(
             f"deepclusterv2.num_prototypes={d.num_prototypes}: k-means needs at least as many images per epoch "
             f"({images}) as clusters; lower deepclusterv2.num_prototypes"
+        )
+    if info.total_steps <= info.steps_per_epoch:
+        log.warning(
+            "DeepCluster-v2 learns from its second epoch on (the first fills the memory bank that k-means "
+            "clusters at its end): this run of %d steps, at most one epoch of %d, leaves the backbone untrained; "
+            "give it at least 2 epochs",
+            info.total_steps,
+            info.steps_per_epoch,
         )
     return DeepClusterV2(backbone, d, info, seed=cfg.train.seed)
 

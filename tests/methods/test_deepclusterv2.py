@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import types
 
@@ -111,6 +112,16 @@ def test_too_many_clusters_for_the_data_is_a_config_error():
     cfg = types.SimpleNamespace(deepclusterv2=Config(num_prototypes=[3000]), train=types.SimpleNamespace(seed=0))
     with pytest.raises(ConfigError, match="lower deepclusterv2.num_prototypes"):
         deepclusterv2.build(cfg, TinyBackbone(), context(local_batch=8, steps_per_epoch=10).info)
+
+
+def test_a_run_of_at_most_one_epoch_is_warned_about(caplog):
+    cfg = types.SimpleNamespace(deepclusterv2=Config(num_prototypes=[3]), train=types.SimpleNamespace(seed=0))
+    info = context(local_batch=8, steps_per_epoch=10).info
+    with caplog.at_level("WARNING", logger="openseer"):
+        deepclusterv2.build(cfg, TinyBackbone(), info)  # 100 steps = 10 epochs: fine
+        assert not caplog.records
+        deepclusterv2.build(cfg, TinyBackbone(), dataclasses.replace(info, total_steps=10))
+    assert "leaves the backbone untrained" in caplog.text and "10 steps" in caplog.text
 
 
 # ---- 2 processes = 1 process on the concatenated batch, through two k-means epochs ------------------------------
