@@ -6,7 +6,7 @@ import json
 import pytest
 
 from openseer.cli import build_parser
-from openseer.compare import compare, preset_for
+from openseer.compare import compare, floor_name, preset_for, table_lines
 from openseer.config import ConfigError
 from tests.helpers import write_images
 
@@ -99,3 +99,22 @@ def test_preset_suffix_is_accepted_with_or_without_its_dash(given):
     if not given.startswith("-"):  # the plain form also works as a separate word
         assert build_parser().parse_args([*base, "--preset-suffix", given]).preset_suffix == "-cifar10-regnet"
     assert preset_for("dino", args.preset_suffix) == "dino-cifar10-regnet"
+
+
+def test_each_initialisation_gets_its_own_floor_and_rows_name_theirs():
+    # random features depend on the initialisation (zero-initialised residual branches or not): a method is
+    # measured against the floor of its own backbone spec, not the first method's
+    assert floor_name("regnety_004", {"timm_name": "regnety_004", "exported": "backbone"}) == "regnety_004"
+    spec = {"timm_name": "regnety_004", "zero_init_last": False, "exported": "teacher.backbone"}
+    assert floor_name("regnety_004", spec) == "regnety_004, zero_init_last=false"
+    row = {"header": ["kNN k=20"], "rows": {"pretrained": ["20.0"]}}
+    floors = {"regnety_004": row, "regnety_004, zero_init_last=false": {**row, "rows": {"pretrained": ["32.0"]}}}
+    result = dict(preset="p", steps=1, images_per_s=1.0, final_loss=1.0, trivial_loss=2.0, eval=["25.0"])
+    results = {"swav": {**result, "floor": "regnety_004"}, "dino": {**result, "floor": list(floors)[1]}}
+    names = [r.split("|")[1].strip() for r in table_lines(results, floors)[1][2:]]
+    assert names == [
+        "swav (vs random init regnety_004)",
+        "dino (vs random init regnety_004, zero_init_last=false)",
+        "random init (regnety_004)",
+        "random init (regnety_004, zero_init_last=false)",
+    ]
