@@ -24,14 +24,7 @@ class ProjectionMLP(nn.Module):
 
     def __init__(self, dims: list[int], batch_norm: bool = True):
         super().__init__()
-        layers: list[nn.Module] = []
-        for i in range(len(dims) - 2):
-            layers.append(nn.Linear(dims[i], dims[i + 1], bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(dims[i + 1]))
-            layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.Linear(dims[-2], dims[-1]))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = MLP(dims, batch_norm)  # the same layers and parameter names as SwAV's / VISSL's head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.mlp(x), dim=1)
