@@ -20,11 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import openseer  # noqa: E402
+from openseer.config import load_config  # noqa: E402
 from openseer.eval.suite import run_suite  # noqa: E402
 
 
@@ -43,12 +42,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"override {item!r} is not key=value")
-        overrides[key.replace(".", "__")] = yaml.safe_load(value)
+    preset = load_config(args.preset, args.overrides)  # checked as on the command line
     out = Path(args.out)
     init = args.init
     if init is None:
@@ -56,14 +50,14 @@ def main() -> None:
             parser.error("give --init SOURCE or --source-data IMAGES")
         started = time.time()
         source_budget = {"train__epochs": args.source_epochs}
-        openseer.pretrain(args.preset, data=args.source_data, out=out / "source", **source_budget, **overrides)
+        openseer.pretrain(preset, data=args.source_data, out=out / "source", **source_budget)
         print(f"source run: {time.time() - started:.0f} s on {args.source_data}")
         init = str(out / "source")
     budget = {"train__epochs": args.epochs, **({"train__max_steps": args.max_steps} if args.max_steps else {})}
     results = {}
     for arm, arm_init in (("scratch", None), ("continued", init)):
         started = time.time()
-        summary = openseer.pretrain(args.preset, data=args.data, out=out / arm, init=arm_init, **budget, **overrides)
+        summary = openseer.pretrain(preset, data=args.data, out=out / arm, init=arm_init, **budget)
         seconds = time.time() - started
         suite = run_suite(out / arm, args.train, args.test, seeds=args.seeds, baseline=arm == "scratch")
         results[arm] = {
