@@ -64,6 +64,7 @@ def test_compare_writes_one_table_and_skips_finished_methods(images):
     for m in METHODS:
         r = saved["methods"][m]
         assert r["steps"] == 2 and r["images_per_s"] > 0 and r["preset"] == preset_for(m)
+        assert r["floor"] == "regnetx_002"  # the floor of its own backbone spec (both presets: timm's init)
         assert (out / m / "eval" / "summary.json").is_file()
     assert summary["floors"]["regnetx_002"] == saved["floors"]["regnetx_002"]
     assert "<table>" in (out / "compare.html").read_text()
