@@ -14,8 +14,9 @@ from tests.test_learning import CIFAR, _write_subset
 RUNS = {
     "barlowtwins": ["train.max_steps=120", "barlowtwins.projector_dims=[512,512,512]"],
     "vicreg": ["train.max_steps=120", "vicreg.projector_dims=[512,512,512]"],
-    # the first epoch fills the memory bank; 3 more epochs train on k-means targets
-    "deepclusterv2": ["train.epochs=4", "deepclusterv2.num_prototypes=[30,30,30]", "aug.local_crops=2"],
+    # the first epoch fills the memory bank; 5 more epochs train on k-means targets (with 3 the loss was still at
+    # 3.08 of ln K 3.40)
+    "deepclusterv2": ["train.epochs=6", "deepclusterv2.num_prototypes=[30,30,30]", "aug.local_crops=2"],
 }
 
 
@@ -37,12 +38,7 @@ def cifar(tmp_path_factory):
     [
         "barlowtwins",  # measured here: kNN 0.220 vs 0.178 random init
         "vicreg",  # measured here: kNN 0.250 vs 0.178
-        pytest.param(
-            "deepclusterv2",
-            marks=pytest.mark.xfail(
-                reason="untuned: measured loss 3.08 vs ln K 3.40 after 3 k-means epochs on 2,000 images", strict=False
-            ),
-        ),
+        "deepclusterv2",  # measured here: loss 3.01 (limit 3.06), kNN 0.209 vs 0.178
     ],
 )
 def test_short_pretraining_leaves_collapse_and_beats_random_init(method, cifar, tmp_path):
