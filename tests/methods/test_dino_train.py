@@ -72,8 +72,11 @@ def test_resume_after_interruption_gives_identical_losses(tmp_path):
         *DINO_TINY,
         f"data.path={data}",
         "train.epochs=2",
+        "dino.warmup_teacher_temp=0.04",  # DINO's schedule and last-layer freeze, not the short preset's
         "dino.teacher_temp=0.07",
         "dino.warmup_teacher_temp_epochs=2",
+        "dino.norm_last_layer=true",
+        "dino.freeze_last_layer_epochs=1",
     ]
     cfg = load_config("dino-cifar10", extra)
     full = pretrain(cfg, tmp_path / "full")
