@@ -64,6 +64,16 @@ TINY_OVERRIDES = [
 ]
 
 
+# DINO's own teacher-temperature warm-up (0.04 -> 0.07 over 2 epochs) and last-layer freeze (1 epoch), for tests
+# that check those schedules: the short presets keep 0.02 throughout and freeze nothing
+DINO_PAPER_SCHEDULE = [
+    "dino.warmup_teacher_temp=0.04",
+    "dino.teacher_temp=0.07",
+    "dino.warmup_teacher_temp_epochs=2",
+    "dino.norm_last_layer=true",
+    "dino.freeze_last_layer_epochs=1",
+]
+
 def tiny_run_with_labels(root: Path, *pretrain_args: str, train_images: int = 24) -> tuple[Path, Path, Path]:
     """A 3-class labelled train/test pair and a tiny `demo` run pretrained on unlabelled images (3 steps):
     (run_dir, train, test). Extra ``pretrain_args`` go on the pretrain command line."""

@@ -14,6 +14,7 @@ from openseer.methods.base import RunInfo
 from openseer.methods.registry import get_method
 from openseer.train import build_trainer, train_step
 from tests.dist.common import spawn
+from tests.helpers import DINO_PAPER_SCHEDULE
 
 GLOBAL_BATCH, STEPS = 8, 3
 
@@ -42,11 +43,7 @@ def dino_steps(rank: int, world: int, extra: tuple[str, ...] = (), backbone: str
             "dino.out_dim=32",
             "dino.hidden_dim=24",
             "dino.bottleneck_dim=8",
-            "dino.warmup_teacher_temp=0.04",  # DINO's schedule (the short preset keeps 0.02 throughout)
-            "dino.teacher_temp=0.07",
-            "dino.warmup_teacher_temp_epochs=2",
-            "dino.norm_last_layer=true",
-            "dino.freeze_last_layer_epochs=1",
+            *DINO_PAPER_SCHEDULE,
             f"train.batch_size={GLOBAL_BATCH // world}",
             "train.epochs=2",
             "train.precision=fp32",

@@ -12,7 +12,7 @@ from openseer.checkpoint import load_backbone, load_checkpoint
 from openseer.cli import main
 from openseer.config import load_config
 from openseer.train import pretrain
-from tests.helpers import write_images
+from tests.helpers import DINO_PAPER_SCHEDULE, write_images
 
 # a 255k-parameter timm ViT (6 blocks, width 64) on 16 px crops with 4 px patches: seconds per run
 DINO_TINY = [
@@ -72,11 +72,7 @@ def test_resume_after_interruption_gives_identical_losses(tmp_path):
         *DINO_TINY,
         f"data.path={data}",
         "train.epochs=2",
-        "dino.warmup_teacher_temp=0.04",  # DINO's schedule and last-layer freeze, not the short preset's
-        "dino.teacher_temp=0.07",
-        "dino.warmup_teacher_temp_epochs=2",
-        "dino.norm_last_layer=true",
-        "dino.freeze_last_layer_epochs=1",
+        *DINO_PAPER_SCHEDULE,
     ]
     cfg = load_config("dino-cifar10", extra)
     full = pretrain(cfg, tmp_path / "full")
