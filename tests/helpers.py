@@ -74,6 +74,7 @@ DINO_PAPER_SCHEDULE = [
     "dino.freeze_last_layer_epochs=1",
 ]
 
+
 def tiny_run_with_labels(root: Path, *pretrain_args: str, train_images: int = 24) -> tuple[Path, Path, Path]:
     """A 3-class labelled train/test pair and a tiny `demo` run pretrained on unlabelled images (3 steps):
     (run_dir, train, test). Extra ``pretrain_args`` go on the pretrain command line."""
