@@ -8,6 +8,12 @@ method's short preset (``<method><suffix>``, e.g. ``barlowtwins-cifar10``; SwAV'
 architecture (and initialisation: :func:`floor_name`) is evaluated once into ``OUT/random_init/``; every row
 names the floor it is measured against.
 
+A wall-clock budget (``minutes``) gives every method the same pretraining time instead of the same steps:
+before any training, each method runs a short probe (:data:`PROBE_STEPS` optimizer steps in a scratch
+directory, the first :data:`PROBE_WARMUP` of them untimed) and gets ``minutes x images/s / global batch``
+steps, so that its schedule (warm-up, decay) spans exactly that many steps. The probes and the steps they give
+are kept in ``OUT/budgets.json``: a rerun reuses them, so an interrupted run resumes with the same schedule.
+
 Resumable: a method whose ``summary.json`` says ``completed`` is not pretrained again, an interrupted one
 resumes from its checkpoint, and an evaluation whose ``summary.json`` is newer than the backbone is reused. The
 results: ``OUT/compare.md`` (the table), ``OUT/compare.json`` (its numbers, images/s, losses, timings) and
@@ -16,9 +22,11 @@ results: ``OUT/compare.md`` (the table), ``OUT/compare.json`` (its numbers, imag
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import logging
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +45,9 @@ from openseer.run_state import config_differences, load_run_config
 from openseer.train import pretrain
 
 log = logging.getLogger("openseer")
+
+PROBE_STEPS = 50  # optimizer steps of the throughput probe behind a wall-clock budget
+PROBE_WARMUP = 20  # of which the first are not timed (start-up, and the burst of batches prefetched during it)
 
 
 def preset_for(method: str, suffix: str = "-cifar10") -> str:
@@ -64,6 +75,49 @@ def _run_config(method: str, suffix: str, data: str, steps: int | None, epochs: 
     budget = [f"train.max_steps={steps}"] if steps else []
     budget += [f"train.epochs={epochs}"] if epochs else []
     return load_config(preset_for(method, suffix), [f"data.path={json.dumps(data)}", *budget, *overrides])
+
+
+def steps_for_minutes(minutes: float, images_per_s: float, global_batch: int) -> int:
+    """Optimizer steps that ``minutes`` of pretraining at ``images_per_s`` allow (at least 1)."""
+    return max(1, int(minutes * 60 * images_per_s / global_batch))
+
+
+def probe_throughput(cfg: Config, scratch: Path) -> dict[str, Any]:
+    """Images/s of ``cfg``'s training step: :data:`PROBE_STEPS` steps into ``scratch`` (removed afterwards),
+    timed from the end of step :data:`PROBE_WARMUP` to the end of the last, without the online monitor."""
+    probe = copy.deepcopy(cfg)
+    probe.train.max_steps = PROBE_STEPS
+    probe.monitor.train = probe.monitor.test = ""
+    ends: list[float] = []
+    shutil.rmtree(scratch, ignore_errors=True)  # left by a probe that was killed: never resumed
+    try:
+        summary = pretrain(probe, scratch, resume=False, on_step=lambda step, loss: ends.append(time.perf_counter()))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if summary["status"] != "completed" or len(ends) <= PROBE_WARMUP:
+        raise TrainingError(f"compare: the throughput probe of {cfg.method} did not complete ({len(ends)} steps)")
+    timed = len(ends) - PROBE_WARMUP
+    seconds = ends[-1] - ends[PROBE_WARMUP - 1]
+    return dict(images_per_s=timed * summary["global_batch"] / seconds, global_batch=summary["global_batch"])
+
+
+def _time_budgets(
+    configs: dict[str, Config], out: Path, minutes: float, probe: Callable[[Config, Path], dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per method, the probe and the steps for ``minutes`` of pretraining, from ``OUT/budgets.json`` or a fresh
+    probe."""
+    path = out / "budgets.json"
+    budgets = _read_json(path) or {}
+    for method, cfg in configs.items():
+        kept = budgets.get(method)
+        if kept and kept.get("minutes") == minutes:
+            continue
+        log.info("compare: probing %s's throughput (%d steps) for %g minutes", method, PROBE_STEPS, minutes)
+        measured = probe(cfg, out / f".probe-{method}")
+        steps = steps_for_minutes(minutes, measured["images_per_s"], measured["global_batch"])
+        budgets[method] = dict(minutes=minutes, probe_steps=PROBE_STEPS, **measured, steps=steps)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(budgets, indent=2)))
+    return {method: budgets[method] for method in configs}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -114,19 +168,24 @@ def compare(
     overrides: Sequence[str] = (),
     eval_options: dict[str, Any] | None = None,
     on_method: Callable[[str, str], None] | None = None,
+    minutes: float | None = None,
+    probe: Callable[[Config, Path], dict[str, Any]] = probe_throughput,
 ) -> dict[str, Any]:
     """Pretrain and evaluate every method of ``methods`` into ``out``; returns the comparison summary.
 
-    ``steps`` (optimizer steps) or ``epochs`` is the budget every method gets; ``overrides`` (``a.b=value``)
-    apply to every run, on top of its preset. ``eval_options`` go to :func:`run_suite` (ks, fractions, seeds,
-    ...). ``on_method(method, what)`` is told ``"pretrain"``, ``"skip"`` or ``"eval"`` (for logs and tests).
+    ``steps`` (optimizer steps), ``epochs`` or ``minutes`` (pretraining wall time, turned into steps per
+    method by a throughput ``probe``) is the budget every method gets; ``overrides`` (``a.b=value``) apply to
+    every run, on top of its preset. ``eval_options`` go to :func:`run_suite` (ks, fractions, seeds, ...).
+    ``on_method(method, what)`` is told ``"pretrain"``, ``"skip"`` or ``"eval"`` (for logs and tests).
     """
     if not methods:
         raise ConfigError("compare needs at least one method (--methods swav,barlowtwins,...)")
     if len(set(methods)) != len(methods):
         raise ConfigError(f"--methods lists a method twice: {','.join(methods)}")
-    if not steps and not epochs:
-        raise ConfigError("compare needs a budget: --steps N or --epochs N (the same for every method)")
+    if sum(bool(b) for b in (steps, epochs, minutes)) != 1:
+        raise ConfigError("compare needs one budget: --steps N, --epochs N or --minutes M (the same for every method)")
+    if minutes is not None and minutes <= 0:
+        raise ConfigError(f"--minutes must be positive, got {minutes}")
     out = Path(out)
     eval_options = dict(eval_options or {})
     setting_keys = [k for k in ("image_size", "crop_pct", "batch_size", "num_workers", "device") if k in eval_options]
@@ -134,6 +193,10 @@ def compare(
         eval_options["settings"] = EvalSettings(**{k: eval_options.pop(k) for k in setting_keys})
     configs = {m: _run_config(m, preset_suffix, data, steps, epochs, overrides) for m in methods}  # fail early
     out.mkdir(parents=True, exist_ok=True)
+    budgets: dict[str, dict[str, Any]] = {}
+    if minutes:  # every probe first, on the same machine state, then the runs
+        budgets = _time_budgets(configs, out, minutes, probe)
+        configs = {m: _run_config(m, preset_suffix, data, budgets[m]["steps"], None, overrides) for m in methods}
     results: dict[str, Any] = {}
     floors: dict[str, Any] = {}
     for method, cfg in configs.items():
@@ -169,11 +232,13 @@ def compare(
             "global_batch": summary.get("global_batch"),
             "pretrain_seconds": summary.get("seconds"),
             "images_per_s": _images_per_s(run_dir),
+            "probe_images_per_s": budgets.get(method, {}).get("images_per_s"),
             "final_loss": summary.get("final_loss_mean"),
             "trivial_loss": summary.get("trivial_loss", summary.get("uniform_loss")),
             "eval": evaluation["rows"]["pretrained"],
         }
-    return _write_results(out, results, floors, dict(data=data, train=train, test=test, steps=steps, epochs=epochs))
+    setup = dict(data=data, train=train, test=test, steps=steps, epochs=epochs, minutes=minutes)
+    return _write_results(out, results, floors, setup)
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -184,15 +249,17 @@ def table_lines(results: dict, floors: dict) -> tuple[list[str], list[str]]:
     """(columns, markdown lines) of the comparison: one row per method, then one per random-init floor; with
     more than one floor each method names the floor it is measured against."""
     header = next(iter(floors.values()))["header"]
-    cols = ["method", "preset", "steps", "images/s", "final loss (trivial)", *header]
+    cols = ["method", "preset", "steps", "minutes", "images/s", "final loss (trivial)", *header]
     lines = ["| " + " | ".join(cols) + " |", "| --- " * len(cols) + "|"]
     for method, r in results.items():
         loss = f"{_fmt(r['final_loss'], '.3f')} ({_fmt(r['trivial_loss'], '.3g')})"
         name = f"{method} (vs random init {r['floor']})" if len(floors) > 1 else method
-        cells = [name, r["preset"], str(r["steps"]), _fmt(r["images_per_s"], ".0f"), loss, *r["eval"]]
+        seconds = r.get("pretrain_seconds")
+        minutes = _fmt(seconds and seconds / 60, ".1f")
+        cells = [name, r["preset"], str(r["steps"]), minutes, _fmt(r["images_per_s"], ".0f"), loss, *r["eval"]]
         lines.append("| " + " | ".join(cells) + " |")
     for arch, floor in floors.items():
-        cells = [f"random init ({arch})", "-", "0", "-", "-", *floor["rows"]["pretrained"]]
+        cells = [f"random init ({arch})", "-", "0", "-", "-", "-", *floor["rows"]["pretrained"]]
         lines.append("| " + " | ".join(cells) + " |")
     return cols, lines
 
@@ -260,7 +327,10 @@ def _html(cols: list[str], lines: list[str], figure: str | None, setup: dict) ->
         if figure
         else ("<p>No curves: pip install matplotlib</p>")
     )
-    budget = f"{setup['steps']} steps" if setup.get("steps") else f"{setup.get('epochs')} epochs"
+    if setup.get("minutes"):
+        budget = f"{setup['minutes']:g} minutes (steps from a throughput probe)"
+    else:
+        budget = f"{setup['steps']} steps" if setup.get("steps") else f"{setup.get('epochs')} epochs"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>openseer compare</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}

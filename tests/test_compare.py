@@ -6,8 +6,18 @@ import json
 import pytest
 
 from openseer.cli import build_parser
-from openseer.compare import compare, floor_name, preset_for, table_lines
-from openseer.config import ConfigError
+from openseer.compare import (
+    PROBE_STEPS,
+    PROBE_WARMUP,
+    compare,
+    floor_name,
+    preset_for,
+    probe_throughput,
+    steps_for_minutes,
+    table_lines,
+)
+from openseer.config import ConfigError, load_config
+from openseer.train import pretrain
 from tests.helpers import write_images
 
 METHODS = ["swav", "barlowtwins"]
@@ -58,7 +68,8 @@ def test_compare_writes_one_table_and_skips_finished_methods(images):
     assert calls == [(m, what) for m in METHODS for what in ("pretrain", "eval")]
     table = (out / "compare.md").read_text()
     rows = table.splitlines()
-    assert rows[0].startswith("| method | preset | steps | images/s | final loss (trivial) | kNN k=3 | linear")
+    header = "| method | preset | steps | minutes | images/s | final loss (trivial) | kNN k=3 | linear"
+    assert rows[0].startswith(header)
     assert [r.split("|")[1].strip() for r in rows[2:]] == [*METHODS, "random init (regnetx_002)"]
     saved = json.loads((out / "compare.json").read_text())
     for m in METHODS:
@@ -84,8 +95,12 @@ def test_compare_writes_one_table_and_skips_finished_methods(images):
 
 def test_bad_requests_are_one_line_errors(images):
     root, data, train, test = images
-    with pytest.raises(ConfigError, match="--steps N or --epochs N"):
+    with pytest.raises(ConfigError, match="--steps N, --epochs N or --minutes M"):
         compare(["swav"], data, train, test, root / "x")
+    with pytest.raises(ConfigError, match="one budget"):
+        compare(["swav"], data, train, test, root / "x", steps=2, minutes=1.0)
+    with pytest.raises(ConfigError, match="--minutes must be positive"):
+        compare(["swav"], data, train, test, root / "x", minutes=-1.0)
     with pytest.raises(ConfigError, match="no preset"):
         compare(["swav"], data, train, test, root / "x", steps=1, preset_suffix="-nowhere")
     with pytest.raises(ConfigError, match="twice"):
@@ -100,6 +115,15 @@ def test_preset_suffix_is_accepted_with_or_without_its_dash(given):
     if not given.startswith("-"):  # the plain form also works as a separate word
         assert build_parser().parse_args([*base, "--preset-suffix", given]).preset_suffix == "-cifar10-regnet"
     assert preset_for("dino", args.preset_suffix) == "dino-cifar10-regnet"
+
+
+def test_minutes_is_a_third_budget_exclusive_of_the_others(capsys):
+    base = ["compare", "--methods", "swav", "--data", "d", "--train", "t", "--test", "v", "--out", "o"]
+    args = build_parser().parse_args([*base, "--minutes", "2.5"])
+    assert args.minutes == 2.5 and args.steps is None and args.epochs is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--minutes", "2", "--steps", "10"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_each_initialisation_gets_its_own_floor_and_rows_name_theirs():
@@ -119,3 +143,60 @@ def test_each_initialisation_gets_its_own_floor_and_rows_name_theirs():
         "random init (regnety_004)",
         "random init (regnety_004, zero_init_last=false)",
     ]
+
+
+def test_a_time_budget_gives_each_method_the_steps_its_probed_throughput_allows(images):
+    # the probe is replaced by fixed throughputs: Barlow Twins "twice as fast" gets twice the steps
+    root, data, train, test = images
+    out, probed = root / "timed", []
+    speed = {"swav": 0.4, "barlowtwins": 0.8}  # images/s at a global batch of 8: 3 and 6 steps in 1 minute
+
+    def probe(cfg, scratch):
+        probed.append(cfg.method)
+        assert cfg.train.max_steps == 0 and scratch.parent == out  # the method's own config, unbudgeted
+        return dict(images_per_s=speed[cfg.method], global_batch=8)
+
+    def run(minutes: float) -> dict:
+        return compare(METHODS, data, train, test, out, minutes=minutes, overrides=TINY, eval_options=EVAL, probe=probe)
+
+    summary = run(1.0)
+    assert probed == METHODS  # every probe before any run
+    budgets = json.loads((out / "budgets.json").read_text())
+    for method, steps in (("swav", 3), ("barlowtwins", 6)):
+        assert budgets[method]["steps"] == steps == steps_for_minutes(1.0, speed[method], 8)
+        assert summary["methods"][method]["steps"] == steps  # the run was trained for them
+        assert summary["methods"][method]["probe_images_per_s"] == speed[method]
+        assert json.loads((out / method / "summary.json").read_text())["steps"] == steps
+    assert "1 minutes (steps from a throughput probe)" in (out / "compare.html").read_text()
+
+    probed.clear()  # a rerun reuses the probes (and so the schedules) instead of measuring again
+    assert run(1.0)["table"] == summary["table"] and probed == []
+    with pytest.raises(ConfigError, match="finished run with other settings"):  # another budget, other steps
+        run(2.0)
+
+
+def test_steps_for_minutes():
+    assert steps_for_minutes(10, 128.0, 128) == 600  # one step per second for 10 minutes
+    assert steps_for_minutes(0.5, 64.0, 256) == 7  # whole steps only
+    assert steps_for_minutes(0.001, 1.0, 256) == 1  # at least one
+
+
+def test_the_throughput_probe_times_real_steps_and_leaves_nothing_behind(images, monkeypatch):
+    root, data, _, _ = images
+    cfg = load_config(preset_for("barlowtwins"), [f"data.path={json.dumps(data)}", *TINY])
+    seen = {}
+
+    def spy(probe_cfg, scratch, **kw):  # the real loop, watched
+        seen["max_steps"], seen["scratch"] = probe_cfg.train.max_steps, scratch
+        summary = pretrain(probe_cfg, scratch, **kw)
+        seen["steps"], seen["seconds"] = summary["steps"], summary["seconds"]
+        return summary
+
+    monkeypatch.setattr("openseer.compare.pretrain", spy)
+    measured = probe_throughput(cfg, root / ".probe-barlowtwins")
+    assert seen["max_steps"] == seen["steps"] == PROBE_STEPS and cfg.train.max_steps == 0  # cfg untouched
+    assert measured["global_batch"] == 8
+    # the timed steps are a part of the run (start-up and the first steps left out): their images/s is at
+    # least that of those steps spread over the whole run's wall time
+    assert measured["images_per_s"] >= (PROBE_STEPS - PROBE_WARMUP) * 8 / seen["seconds"]
+    assert not seen["scratch"].exists()

@@ -1,7 +1,7 @@
 """``openseer compare --methods swav,barlowtwins,... --data UNLABELLED --train LABELLED --test LABELLED
---steps N --out DIR [key=value ...]``: which method for my data? Each method pretrained with its short preset on
-the same images and budget (resumable), `eval all` on each and the random-init floor, one table
-(`openseer.compare.compare`; docs/methods.md)."""
+--steps N|--epochs N|--minutes M --out DIR [key=value ...]``: which method for my data? Each method pretrained
+with its short preset on the same images and budget (resumable), `eval all` on each and the random-init floor,
+one table (`openseer.compare.compare`; docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--steps", type=int, help="optimizer steps per method")
     budget.add_argument("--epochs", type=int, help="epochs per method")
+    budget.add_argument(
+        "--minutes",
+        type=float,
+        help="pretraining wall time per method: each gets the steps a short throughput probe says fit",
+    )
     p.add_argument(
         "--preset-suffix",
         type=preset_suffix,
@@ -51,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         steps=args.steps,
         epochs=args.epochs,
+        minutes=args.minutes,
         preset_suffix=args.preset_suffix,
         overrides=args.overrides,
         eval_options=dict(
