@@ -26,6 +26,7 @@ import copy
 import html
 import json
 import logging
+import math
 import shutil
 import statistics
 import time
@@ -184,8 +185,8 @@ def compare(
         raise ConfigError(f"--methods lists a method twice: {','.join(methods)}")
     if sum(bool(b) for b in (steps, epochs, minutes)) != 1:
         raise ConfigError("compare needs one budget: --steps N, --epochs N or --minutes M (the same for every method)")
-    if minutes is not None and minutes <= 0:
-        raise ConfigError(f"--minutes must be positive, got {minutes}")
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"--minutes must be a positive number, got {minutes}")
     out = Path(out)
     eval_options = dict(eval_options or {})
     setting_keys = [k for k in ("image_size", "crop_pct", "batch_size", "num_workers", "device") if k in eval_options]

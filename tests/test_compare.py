@@ -99,8 +99,9 @@ def test_bad_requests_are_one_line_errors(images):
         compare(["swav"], data, train, test, root / "x")
     with pytest.raises(ConfigError, match="one budget"):
         compare(["swav"], data, train, test, root / "x", steps=2, minutes=1.0)
-    with pytest.raises(ConfigError, match="--minutes must be positive"):
-        compare(["swav"], data, train, test, root / "x", minutes=-1.0)
+    for minutes in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="--minutes must be a positive number"):
+            compare(["swav"], data, train, test, root / "x", minutes=minutes)
     with pytest.raises(ConfigError, match="no preset"):
         compare(["swav"], data, train, test, root / "x", steps=1, preset_suffix="-nowhere")
     with pytest.raises(ConfigError, match="twice"):
