@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from openseer.compare import PROBE_STEPS, PROBE_WARMUP, preset_for
+from openseer.compare import PROBE_STEPS, PROBE_WARMUP, preset_for, timed_steps, window_images_per_s
 from openseer.config import load_config
-from openseer.train import pretrain
 
 
 def window_rates(ends: list[float], batch: int, windows: list[tuple[int, int]]) -> dict[str, float]:
-    """images/s between the ends of steps a and b (1-based) for each window that the run covers."""
-    rates = {}
-    for a, b in windows:
-        if b <= len(ends):
-            rates[f"{a}-{b}"] = round((b - a) * batch / (ends[b - 1] - ends[a - 1]), 1)
+    """images/s of each window (first, last) that the run covers, and of the median step after the warm-up."""
+    rates = {f"{a}-{b}": round(window_images_per_s(ends, batch, a, b), 1) for a, b in windows if b <= len(ends)}
     per_step = [t1 - t0 for t0, t1 in zip(ends[PROBE_WARMUP:], ends[PROBE_WARMUP + 1 :], strict=False)]
     if per_step:
         rates["median step"] = round(batch / statistics.median(per_step), 1)
@@ -47,14 +41,7 @@ def main() -> None:
         overrides = [f"data.path={json.dumps(args.data)}", f"train.max_steps={args.steps}", *args.overrides]
         cfg = load_config(preset_for(method), overrides)
         for repeat in range(args.repeats):
-            scratch = Path(tempfile.mkdtemp(prefix=f"probe-{method}-"))
-            ends: list[float] = []
-            try:
-                summary = pretrain(
-                    cfg, scratch, resume=False, on_step=lambda s, loss, ends=ends: ends.append(time.perf_counter())
-                )
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+            summary, ends = timed_steps(cfg, Path(tempfile.mkdtemp(prefix=f"probe-{method}-")))
             rates = window_rates(ends, summary["global_batch"], windows)
             print(json.dumps({"method": method, "repeat": repeat, "images_per_s": rates}), flush=True)
 

@@ -83,23 +83,34 @@ def steps_for_minutes(minutes: float, images_per_s: float, global_batch: int) ->
     return max(1, int(minutes * 60 * images_per_s / global_batch))
 
 
+def timed_steps(cfg: Config, scratch: Path) -> tuple[dict[str, Any], list[float]]:
+    """Pretrain ``cfg`` afresh into ``scratch`` (removed before and after: never resumed, nothing left):
+    its summary and the ``time.perf_counter()`` at the end of every optimizer step."""
+    ends: list[float] = []
+    shutil.rmtree(scratch, ignore_errors=True)  # left by a probe that was killed
+    try:
+        summary = pretrain(cfg, scratch, resume=False, on_step=lambda step, loss: ends.append(time.perf_counter()))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return summary, ends
+
+
+def window_images_per_s(ends: list[float], global_batch: int, first: int, last: int) -> float:
+    """Images/s of steps ``first + 1 .. last`` (1-based), from the step end times of :func:`timed_steps`."""
+    return (last - first) * global_batch / (ends[last - 1] - ends[first - 1])
+
+
 def probe_throughput(cfg: Config, scratch: Path) -> dict[str, Any]:
     """Images/s of ``cfg``'s training step: :data:`PROBE_STEPS` steps into ``scratch`` (removed afterwards),
     timed from the end of step :data:`PROBE_WARMUP` to the end of the last, without the online monitor."""
     probe = copy.deepcopy(cfg)
     probe.train.max_steps = PROBE_STEPS
     probe.monitor.train = probe.monitor.test = ""
-    ends: list[float] = []
-    shutil.rmtree(scratch, ignore_errors=True)  # left by a probe that was killed: never resumed
-    try:
-        summary = pretrain(probe, scratch, resume=False, on_step=lambda step, loss: ends.append(time.perf_counter()))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    summary, ends = timed_steps(probe, scratch)
     if summary["status"] != "completed" or len(ends) <= PROBE_WARMUP:
         raise TrainingError(f"compare: the throughput probe of {cfg.method} did not complete ({len(ends)} steps)")
-    timed = len(ends) - PROBE_WARMUP
-    seconds = ends[-1] - ends[PROBE_WARMUP - 1]
-    return dict(images_per_s=timed * summary["global_batch"] / seconds, global_batch=summary["global_batch"])
+    batch = summary["global_batch"]
+    return dict(images_per_s=window_images_per_s(ends, batch, PROBE_WARMUP, len(ends)), global_batch=batch)
 
 
 def _time_budgets(
