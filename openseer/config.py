@@ -9,6 +9,11 @@ directory.
 
 Nothing in a config is ever executed: YAML is read with ``yaml.safe_load`` and values are checked against
 the field types.
+
+This module is a leaf of the package: it imports only :mod:`openseer.errors` (besides the standard library and
+PyYAML), so every layer may read its sections. The method sections (``cfg.swav``, ...) come from the method
+registry, a layer above, which installs itself here with :func:`install_method_registry` when it is imported
+(``import openseer`` always imports it); this module never imports a method.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import math
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,12 +32,26 @@ from typing import Any, Literal
 import yaml
 
 from openseer.errors import ConfigError
-from openseer.methods.base import RunInfo
-from openseer.methods.registry import METHODS, method_configs
 
 log = logging.getLogger("openseer")
 
 PRESET_DIR = Path(__file__).parent / "configs"
+
+#: The registered methods: a function returning {name: entry}, each entry with ``.config`` (the dataclass of the
+#: section ``<name>:``) and ``.validate`` (cross-field checks or None). Installed by the method registry.
+_method_entries: Callable[[], Mapping[str, Any]] = dict
+
+
+def install_method_registry(entries: Callable[[], Mapping[str, Any]]) -> None:
+    """Read the method sections from ``entries`` (``openseer.methods.registry.load_methods`` installs itself on
+    import): the dependency points from the methods layer down to this leaf, never up."""
+    global _method_entries
+    _method_entries = entries
+
+
+def method_configs() -> dict[str, type]:
+    """Config section name -> dataclass, for every registered method (built-in methods and plugins)."""
+    return {name: entry.config for name, entry in _method_entries().items()}
 
 
 def _f(default: Any, help: str, resumable: bool = False, **kw: Any) -> Any:
@@ -699,7 +719,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("monitor.train and monitor.test (--monitor-train/--monitor-test) go together")
     if cfg.optim.weight_decay < 0 or (cfg.optim.weight_decay_end or 0) < 0:
         raise ConfigError("optim.weight_decay and optim.weight_decay_end must be >= 0")
-    entry = METHODS[cfg.method]
+    entry = _method_entries()[cfg.method]
     if entry.validate is not None:
         entry.validate(cfg)
 
@@ -722,9 +742,41 @@ class Derived:
     final_lr: float
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """Sizes the loop derives before building a method (see :func:`derive`); part of the method contract
+    (``openseer.methods.base`` re-exports it). :func:`openseer.train.setup.setup_run` builds it once and hands
+    the same object to the method and to the training step."""
+
+    global_batch: int  # images per optimizer step over all processes and accumulation steps
+    local_batch: int  # images per micro-batch on one process (train.batch_size)
+    world_size: int
+    accumulate_steps: int
+    steps_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, cfg: Any, derived: Derived) -> RunInfo:
+        """From a config and its :class:`Derived` (``derive(cfg, images, world_size)``)."""
+        return cls(
+            global_batch=derived.global_batch,
+            local_batch=cfg.train.batch_size,
+            world_size=derived.world_size,
+            accumulate_steps=cfg.train.accumulate_steps,
+            steps_per_epoch=derived.steps_per_epoch,
+            total_steps=derived.total_steps,
+        )
+
+
+def global_batch(batch_size: int, world_size: int, accumulate_steps: int) -> int:
+    """The one formula of the global batch: images per optimizer step = per-process micro-batch x processes x
+    accumulation steps (also applied to the config dict of an old checkpoint when resuming)."""
+    return batch_size * world_size * accumulate_steps
+
+
 def global_batch_size(cfg: Config, world_size: int = 1) -> int:
     """Images per optimizer step over all processes and accumulation steps (used by derive, info, report)."""
-    return cfg.train.batch_size * world_size * cfg.train.accumulate_steps
+    return global_batch(cfg.train.batch_size, world_size, cfg.train.accumulate_steps)
 
 
 def derive(cfg: Config, dataset_size: int, world_size: int = 1) -> Derived:

@@ -32,6 +32,7 @@ from openseer.config import (
     ConfigError,
     Derived,
     config_from_dict,
+    global_batch,
     global_batch_size,
     resumable_keys,
     to_dict,
@@ -79,8 +80,9 @@ def resume_blockers(state: dict[str, Any], cfg: Config) -> list[str]:
     resumable = resumable_keys()  # declared on the config fields (how the run is executed, its length, ...)
     diff = [k for k in config_differences(old, to_dict(cfg)) if k not in resumable]
     old_train = old.get("train", {})
-    old_global = old_train.get("batch_size", 0) * state.get("world_size", 1)
-    old_global *= old_train.get("accumulate_steps", 1)
+    old_global = global_batch(
+        old_train.get("batch_size", 0), state.get("world_size", 1), old_train.get("accumulate_steps", 1)
+    )
     new_global = global_batch_size(cfg, dist.world_size())
     if old_global == new_global:
         diff = [k for k in diff if k not in ("train.batch_size", "train.accumulate_steps")]

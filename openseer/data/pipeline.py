@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from openseer.config import Config, ConfigError
+from openseer.config import Config
 from openseer.data.fast import BatchColorAugment, FastCropTransform
 from openseer.data.lists import open_source
 from openseer.data.loader import (
@@ -31,6 +31,7 @@ from openseer.data.loader import (
 from openseer.data.shards import ShardSet, is_shard_spec
 from openseer.data.stream import ShardStream
 from openseer.data.transforms import MultiCropTransform
+from openseer.errors import ConfigError
 
 log = logging.getLogger("openseer")
 

@@ -48,29 +48,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class RunInfo:
-    """Sizes the loop derives before building a method (see ``openseer.config.derive``)."""
-
-    global_batch: int  # images per optimizer step over all processes and accumulation steps
-    local_batch: int  # images per micro-batch on one process (train.batch_size)
-    world_size: int
-    accumulate_steps: int
-    steps_per_epoch: int
-    total_steps: int
-
-    @classmethod
-    def of(cls, cfg: Any, derived: Any) -> RunInfo:
-        """From a config and its :class:`openseer.config.Derived` (``derive(cfg, images, world_size)``)."""
-        return cls(
-            global_batch=derived.global_batch,
-            local_batch=cfg.train.batch_size,
-            world_size=derived.world_size,
-            accumulate_steps=cfg.train.accumulate_steps,
-            steps_per_epoch=derived.steps_per_epoch,
-            total_steps=derived.total_steps,
-        )
+from openseer.config import RunInfo  # part of the method contract; defined beside derive()
 
 
 @dataclass(frozen=True)
@@ -122,6 +100,20 @@ class ParamGroup:
             "freeze_steps": self.freeze_steps,
             "fixed_lr": self.fixed_lr,
         }
+
+
+def optimizer_groups(groups: Iterable[ParamGroup], weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer group dicts from a method's tagged groups; ``weight_decay`` x each group's ``wd_scale``.
+
+    The loop sets ``lr`` and ``weight_decay`` again at every step from the schedules and the same tags (formerly
+    ``openseer.ops.param_groups``: the grouping belongs to the method contract, not to the numerics below it).
+    """
+    out = []
+    for group in groups:
+        d = group.as_optimizer_group()
+        d["weight_decay"] = weight_decay * group.wd_scale
+        out.append(d)
+    return out
 
 
 def is_bias_or_norm(param: nn.Parameter) -> bool:

@@ -1,8 +1,9 @@
 """The method registry: a plain dict from config name to :class:`MethodEntry` (pycls ``builders.py`` style).
 
 A method module calls :func:`register_method` once at import time with its config dataclass (the section
-``<name>:`` of a config), its cross-field validation and its builder. ``openseer.config`` reads the registry
-to know the method sections; it imports no method. :func:`load_methods` imports the built-in methods listed
+``<name>:`` of a config), its cross-field validation and its builder. ``openseer.config`` (a leaf below the
+methods) reads the registry through :func:`openseer.config.install_method_registry`, called at the bottom of this
+module; it imports no method. :func:`load_methods` imports the built-in methods listed
 in ``BUILTIN`` (adding a method = one file + one line there) and any plugin module named in the environment
 variable ``OPENSEER_METHODS`` (comma-separated module names) or in the ``openseer.methods`` entry-point group
 of an installed package; a test or a user's own code may also call :func:`register_method` directly.
@@ -19,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from openseer.config import install_method_registry
 from openseer.methods.base import Method, RunInfo
 
 # modules under openseer.methods that register a built-in method
@@ -70,3 +72,6 @@ def get_method(name: str) -> MethodEntry:
     if name not in methods:
         raise KeyError(f"method {name!r} is not registered; methods: {', '.join(methods)}")
     return methods[name]
+
+
+install_method_registry(load_methods)

@@ -26,7 +26,8 @@ from timm.models import is_model, model_entrypoint
 from timm.models.regnet import RegNet, RegNetCfg
 from torch import nn
 
-from openseer.config import ConfigError, ModelConfig
+from openseer.config import ModelConfig
+from openseer.errors import ConfigError
 
 VIT_MODULES = ("timm.models.vision_transformer",)
 _SPEC_KWARGS = ("zero_init_last", "img_size", "patch_size", "dynamic_img_size")

@@ -12,24 +12,7 @@ the prototypes' gradient during the first iterations; here that is a schedule on
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
-
-from openseer.methods.base import ParamGroup
-
-
-def param_groups(groups: Iterable[ParamGroup], weight_decay: float) -> list[dict]:
-    """Optimizer group dicts from a method's tagged groups; ``weight_decay`` x each group's ``wd_scale``.
-
-    The loop sets ``lr`` and ``weight_decay`` again at every step from the schedules and the same tags.
-    """
-    out = []
-    for group in groups:
-        d = group.as_optimizer_group()
-        d["weight_decay"] = weight_decay * group.wd_scale
-        out.append(d)
-    return out
 
 
 class LARS(torch.optim.Optimizer):

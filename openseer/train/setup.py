@@ -20,10 +20,10 @@ from openseer.checkpoint import atomic_write
 from openseer.config import Config, ConfigError, Derived, derive, dump_yaml
 from openseer.data.pipeline import build_pretrain_data
 from openseer.eval.monitor import monitor_from_config
-from openseer.methods.base import Method, ParamGroup, RunInfo
+from openseer.methods.base import Method, ParamGroup, RunInfo, optimizer_groups
 from openseer.methods.registry import get_method
 from openseer.models.backbone import build_backbone
-from openseer.ops import LARS, cosine_schedule, param_groups
+from openseer.ops import LARS, cosine_schedule
 from openseer.parallel import prepare_model
 from openseer.run_state import find_resume_state, resume_blockers, truncate_metrics
 from openseer.train.checkpointer import Checkpointer, Progress
@@ -54,7 +54,7 @@ class Run:
 def build_optimizer(cfg: Config, method: Method) -> tuple[torch.optim.Optimizer, list[ParamGroup]]:
     """The optimizer over the method's tagged parameter groups (lr and weight decay are set per step)."""
     groups = method.param_groups(method.named_parameters(), cfg.optim)
-    opt_groups = param_groups(groups, cfg.optim.weight_decay)
+    opt_groups = optimizer_groups(groups, cfg.optim.weight_decay)
     o = cfg.optim
     if o.name == "lars":
         optimizer = LARS(opt_groups, lr=0.0, momentum=o.momentum, trust_coefficient=o.trust_coefficient)
@@ -65,8 +65,14 @@ def build_optimizer(cfg: Config, method: Method) -> tuple[torch.optim.Optimizer,
     return optimizer, groups
 
 
-def build_trainer(cfg: Config, method: Method, derived: Derived, device: torch.device) -> Trainer:
-    """Wrap ``method`` (norms, activation checkpointing, DDP/FSDP2), then build the optimizer and schedules."""
+def build_trainer(
+    cfg: Config, method: Method, derived: Derived, device: torch.device, info: RunInfo | None = None
+) -> Trainer:
+    """Wrap ``method`` (norms, activation checkpointing, DDP/FSDP2), then build the optimizer and schedules.
+
+    ``info`` is the :class:`RunInfo` the method was built with (`setup_run` passes its one object, so the method
+    and every step see the same sizes); None builds it from ``cfg`` and ``derived`` (a trainer on its own).
+    """
     # FSDP replaces the parameters, so the optimizer is built afterwards
     model = prepare_model(method, cfg.parallel, device, cfg.train.precision)
     optimizer, groups = build_optimizer(cfg, method)
@@ -81,7 +87,7 @@ def build_trainer(cfg: Config, method: Method, derived: Derived, device: torch.d
             derived.peak_lr, derived.final_lr, derived.total_steps, derived.warmup_steps, o.warmup_start_lr
         ),
         wd_schedule=cosine_schedule(o.weight_decay, wd_end, derived.total_steps),
-        info=RunInfo.of(cfg, derived),
+        info=info if info is not None else RunInfo.of(cfg, derived),
         peak_lr=derived.peak_lr,
         device=device,
         precision=cfg.train.precision,
@@ -143,11 +149,12 @@ def setup_run(cfg: Config, out_dir: str | Path, resume: bool = True, monitor: Mo
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    method = get_method(cfg.method).build(cfg, build_backbone(cfg.model), RunInfo.of(cfg, derived))
+    info = RunInfo.of(cfg, derived)  # the one RunInfo of the run: the method's and the training step's
+    method = get_method(cfg.method).build(cfg, build_backbone(cfg.model), info)
     if cfg.model.init and state is None:  # starting weights (--init); a resumed run has its own
         init_method_from(method, cfg.model.init, strict=cfg.model.init_strict, log=log.info)
     method = method.to(device).to(memory_format=memory_format)
-    trainer = build_trainer(cfg, method, derived, device)
+    trainer = build_trainer(cfg, method, derived, device, info)
     sharded = cfg.parallel.checkpoint_format == "sharded" or (
         cfg.parallel.checkpoint_format == "auto" and cfg.parallel.strategy == "fsdp" and dist.world_size() > 1
     )

@@ -1,8 +1,7 @@
 import torch
 from torch import nn
 
-from openseer.methods.base import split_groups
-from openseer.ops.lars import LARS, param_groups
+from openseer.ops.lars import LARS
 
 
 def test_lars_update_matches_hand_computation():
@@ -45,18 +44,6 @@ def test_zero_lr_group_is_frozen_including_momentum():
     opt.step()
     assert torch.equal(p.detach(), before)
     assert "momentum_buffer" not in opt.state[p]
-
-
-def test_param_groups_exclude_biases_and_norms_from_decay():
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
-    model.prototypes = nn.Linear(4, 2, bias=False)
-    tagged = split_groups(model.named_parameters(), True, {"prototypes.": {"name": "prototypes"}})
-    groups = {g["name"]: g for g in param_groups(tagged, 0.05)}
-    assert set(groups) == {"default", "default_no_wd", "prototypes"}
-    assert groups["default"]["weight_decay"] == 0.05 and not groups["default"]["lars_exclude"]
-    assert groups["default_no_wd"]["weight_decay"] == 0.0 and groups["default_no_wd"]["lars_exclude"]
-    assert len(groups["default_no_wd"]["params"]) == 3  # linear bias, bn weight, bn bias
-    assert groups["prototypes"]["params"][0] is model.prototypes.weight
 
 
 def test_zero_gradient_gets_no_weight_decay_as_apex_larc():
