@@ -26,7 +26,6 @@ import torch
 from timm.models import FeatureListNet
 from torch import nn
 
-from openseer.checkpoint import load_backbone as load_with_config
 from openseer.config import Config, ConfigError, config_from_dict, load_config, set_value, to_dict, validate
 from openseer.eval.cache import cached_features
 from openseer.eval.finetune import finetune
@@ -36,6 +35,7 @@ from openseer.eval.pipeline import frozen_pair, knn_from_checkpoint
 from openseer.eval.settings import EvalSettings
 from openseer.eval.suite import run_suite
 from openseer.train import pretrain as run_pretrain
+from openseer.weights.load import load_backbone as load_with_config
 from openseer.weights.sources import backbone_from_source
 
 

@@ -45,7 +45,6 @@ from openseer import dist
 from openseer.errors import CheckpointError, CheckpointWriteError
 from openseer.io import BACKBONE_SPEC, BACKBONE_WEIGHTS, atomic_write, atomic_write_json, fsync_dir, os_error_of
 from openseer.models.backbone import create_backbone_from_spec
-from openseer.weights.sources import backbone_and_config, infer_spec, is_openseer_path, read_source, source_path
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -97,12 +96,10 @@ def _backbone_state_from_training(state: dict[str, Any]) -> dict[str, torch.Tens
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run dir -> its exported backbone if present, else its last training checkpoint; a file -> itself.
 
-    A ``FORMAT:FILE`` SOURCE (``vissl:``, ``dino:`` ...) resolves to FILE; a ``timm:`` tag has no file.
+    Only paths: a SOURCE such as ``vissl:FILE`` or a ``timm:`` tag goes through
+    :func:`openseer.weights.load.resolve_source`.
     """
-    resolved = source_path(path)
-    if resolved is None:
-        raise CheckpointError(f"{path} is a timm tag, not a file or run directory")
-    path = resolved
+    path = Path(path)
     if path.is_dir():
         for candidate in (path / BACKBONE_WEIGHTS, path / "checkpoints" / "last.pt"):
             if candidate.is_file():
@@ -141,7 +138,7 @@ def _read_backbone(path: Path, with_weights: bool) -> tuple[dict[str, Any], dict
     return spec, config, weights
 
 
-def _is_openseer_file(path: str | Path) -> bool:
+def is_training_checkpoint_file(path: str | Path) -> bool:
     """An openseer training checkpoint (``.pt`` with a backbone_spec); only the file's name is looked at."""
     p = Path(str(path))
     return p.is_file() and p.suffix == ".pt" and (p.parent.name == "checkpoints" or p.name == "last.pt")
@@ -149,10 +146,7 @@ def _is_openseer_file(path: str | Path) -> bool:
 
 def read_backbone_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The timm spec of the backbone a run dir, ``backbone.safetensors`` or checkpoint holds, and the run's
-    config dict (empty if unknown), without building the backbone (foreign SOURCEs: see openseer.weights)."""
-    if not is_openseer_path(path) and not _is_openseer_file(path):
-        imported = read_source(path, with_heads=False)
-        return infer_spec(imported), imported.config
+    config dict (empty if unknown), without building the backbone (any SOURCE: openseer.weights.load)."""
     spec, config, _ = _read_backbone(resolve_checkpoint(path), with_weights=False)
     return spec, config
 
@@ -161,11 +155,9 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the pretrained backbone from a run dir, ``backbone.safetensors`` or a training checkpoint.
 
     Returns the backbone (eval mode, CPU) and the run's config dict (empty if unknown). Any other SOURCE
-    (``timm:`` tags, VISSL / SwAV / DINO / torchvision files) goes through :mod:`openseer.weights`.
+    (``timm:`` tags, VISSL / SwAV / DINO / torchvision files) goes through
+    :func:`openseer.weights.load.load_backbone`, which calls this one for openseer's own files.
     """
-    if not is_openseer_path(path) and not _is_openseer_file(path):
-        return backbone_and_config(path)
-
     path = resolve_checkpoint(path)
     spec, config, weights = _read_backbone(path, with_weights=True)
     backbone = create_backbone_from_spec(spec)

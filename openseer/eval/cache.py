@@ -27,13 +27,14 @@ from typing import Any
 
 import torch
 
-from openseer.checkpoint import BACKBONE_SPEC, load_backbone, resolve_checkpoint
+from openseer.checkpoint import BACKBONE_SPEC
 from openseer.data import open_source
 from openseer.errors import CheckpointError, DataError
 from openseer.eval.features import Features, feature_extractor, source_features
 from openseer.eval.knn import check_label_sets
 from openseer.eval.settings import FROM_RUN, EvalSettings
 from openseer.io import atomic_write
+from openseer.weights.load import load_backbone, resolve_source
 from openseer.weights.sources import source_path
 
 CACHE_FORMAT = "openseer-features/1"
@@ -51,7 +52,7 @@ def checkpoint_fingerprint(checkpoint: str | os.PathLike[str]) -> dict[str, Any]
     """What identifies a checkpoint's weights: resolved path, size, mtime and content hash (a timm tag: itself)."""
     if str(checkpoint).startswith("timm:"):
         return {"source": str(checkpoint)}
-    path = resolve_checkpoint(checkpoint)
+    path = resolve_source(checkpoint)
     st = path.stat()
     out = {
         "path": str(path.resolve()),

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from openseer.checkpoint import export_backbone, load_backbone, read_backbone_spec
+from openseer.checkpoint import export_backbone
 from openseer.config import dump_yaml
 from openseer.eval.cache import cached_features, check_pair
 from openseer.eval.features import Features
@@ -28,6 +28,7 @@ from openseer.eval.knn import DEFAULT_KS, align_labels, knn_result
 from openseer.eval.settings import FROM_RUN, EvalSettings, as_config
 from openseer.io import atomic_write_json, atomic_write_text
 from openseer.models.backbone import create_backbone_from_spec
+from openseer.weights.load import load_backbone, read_backbone_spec
 
 RANDOM_INIT = "random_init"
 

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from openseer.checkpoint import load_backbone
 from openseer.eval.finetune import finetune
 from openseer.eval.knn import knn_result
 from openseer.eval.linear import linear_probe
@@ -24,6 +23,7 @@ from openseer.eval.lowshot import run_lowshot
 from openseer.eval.pipeline import frozen_pair, random_init_backbone
 from openseer.eval.settings import FROM_RUN, EvalSettings
 from openseer.io import atomic_write_json, atomic_write_text
+from openseer.weights.load import load_backbone
 
 
 def default_out_dir(checkpoint: str | Path) -> Path:

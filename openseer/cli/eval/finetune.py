@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from openseer.checkpoint import load_backbone
 from openseer.cli.common import Parents, eval_settings, write_json
 from openseer.eval.finetune import finetune
+from openseer.weights.load import load_backbone
 
 
 def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
