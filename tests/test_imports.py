@@ -1,37 +1,30 @@
-"""Every module of the package imports on its own, and internal imports form no circle.
+"""The package's layers hold, every module imports on its own, and internal imports form no circle.
 
-An import circle hides behind imports placed inside functions; it shows as soon as someone moves one to the
-top of its module ("partially initialized module"). So: (1) each module is imported first, in a fresh
-interpreter with no ``openseer`` module loaded; (2) the graph of internal imports (read with ``ast``, both
-module-level and inside functions) has no cycle; (3) imports stay at the top of modules, except the ones
-listed in ``LAZY`` below.
+(1) ``lint-imports`` keeps the contracts in pyproject.toml ``[tool.importlinter]``: the layers of
+docs/architecture.md, the method modules independent of each other, no method known by name outside the
+registry; (2) the doc's layers table and the layers contract name the same layers in the same order; (3) each
+module is imported first, in a fresh interpreter with no ``openseer`` module loaded; (4) the graph of internal
+imports (read with ``ast``, both module-level and inside functions) has no cycle; (5) imports sit at the top of
+modules: an import inside a function hides a circle until someone moves it ("partially initialized module").
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import openseer
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: import-linter depends on tomli there
+    import tomli as tomllib
+
 PACKAGE = Path(openseer.__file__).parent
 ROOT = PACKAGE.parent
-
-#: Imports of openseer modules still made inside functions (module -> targets), with why. Shrink it; never grow
-#: it: a new internal import goes at the top of its module.
-LAZY: dict[str, set[str]] = {
-    # the config <-> methods circle (config reads the method sections): the methods-registry work removes it
-    "openseer.config": {"openseer.methods"},
-    "openseer.methods.swav": {"openseer.config", "openseer.ops.schedules"},
-    # the training loop (rewritten by the methods/loop work)
-    "openseer.train": {"openseer.data.pipeline", "openseer.eval.monitor"},
-    # checkpoint.py: dist for the sharded path, backbone to rebuild an exported backbone
-    "openseer.checkpoint": {"openseer.dist", "openseer.models.backbone"},
-    # the data.sources <-> data.lists circle (file lists of tars and folders)
-    "openseer.data.sources": {"openseer.data", "openseer.data.lists", "openseer.data.shards"},
-}
 
 
 def _modules() -> dict[str, Path]:
@@ -135,15 +128,62 @@ def test_module_level_imports_form_no_circle():
     assert find_cycle(top) == []
 
 
-def test_imports_sit_at_the_top_of_modules_except_the_listed_ones():
+def test_imports_sit_at_the_top_of_modules():
     _, lazy = import_graph()
-    found = {m: targets for m, targets in lazy.items() if targets}
-    unlisted = {m: sorted(t - LAZY.get(m, set())) for m, t in found.items() if t - LAZY.get(m, set())}
-    assert not unlisted, f"move these imports to the top of their modules: {unlisted}"
+    found = {m: sorted(targets) for m, targets in lazy.items() if targets}
+    assert not found, f"move these imports to the top of their modules: {found}"
 
 
 def test_no_circle_even_through_imports_inside_functions():
-    """Fails while the circles named in ``LAZY`` remain (config <-> methods, data.sources <-> data.lists)."""
     top, lazy = import_graph()
     both = {m: top[m] | lazy[m] for m in MODULES}
     assert find_cycle(both) == []
+
+
+def test_import_linter_keeps_every_contract():
+    """``lint-imports`` (import-linter's Python API, in a fresh interpreter at the repository root, no cache)."""
+    script = (
+        "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(no_cache=True, no_logo=True))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    report = done.stdout[done.stdout.find("Contracts") :] + done.stderr[-2000:]
+    assert done.returncode == 0, report
+    assert "BROKEN" not in done.stdout and " KEPT" in done.stdout, report
+
+
+def contract_layers() -> list[tuple[set[str], str]]:
+    """The layers contract of pyproject.toml, top to bottom: (module names, "|" independent / ":" or "" not)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (contract,) = [c for c in config["contracts"] if c["type"] == "layers"]
+    assert contract["containers"] == ["openseer"] and contract.get("exhaustive") is True
+    out = []
+    for layer in contract["layers"]:
+        delimiter = "|" if "|" in layer else ":" if ":" in layer else ""
+        out.append(({part.strip().strip("()") for part in re.split(r"[|:]", layer)}, delimiter))
+    return out
+
+
+def doc_layers(text: str) -> list[tuple[set[str], str]]:
+    """The "Layers" table of docs/architecture.md, top to bottom: (top-level modules named `openseer/x.py` or
+    `openseer/x/` in its modules column, "|" if its last column says the parts are independent, ":" if not)."""
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith(("| layer", "| -"))]
+    out = []
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        names = set(re.findall(r"`openseer/([a-z_]+)(?:/|\.py)`", cells[1]))
+        out.append((names, {"no": "|", "yes": ":", "-": ""}[cells[-1]]))
+    return out
+
+
+def test_doc_layers_table_is_the_layers_contract():
+    assert doc_layers((ROOT / "docs" / "architecture.md").read_text()) == contract_layers()
+
+
+def test_doc_layers_parser_reads_modules_and_independence():
+    text = (
+        "## Layers\n\n| layer | modules | does | parts import each other |\n| --- | --- | --- | --- |\n"
+        "| top | `openseer/cli/` (`cli/eval/`), `openseer/api.py` | x | no |\n"
+        "| low | `openseer/config.py`, `openseer/configs/*.yaml` | y | - |\n\n## Next\n| a | b |\n"
+    )
+    assert doc_layers(text) == [({"cli", "api"}, "|"), ({"config"}, "")]
