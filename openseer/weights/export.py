@@ -43,6 +43,7 @@ from torchvision.models.regnet import BlockParams, RegNet
 
 from openseer.io import BACKBONE_SPEC, atomic_write
 from openseer.weights.mapping import Imported, KeyTable, WeightsError
+from openseer.weights.regnet_keys import export_table
 from openseer.weights.sources import backbone_from_source
 
 FORMATS = ("safetensors", "timm", "torchvision", "onnx", "torchscript", "detectron2")
@@ -118,28 +119,7 @@ def export_timm(backbone: nn.Module, imported: Imported, out: Path, image_size: 
 
 
 # ---- torchvision ---------------------------------------------------------------------------------------------
-def _to_tv_block(rest: str):
-    return lambda m: f"trunk_output.block{m.group(1)}.block{m.group(1)}-{int(m.group(2)) - 1}.{rest}"
-
-
-_TIMM_BLOCK = r"s(\d+)\.b(\d+)\."
-TIMM_TO_TORCHVISION_REGNET = KeyTable(
-    "timm RegNet -> torchvision",
-    [
-        (r"stem\.conv\.", "stem.0."),
-        (r"stem\.bn\.", "stem.1."),
-        (_TIMM_BLOCK + r"downsample\.conv\.", _to_tv_block("proj.0.")),
-        (_TIMM_BLOCK + r"downsample\.bn\.", _to_tv_block("proj.1.")),
-        (_TIMM_BLOCK + r"conv1\.conv\.", _to_tv_block("f.a.0.")),
-        (_TIMM_BLOCK + r"conv1\.bn\.", _to_tv_block("f.a.1.")),
-        (_TIMM_BLOCK + r"conv2\.conv\.", _to_tv_block("f.b.0.")),
-        (_TIMM_BLOCK + r"conv2\.bn\.", _to_tv_block("f.b.1.")),
-        (_TIMM_BLOCK + r"se\.fc1\.", _to_tv_block("f.se.fc1.")),
-        (_TIMM_BLOCK + r"se\.fc2\.", _to_tv_block("f.se.fc2.")),
-        (_TIMM_BLOCK + r"conv3\.conv\.", _to_tv_block("f.c.0.")),
-        (_TIMM_BLOCK + r"conv3\.bn\.", _to_tv_block("f.c.1.")),
-    ],
-)
+TIMM_TO_TORCHVISION_REGNET = export_table("torchvision", "timm RegNet -> torchvision")
 TIMM_TO_TORCHVISION_RESNET = KeyTable("timm ResNet -> torchvision", [(r"(conv1|bn1|layer[1-4])\.", r"\1.")])
 
 
@@ -205,22 +185,7 @@ def _tv_recipe(spec: dict[str, Any]) -> str:
 
 
 # ---- detectron2 ----------------------------------------------------------------------------------------------
-TIMM_TO_DETECTRON2_REGNET = KeyTable(
-    "timm RegNet -> detectron2 (pycls names)",
-    [
-        (r"stem\.(conv|bn)\.", r"stem.\1."),
-        (_TIMM_BLOCK + r"downsample\.conv\.", r"s\1.b\2.proj."),
-        (_TIMM_BLOCK + r"downsample\.bn\.", r"s\1.b\2.bn."),
-        (_TIMM_BLOCK + r"conv1\.conv\.", r"s\1.b\2.f.a."),
-        (_TIMM_BLOCK + r"conv1\.bn\.", r"s\1.b\2.f.a_bn."),
-        (_TIMM_BLOCK + r"conv2\.conv\.", r"s\1.b\2.f.b."),
-        (_TIMM_BLOCK + r"conv2\.bn\.", r"s\1.b\2.f.b_bn."),
-        (_TIMM_BLOCK + r"se\.fc1\.", r"s\1.b\2.f.se.f_ex.0."),
-        (_TIMM_BLOCK + r"se\.fc2\.", r"s\1.b\2.f.se.f_ex.2."),
-        (_TIMM_BLOCK + r"conv3\.conv\.", r"s\1.b\2.f.c."),
-        (_TIMM_BLOCK + r"conv3\.bn\.", r"s\1.b\2.f.c_bn."),
-    ],
-)
+TIMM_TO_DETECTRON2_REGNET = export_table("detectron2", "timm RegNet -> detectron2 (pycls names)")
 
 
 def export_detectron2(

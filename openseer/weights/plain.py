@@ -5,7 +5,8 @@
 * torchvision ResNets use timm's ResNet names (``conv1``, ``bn1``, ``layer1..4``; ``fc`` is the classifier).
 * torchvision RegNets (ported from ClassyVision) name the stem ``stem.{0,1}`` and block ``i`` of stage ``s``
   ``trunk_output.block{s}.block{s}-{i}`` with ``proj.{0,1}``, ``f.a.{0,1}``, ``f.b.{0,1}``, ``f.se.fc{1,2}``,
-  ``f.c.{0,1}`` inside; :data:`TORCHVISION_REGNET` maps them onto timm's RegNet.
+  ``f.c.{0,1}`` inside; :data:`TORCHVISION_REGNET` maps them onto timm's RegNet (from the one RegNet key table,
+  :mod:`openseer.weights.regnet_keys`, which the torchvision export reads backwards).
 * openseer: a run directory (``backbone.safetensors`` + ``backbone.json``, ``checkpoints/last.pt``), one of
   those files, or a training checkpoint: the backbone, its spec and, from a training checkpoint, the method's
   heads (``head.*``, ``prototypes.*``).
@@ -22,34 +23,11 @@ import yaml
 
 from openseer.io import BACKBONE_SPEC, BACKBONE_WEIGHTS
 from openseer.weights.mapping import Imported, KeyTable, WeightsError, describe, read_file, strip_prefix, tensors_only
+from openseer.weights.regnet_keys import import_table
 
 EXPECTED = "a state dict (name -> tensor) of a timm or torchvision model"
 
-_TV_BLOCK = r"trunk_output\.block(\d+)\.block\d+-(\d+)\."
-
-
-def _block(rest: str):
-    return lambda m: f"s{int(m.group(1))}.b{int(m.group(2)) + 1}.{rest}"
-
-
-TORCHVISION_REGNET = KeyTable(
-    "torchvision RegNet",
-    [
-        (r"stem\.0\.", "stem.conv."),
-        (r"stem\.1\.", "stem.bn."),
-        (_TV_BLOCK + r"proj\.0\.", _block("downsample.conv.")),
-        (_TV_BLOCK + r"proj\.1\.", _block("downsample.bn.")),
-        (_TV_BLOCK + r"f\.a\.0\.", _block("conv1.conv.")),
-        (_TV_BLOCK + r"f\.a\.1\.", _block("conv1.bn.")),
-        (_TV_BLOCK + r"f\.b\.0\.", _block("conv2.conv.")),
-        (_TV_BLOCK + r"f\.b\.1\.", _block("conv2.bn.")),
-        (_TV_BLOCK + r"f\.se\.fc1\.", _block("se.fc1.")),
-        (_TV_BLOCK + r"f\.se\.fc2\.", _block("se.fc2.")),
-        (_TV_BLOCK + r"f\.c\.0\.", _block("conv3.conv.")),
-        (_TV_BLOCK + r"f\.c\.1\.", _block("conv3.bn.")),
-        (r"fc\.", None),  # the ImageNet classifier
-    ],
-)
+TORCHVISION_REGNET = import_table("torchvision", "torchvision RegNet", extra=[(r"fc\.", None)])  # fc: classifier
 
 TORCHVISION_RESNET = KeyTable(
     "torchvision ResNet",

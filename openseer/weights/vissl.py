@@ -12,8 +12,9 @@ A VISSL checkpoint nests the model as ``classy_state_dict -> base_model -> model
   ``0.prototypes0`` (a bias-free Linear, K x d) for SwAV; ``0.clf.0`` for linear classifiers of fine-tuned
   models, which openseer does not use.
 
-The tables below map these names onto timm's RegNet / ResNet and onto openseer's SwAV head
-(``head.mlp.{i}``, ``prototypes.weight``), so SwAV training continues with the released prototypes.
+The tables below (the RegNet one from :mod:`openseer.weights.regnet_keys`) map these names onto timm's RegNet /
+ResNet and onto openseer's SwAV head (``head.mlp.{i}``, ``prototypes.weight``), so SwAV training continues with
+the released prototypes.
 """
 
 from __future__ import annotations
@@ -23,34 +24,11 @@ from typing import Any
 import torch
 
 from openseer.weights.mapping import Imported, KeyTable, WeightsError, describe, fold_bias_into_batchnorm
+from openseer.weights.regnet_keys import import_table
 
 EXPECTED = "a VISSL checkpoint (classy_state_dict -> base_model -> model -> trunk/heads)"
 
-# inside one RegNet block: ClassyVision AnyNet names -> timm RegNet names
-_BLOCK = r"_feature_blocks\.res\d+\.(?:block\d+-part\d+\.)?block(\d+)-(\d+)\."
-
-
-def _block(rest: str):
-    return lambda m: f"s{int(m.group(1))}.b{int(m.group(2)) + 1}.{rest}"
-
-
-REGNET_TRUNK = KeyTable(
-    "VISSL RegNet trunk",
-    [
-        (r"_feature_blocks\.conv1\.stem\.0\.", "stem.conv."),
-        (r"_feature_blocks\.conv1\.stem\.1\.", "stem.bn."),
-        (_BLOCK + r"proj\.", _block("downsample.conv.")),
-        (_BLOCK + r"bn\.", _block("downsample.bn.")),
-        (_BLOCK + r"f\.a\.0\.", _block("conv1.conv.")),
-        (_BLOCK + r"f\.a\.1\.", _block("conv1.bn.")),
-        (_BLOCK + r"f\.b\.0\.", _block("conv2.conv.")),
-        (_BLOCK + r"f\.b\.1\.", _block("conv2.bn.")),
-        (_BLOCK + r"f\.se\.excitation\.0\.", _block("se.fc1.")),
-        (_BLOCK + r"f\.se\.excitation\.2\.", _block("se.fc2.")),
-        (_BLOCK + r"f\.c\.", _block("conv3.conv.")),
-        (_BLOCK + r"f\.final_bn\.", _block("conv3.bn.")),
-    ],
-)
+REGNET_TRUNK = import_table("vissl", "VISSL RegNet trunk")  # ClassyVision AnyNet names -> timm's RegNet
 
 RESNET_TRUNK = KeyTable(
     "VISSL ResNet trunk",
