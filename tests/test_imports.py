@@ -140,6 +140,23 @@ def test_no_circle_even_through_imports_inside_functions():
     assert find_cycle(both) == []
 
 
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``graph`` between the package's top-level parts (``openseer.train.setup`` -> ``openseer.train``)."""
+    top_level = {m: ".".join(m.split(".")[:2]) for m in graph}
+    out: dict[str, set[str]] = {p: set() for p in top_level.values()}
+    for module, targets in graph.items():
+        out[top_level[module]] |= {top_level[t] for t in targets} - {top_level[module]}
+    return out
+
+
+def test_no_circle_between_the_top_level_packages():
+    top, lazy = import_graph()
+    packages = package_graph({m: top[m] | lazy[m] for m in MODULES})
+    packages.pop("openseer")  # the root __init__ imports the public API
+    assert find_cycle(packages) == []
+    assert package_graph({"a.b.c": {"a.d.e"}, "a.d.e": set(), "a.b": {"a.b.c"}}) == {"a.b": {"a.d"}, "a.d": set()}
+
+
 def test_import_linter_keeps_every_contract():
     """``lint-imports`` (import-linter's Python API, in a fresh interpreter at the repository root, no cache)."""
     script = (
