@@ -88,7 +88,16 @@ def test_bf16_guard_prevents_nan_in_strided_grouped_conv_on_1x1():
 
 FIDELITY = Path(__file__).parents[1] / "docs" / "seer-fidelity.md"
 SWAV_FAITHFUL = ["swav-resnet50", "swav-224", "seer-32gf", "seer-64gf", "seer-128gf", "seer-256gf", "seer-10b"]
-OTHER_PAPER = ["byol-imagenet", "mocov3-resnet50", "deepclusterv2", "simclr-imagenet", "dino-vit-small"]
+OTHER_PAPER = [
+    "byol-imagenet",
+    "mocov3-resnet50",
+    "deepclusterv2",
+    "simclr-imagenet",
+    "dino-vit-small",
+    "simsiam-imagenet",
+    "barlowtwins",
+    "vicreg",
+]
 FAITHFUL = SWAV_FAITHFUL + OTHER_PAPER
 # keys some presets still set as one value for what the source does per view (blur, colour jitter): documented in
 # rows without a key until per-view recipes and the 4-number jitter land
@@ -229,6 +238,11 @@ SOURCE_SCHEDULES = {
     ("simclr-imagenet", 1281167, 64): (4096, 4.8, 0.0, 10 * (1281167 // 4096), 0.0),
     # dino README vanilla run: 8 GPUs x 64, --lr 0.0005 x 512 / 256 = 0.001, --min_lr 1e-6, 10 warm-up epochs
     ("dino-vit-small", 1281167, 8): (512, 0.001, 1e-6, 10 * (1281167 // 512), 0.0),
+    # simsiam main_simsiam.py: -b 512, --lr 0.05 x 512 / 256 = 0.1, cosine to 0, no warm-up
+    ("simsiam-imagenet", 1281167, 8): (512, 0.1, 0.0, 0, 0.0),
+    # barlowtwins main.py / vicreg README: batch 2048, 0.2 x 2048 / 256 = 1.6, end lr x 0.001, 10 warm-up epochs
+    ("barlowtwins", 1281167, 32): (2048, 1.6, 0.0016, 10 * (1281167 // 2048), 0.0),
+    ("vicreg", 1281167, 32): (2048, 1.6, 0.0016, 10 * (1281167 // 2048), 0.0),
 }
 
 
