@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from openseer.config import Config, global_batch_size, load_config, run_info
-from openseer.methods import get_method
+from openseer.methods import Method, get_method
 from openseer.models.backbone import backbone_spec, count_parameters, create_backbone_from_spec
 from openseer.parallel import apply_activation_checkpointing, find_blocks
 
@@ -40,8 +40,9 @@ class ModelInfo:
     activation_bytes_per_image: float
     largest_unit_params: int
     memory: dict[str, float]  # bytes per process
-    params_trainable: int = 0  # those with gradients and optimizer state (DINO's EMA teacher has neither)
-    teacher_flops_per_image: float = 0.0  # forward of an EMA teacher on the global crops (DINO), else 0
+    params_trainable: int = 0  # those with gradients and optimizer state (EMA copies have neither)
+    teacher_flops_per_image: float = 0.0  # forward of the EMA backbones on the global crops (DINO, BYOL, MoCo v3)
+    params_ema: int = 0  # parameters of the declared EMA towers (DINO's teacher, BYOL's target, ...)
 
 
 def saved_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
@@ -60,16 +61,17 @@ def saved_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def _unit_sizes(method: nn.Module, unit: str) -> list[int]:
-    stages = find_blocks(method.backbone)
-    if unit == "stage":
-        sizes = [sum(count_parameters(b) for b in s) for s in stages]
-    else:
-        sizes = [count_parameters(b) for s in stages for b in s]
-    head = getattr(method, "head", None)
-    if head is not None:
-        sizes.append(count_parameters(head))
-    return sizes
+def _unit_sizes(method: Method, unit: str) -> list[int]:
+    """Parameters of each FSDP unit: the blocks (or stages) of every declared backbone tower, EMA copies
+    included, and every head tower (as :func:`openseer.parallel.shard_model` wraps them)."""
+    sizes = []
+    for _, backbone in method.tower_modules("backbone"):
+        stages = find_blocks(backbone)
+        if unit == "stage":
+            sizes += [sum(count_parameters(b) for b in s) for s in stages]
+        else:
+            sizes += [count_parameters(b) for s in stages for b in s]
+    return sizes + [count_parameters(head) for _, head in method.tower_modules("head")]
 
 
 def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
@@ -78,6 +80,7 @@ def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
     with torch.device("meta"):
         backbone = create_backbone_from_spec(backbone_spec(cfg.model))
         method = get_method(cfg.method).build(cfg, backbone, run_info(cfg, world_size))
+    method.check_towers()
     n_backbone = sum(x.numel() for x in backbone.parameters())
     n_total = sum(x.numel() for x in method.parameters())
     n_trainable = sum(x.numel() for x in method.parameters() if x.requires_grad)
@@ -126,7 +129,9 @@ def model_info(cfg: Config, world_size: int = 1) -> ModelInfo:
         largest,
         memory,
         n_trainable,
-        flops[cfg.aug.global_size] * cfg.aug.global_crops if hasattr(method, "teacher") else 0.0,
+        # every EMA backbone (DINO's teacher, BYOL's target, MoCo v3's momentum encoder) sees the global crops
+        flops[cfg.aug.global_size] * cfg.aug.global_crops * len(method.tower_modules("backbone", ema=True)),
+        sum(count_parameters(m) for _, m in method.tower_modules(ema=True)),
     )
 
 
@@ -168,7 +173,7 @@ def format_info(cfg: Config, info: ModelInfo, world_size: int, preset: str = "")
         f"parameters     backbone {info.params_backbone / 1e6:,.1f}M, head + prototypes "
         f"{info.params_head / 1e6:,.1f}M, total {info.params_total / 1e6:,.1f}M"
         + (
-            f" (trained {info.params_trainable / 1e6:,.1f}M; the rest is an EMA teacher)"
+            f" (trained {info.params_trainable / 1e6:,.1f}M; EMA copies {info.params_ema / 1e6:,.1f}M)"
             if 0 < info.params_trainable < info.params_total
             else ""
         ),
@@ -178,7 +183,7 @@ def format_info(cfg: Config, info: ModelInfo, world_size: int, preset: str = "")
         f"~{_flops(3 * info.flops_per_image)} forward+backward"
         + (" (+1 forward recomputed)" if p.activation_checkpointing else "")
         + (
-            f"; teacher forward on the global crops {_flops(info.teacher_flops_per_image)}"
+            f"; EMA forward on the global crops {_flops(info.teacher_flops_per_image)}"
             if info.teacher_flops_per_image
             else ""
         ),

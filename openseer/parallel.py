@@ -5,13 +5,14 @@ Methods and backbones never import any of this. :func:`prepare_model` takes a bu
 residual blocks recompute their activations in the backward pass, and (3) wraps it for data parallelism:
 
 * ``ddp``: ``DistributedDataParallel`` (one full replica per process);
-* ``fsdp``: FSDP2 ``fully_shard`` on every residual block (or stage), on the projection head, then on the
-  whole method (ZeRO-3: parameters, gradients and optimizer state are split over the processes), with a
-  bf16/fp16 ``MixedPrecisionPolicy`` on GPUs and optional CPU offload.
+* ``fsdp``: FSDP2 ``fully_shard`` on every residual block (or stage) of every backbone tower the method
+  declares (``Method.towers``: EMA copies too), on every head tower, then on the whole method (ZeRO-3:
+  parameters, gradients and optimizer state are split over the processes), with a bf16/fp16
+  ``MixedPrecisionPolicy`` on GPUs and optional CPU offload.
 
 All of it is a no-op at world size 1 except activation checkpointing, which also saves memory on one device.
 Blocks are found by structure (timm RegNet ``s1..s4`` / ResNet ``layer1..4`` / ``stages[i].blocks`` / ViT
-``blocks``; a method's EMA ``teacher`` is sharded like its student), and the
+``blocks``; an EMA copy (DINO's teacher, BYOL's target) is sharded exactly like its online tower), and the
 wrappers swap classes in place, so parameter names, state dicts and exported backbones do not change.
 """
 
@@ -126,7 +127,8 @@ def shard_model(
     reshard_after_forward: bool = True,
     cpu_offload: bool = False,
 ) -> nn.Module:
-    """Apply FSDP2 ``fully_shard`` to the backbone's blocks (or stages), the head, then the whole method.
+    """Apply FSDP2 ``fully_shard`` to the blocks (or stages) of every declared backbone tower, every head tower,
+    then the whole method (``method`` is an :class:`openseer.methods.base.Method`: its ``tower_modules``).
 
     ``param_dtype`` (bf16/fp16) gathers and computes in that dtype while gradients are reduced and the
     optimizer steps in float32. Returns ``method`` itself (its class becomes an ``FSDPModule``).
@@ -139,14 +141,17 @@ def shard_model(
     }
     if param_dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    # the trained network, then an EMA teacher (DINO) if the method has one: its parameters are sharded
-    # exactly like the student's (each parameter on dim 0), so the EMA update runs shard by shard
-    towers = [method, getattr(method, "teacher", None)]
-    for tower in [t for t in towers if isinstance(t, nn.Module)]:
-        _shard_tower(tower, unit, kwargs)
+    # every declared tower, EMA copies included: a copy is sharded exactly like its online tower (each
+    # parameter on dim 0), so the EMA update runs shard by shard
+    fp32_names = tuple(getattr(method, "fp32_modules", ()))
+    for tower, module in method.tower_modules():
+        if tower.role == "backbone":
+            _shard_backbone(module, unit, kwargs)
+        elif tower.path not in fp32_names and any(True for _ in module.parameters()):
+            fully_shard(module, **kwargs)  # a head (DINO's 65536 x 256 last layer is larger than a ViT-S block)
     # float32 units (SwAV's prototypes): gathered and computed in float32 whatever param_dtype is
     fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
-    for name in getattr(method, "fp32_modules", ()):
+    for name in fp32_names:
         fully_shard(method.get_submodule(name), **{**kwargs, "mp_policy": fp32})
     if param_dtype is not None:  # the method's inputs stay as given: precomputed codes are never cast
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype, torch.float32, cast_forward_inputs=False)
@@ -154,20 +159,13 @@ def shard_model(
     return method
 
 
-def _shard_tower(tower: nn.Module, unit: str, kwargs: dict[str, Any]) -> None:
-    backbone = getattr(tower, "backbone", None)
-    stages = find_blocks(backbone) if backbone is not None else []
-    for blocks in stages:
+def _shard_backbone(backbone: nn.Module, unit: str, kwargs: dict[str, Any]) -> None:
+    for blocks in find_blocks(backbone):
         if unit == "stage":
-            parent = _common_parent(backbone, blocks)
-            fully_shard(parent, **kwargs)
+            fully_shard(_common_parent(backbone, blocks), **kwargs)
         else:
             for block in blocks:
                 fully_shard(block, **kwargs)
-    for name in ("head", "last_layer"):  # DINO's 65536 x 256 last layer is larger than a ViT-S block
-        part = getattr(tower, name, None)
-        if isinstance(part, nn.Module) and any(True for _ in part.parameters()):
-            fully_shard(part, **kwargs)
 
 
 def _common_parent(root: nn.Module, blocks: list[nn.Module]) -> nn.Module:
@@ -189,8 +187,9 @@ def prepare_model(method: nn.Module, pcfg: Any, device: torch.device, precision:
     Returns the module to call in the loop: ``method`` itself at world size 1 and with FSDP (sharded in
     place), or a DDP wrapper. Build the optimizer *after* this call (FSDP replaces the parameters).
     """
-    if pcfg.activation_checkpointing and getattr(method, "backbone", None) is not None:
-        apply_activation_checkpointing(method.backbone, pcfg.recompute_every, pcfg.checkpoint_stages)
+    if pcfg.activation_checkpointing:  # the trained backbones only: EMA copies run without gradients
+        for _, backbone in method.tower_modules("backbone", ema=False):
+            apply_activation_checkpointing(backbone, pcfg.recompute_every, pcfg.checkpoint_stages)
     if dist.world_size() == 1:
         return method
     if pcfg.sync_batchnorm:

@@ -97,3 +97,25 @@ def test_info_command_and_fsdp_scaling(capsys):
     no_ckpt = model_info(load_config("seer-32gf", ["parallel.activation_checkpointing=false"]), 8)
     ckpt = model_info(load_config("seer-32gf", ["parallel.activation_checkpointing=true"]), 8)
     assert ckpt.memory["activations"] < 0.5 * no_ckpt.memory["activations"]
+
+
+# the references' EMA copies: BYOL's target network, MoCo v3's momentum encoder, DINO's teacher
+EMA_PREFIXES = {
+    "byol-imagenet": ("target_backbone.", "target_projector."),
+    "mocov3-resnet50": ("momentum_backbone.", "momentum_projector."),
+    "dino-vit-small": ("teacher.",),
+}
+
+
+@pytest.mark.parametrize("preset", list(EMA_PREFIXES))
+def test_info_counts_the_ema_towers(preset):
+    """The EMA copies' parameters and the forward FLOPs of their backbone on the global crops."""
+    cfg = load_config(preset)
+    info = model_info(cfg)
+    with torch.device("meta"):
+        method = METHODS[cfg.method].build(cfg, build_backbone(cfg.model), run_info(4096))
+    ema = sum(p.numel() for n, p in method.named_parameters() if n.startswith(EMA_PREFIXES[preset]))
+    assert info.params_ema == ema > info.params_backbone  # a whole backbone copy and more
+    # the target backbone runs on every global crop
+    global_flops = info.flops_by_crop[cfg.aug.global_size] * cfg.aug.global_crops
+    assert info.teacher_flops_per_image == pytest.approx(global_flops)

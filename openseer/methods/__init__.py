@@ -6,7 +6,7 @@ and plugin methods loaded. The contract every method follows is :class:`openseer
 
 from typing import Any
 
-from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput
+from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower
 from openseer.methods.registry import MethodEntry, get_method, load_methods, register_method
 
 
@@ -24,6 +24,7 @@ __all__ = [
     "RunInfo",
     "StepContext",
     "StepOutput",
+    "Tower",
     "get_method",
     "load_methods",
     "register_method",

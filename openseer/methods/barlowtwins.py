@@ -33,7 +33,7 @@ from torch import nn
 
 from openseer import dist
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
+from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import require_two_views
 from openseer.models.backbone import feature_dim
@@ -127,6 +127,7 @@ class BarlowTwins(Method):
     """Backbone + projector; the loss drives the global-batch cross-correlation of two views to I."""
 
     name = "barlowtwins"
+    towers = (Tower("backbone"), Tower("projector", "head"))
     exact_accumulation = False
 
     def __init__(self, backbone: nn.Module, cfg: Config):

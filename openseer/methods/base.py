@@ -27,7 +27,13 @@ loop calls                             the method
                                        its name at the top level of the checkpoint (SwAV: ``"queue"``).
 ``load_global_extra_state(s, ctx)``    this process's share of those entries (same dict), for any number of
                                        processes; called only when the checkpoint holds any of them.
-``exported_backbone``                  attribute path of the backbone to export and evaluate ("backbone", or
+``towers``                             (class attribute) the declared :class:`Tower` s: every backbone and head
+                                       submodule with its role, EMA copies naming the tower they trail.
+                                       ``--init``, FSDP wrapping, ``openseer info`` and export read this, never
+                                       attribute names; :meth:`Method.check_towers` validates it after build.
+``ema_pairs()``                        (target, online) module pairs of the EMA copies, from ``towers``;
+                                       ``ops.ema.ema_update_pairs`` moves every target towards its online tower.
+``exported_backbone``                  path of the backbone tower to export and evaluate ("backbone", or
                                        "teacher.backbone" for DINO); backbone.json records it.
 ``fp32_modules``                      submodule names kept in float32: own FSDP2 unit, fp32 parameters.
 ``cluster_weights()``                  (K, d) prototypes / last layer for the report's cluster picture, or None.
@@ -49,6 +55,23 @@ import torch
 from torch import nn
 
 from openseer.config import RunInfo  # part of the method contract; defined beside derive()
+from openseer.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Tower:
+    """One declared submodule of a method: where it is, what it is, and whether it is an EMA copy.
+
+    ``role="backbone"``: a timm backbone (``--init`` loads imported backbone weights into it, FSDP shards it
+    block by block, ``openseer info`` counts its blocks and FLOPs). ``role="head"``: a projector, predictor,
+    prototypes or last layer (one FSDP unit; ``--init`` loads a source's head tensors of the same name).
+    ``ema_of`` names the online tower this one trails by an exponential moving average and takes no
+    gradient (BYOL's target network, Grill et al. 2020 eq. 1; MoCo v3's momentum encoder; DINO's teacher).
+    """
+
+    path: str  # attribute path inside the method ("backbone", "teacher.head")
+    role: Literal["backbone", "head"] = "backbone"
+    ema_of: str | None = None  # path of the online tower it trails by EMA; None: trained by gradients
 
 
 @dataclass(frozen=True)
@@ -160,7 +183,9 @@ class Method(nn.Module):
     # True when k accumulated micro-batches give the update of one k-times larger batch (the method either
     # has no batch-coupled term, or computes such terms over the whole accumulated batch in mode="targets").
     exact_accumulation: ClassVar[bool] = False
-    exported_backbone: ClassVar[str] = "backbone"
+    # every backbone and head submodule with its role; EMA copies name their online tower (see Tower)
+    towers: ClassVar[tuple[Tower, ...]] = (Tower("backbone"),)
+    exported_backbone: ClassVar[str] = "backbone"  # the path of a backbone tower
     # True: forward also takes ``indices=`` (the micro-batch's dataset indices, e.g. for a memory bank)
     needs_indices: ClassVar[bool] = False
     # submodules that compute in float32 (autocast off inside the method): with FSDP2 each becomes its own
@@ -211,8 +236,59 @@ class Method(nn.Module):
     def export_module(self) -> nn.Module:
         return self.get_submodule(self.exported_backbone)
 
+    # -- the declared towers --------------------------------------------------------------------------------
+    def tower_modules(self, role: str | None = None, ema: bool | None = None) -> list[tuple[Tower, nn.Module]]:
+        """The declared towers with their submodules, in declaration order; filtered by ``role`` and by
+        ``ema`` (True: EMA copies only, False: trained towers only)."""
+        return [
+            (t, self.get_submodule(t.path))
+            for t in self.towers
+            if (role is None or t.role == role) and (ema is None or (t.ema_of is not None) == ema)
+        ]
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(target, online) for every EMA tower, in declaration order."""
+        return [(m, self.get_submodule(t.ema_of)) for t, m in self.tower_modules(ema=True) if t.ema_of]
+
+    def check_towers(self) -> None:
+        """One-line :class:`ConfigError` unless the declaration fits the built method: every path is a
+        submodule, ``exported_backbone`` is a backbone tower, and every EMA tower names a declared online
+        tower of its role with the same parameter names and shapes and takes no gradient."""
+        where = f"method {self.name or type(self).__name__!r}"
+        declared = {t.path: t for t in self.towers}
+        for t in self.towers:
+            try:
+                module = self.get_submodule(t.path)
+            except AttributeError:
+                raise ConfigError(f"{where} declares tower {t.path!r} but has no such submodule") from None
+            if t.ema_of is not None:
+                online = declared.get(t.ema_of)
+                if online is None or online.role != t.role or online.ema_of is not None:
+                    valid = [p for p, o in declared.items() if o.role == t.role and o.ema_of is None]
+                    raise ConfigError(f"{where}: EMA tower {t.path!r} trails {t.ema_of!r}; valid: {valid}")
+                _check_ema_pair(where, t.path, module, t.ema_of, self.get_submodule(t.ema_of))
+        backbones = [t.path for t in self.towers if t.role == "backbone"]
+        if self.exported_backbone not in backbones:
+            raise ConfigError(f"{where}: exported_backbone={self.exported_backbone!r}; valid: {backbones}")
+
     def cluster_weights(self) -> torch.Tensor | None:
         return None
 
     def trivial_loss(self) -> float | None:
         return None
+
+
+def _check_ema_pair(where: str, target_path: str, target: nn.Module, online_path: str, online: nn.Module) -> None:
+    """Same parameter names and shapes on both sides, and no gradient into the target (one-line error)."""
+    t_shapes = {n: tuple(p.shape) for n, p in target.named_parameters()}
+    o_shapes = {n: tuple(p.shape) for n, p in online.named_parameters()}
+    for name in sorted(t_shapes.keys() | o_shapes.keys()):
+        a, b = t_shapes.get(name), o_shapes.get(name)
+        if a != b:
+            raise ConfigError(
+                f"{where}: EMA pair {target_path!r} <- {online_path!r} differs at parameter {name!r}: "
+                f"{list(a) if a else 'missing'} vs {list(b) if b else 'missing'}; an EMA tower must be a copy"
+            )
+    trained = next((n for n, p in target.named_parameters() if p.requires_grad), None)
+    if trained is not None:
+        raise ConfigError(f"{where}: EMA tower {target_path!r} trains {trained!r}; EMA copies take no gradient")

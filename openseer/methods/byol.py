@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, RunInfo, StepContext, StepOutput
+from openseer.methods.base import Method, RunInfo, StepContext, StepOutput, Tower
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import per_view, require_two_views
 from openseer.models.backbone import feature_dim
 from openseer.models.heads import MLP
 from openseer.ops.collapse import embedding_std
-from openseer.ops.ema import ema_update, frozen_copy, momentum_at
+from openseer.ops.ema import ema_update_pairs, frozen_copy, momentum_at
 
 
 @dataclass
@@ -68,6 +68,13 @@ class BYOL(Method):
     """Online backbone, projector and predictor; target backbone and projector (EMA, no gradient)."""
 
     name = "byol"
+    towers = (
+        Tower("backbone"),
+        Tower("projector", "head"),
+        Tower("predictor", "head"),
+        Tower("target_backbone", ema_of="backbone"),
+        Tower("target_projector", "head", ema_of="projector"),
+    )
     exact_accumulation = True  # per-image loss terms; the target moves once per optimizer step
 
     def __init__(self, backbone: nn.Module, cfg: Config, info: RunInfo):
@@ -94,9 +101,7 @@ class BYOL(Method):
     @torch.no_grad()
     def after_step(self, ctx: StepContext) -> None:
         """Target <- tau_k target + (1 - tau_k) online, with the online parameters just updated (step k)."""
-        tau = self.tau(ctx.step)
-        ema_update(self.target_backbone, self.backbone, tau)
-        ema_update(self.target_projector, self.projector, tau)
+        ema_update_pairs(self.ema_pairs(), self.tau(ctx.step))  # every declared EMA pair (``towers``)
 
 
 def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> BYOL:

@@ -39,7 +39,7 @@ from torch import nn
 
 from openseer import dist
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
+from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
 from openseer.models.heads import ProjectionMLP, Prototypes, multicrop_forward
@@ -124,6 +124,7 @@ class DeepClusterV2(Method):
     """Backbone + projection head + k-means prototypes, with the memory bank of last epoch's embeddings."""
 
     name = "deepclusterv2"
+    towers = (Tower("backbone"), Tower("head", "head"), Tower("prototypes", "head"))
     exact_accumulation = True
     needs_indices: ClassVar[bool] = True
 

@@ -33,10 +33,11 @@ from torch import nn
 
 from openseer import dist
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
+from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import check_crop_sizes, feature_dim
 from openseer.models.heads import DINOProjection, WeightNormLinear, multicrop_forward
+from openseer.ops.ema import ema_update_pairs
 from openseer.ops.schedules import cosine_schedule
 
 
@@ -175,6 +176,14 @@ class DINO(Method):
     of the same structure, and the ``center`` of the teacher's outputs."""
 
     name = "dino"
+    towers = (
+        Tower("backbone"),
+        Tower("head", "head"),
+        Tower("last_layer", "head"),  # DINO's 65536 x 256 last layer is larger than a ViT-S block
+        Tower("teacher.backbone", ema_of="backbone"),
+        Tower("teacher.head", "head", ema_of="head"),
+        Tower("teacher.last_layer", "head", ema_of="last_layer"),
+    )
     exact_accumulation = True
     exported_backbone = "teacher.backbone"  # DINO evaluates the teacher
 
@@ -241,12 +250,9 @@ class DINO(Method):
     # -- teacher ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """teacher <- m teacher + (1 - m) student, parameter by parameter (buffers stay the teacher's own)."""
-        student = dict(self.named_parameters())
-        pairs = [(t, student[name]) for name, t in self.teacher.named_parameters()]
-        teacher_params = [t for t, _ in pairs]
-        torch._foreach_mul_(teacher_params, momentum)
-        torch._foreach_add_(teacher_params, [s.detach() for _, s in pairs], alpha=1 - momentum)
+        """teacher <- m teacher + (1 - m) student, parameter by parameter (buffers stay the teacher's own):
+        the declared EMA pairs ``teacher.backbone/head/last_layer`` <- ``backbone/head/last_layer``."""
+        ema_update_pairs(self.ema_pairs(), momentum)
 
     # -- hooks called by the loop -------------------------------------------------------------------------
     def before_step(self, ctx: StepContext) -> None:

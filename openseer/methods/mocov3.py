@@ -32,13 +32,13 @@ from torch import nn
 from openseer import dist
 from openseer.dist import all_gather_cat
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, RunInfo, StepContext, StepOutput
+from openseer.methods.base import Method, RunInfo, StepContext, StepOutput, Tower
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import per_view, require_two_views
 from openseer.models.backbone import feature_dim
 from openseer.models.heads import MLP
 from openseer.ops.collapse import embedding_std
-from openseer.ops.ema import ema_update, frozen_copy, momentum_at
+from openseer.ops.ema import ema_update_pairs, frozen_copy, momentum_at
 
 
 @dataclass
@@ -108,6 +108,13 @@ class MoCoV3(Method):
     """Query network (backbone, projector, predictor) and its momentum copy (backbone, projector)."""
 
     name = "mocov3"
+    towers = (
+        Tower("backbone"),
+        Tower("projector", "head"),
+        Tower("predictor", "head"),
+        Tower("momentum_backbone", ema_of="backbone"),
+        Tower("momentum_projector", "head", ema_of="projector"),
+    )
     exact_accumulation = False  # in-batch keys: a micro-batch's queries only meet its own keys
 
     def __init__(self, backbone: nn.Module, cfg: Config, info: RunInfo):
@@ -134,9 +141,7 @@ class MoCoV3(Method):
     @torch.no_grad()
     def before_step(self, ctx: StepContext) -> None:
         """The reference updates the momentum network at the start of each step, before the keys."""
-        m = self.momentum(ctx.step)
-        ema_update(self.momentum_backbone, self.backbone, m)
-        ema_update(self.momentum_projector, self.projector, m)
+        ema_update_pairs(self.ema_pairs(), self.momentum(ctx.step))  # every declared EMA pair (``towers``)
 
     def compute_loss(self, crops: list[torch.Tensor], ctx: StepContext, targets: Any = None) -> StepOutput:
         z1, z2 = per_view(lambda x: self.projector(self.backbone(x)), crops)

@@ -28,7 +28,7 @@ from torch import nn
 
 from openseer import dist
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, RunInfo, StepContext, StepOutput
+from openseer.methods.base import Method, RunInfo, StepContext, StepOutput, Tower
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import require_two_views
 from openseer.models.backbone import feature_dim
@@ -92,6 +92,7 @@ class SimCLR(Method):
     """Backbone + projection MLP; NT-Xent over the global batch of two views."""
 
     name = "simclr"
+    towers = (Tower("backbone"), Tower("projector", "head"))
     exact_accumulation = False  # in-batch negatives: a micro-batch only sees its own
 
     def __init__(self, backbone: nn.Module, cfg: Config, info: RunInfo):

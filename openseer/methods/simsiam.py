@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
+from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import per_view, require_two_views
 from openseer.models.backbone import feature_dim
@@ -70,6 +70,7 @@ class SimSiam(Method):
     """Backbone, projector and predictor; the target branch is the same encoder behind a stop-gradient."""
 
     name = "simsiam"
+    towers = (Tower("backbone"), Tower("projector", "head"), Tower("predictor", "head"))
     exact_accumulation = True  # per-image loss terms, no batch-coupled term besides batch norm
 
     def __init__(self, backbone: nn.Module, cfg: Config, info: RunInfo):

@@ -23,7 +23,7 @@ from torch import nn
 
 from openseer import dist
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
+from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
 from openseer.models.heads import ProjectionMLP, Prototypes, multicrop_forward
@@ -100,6 +100,7 @@ class SwAV(Method):
     """Backbone + projection head + prototypes, with the swapped-prediction loss and the feature queue."""
 
     name = "swav"
+    towers = (Tower("backbone"), Tower("head", "head"), Tower("prototypes", "head"))
     exact_accumulation = True  # codes of the whole accumulated batch come from mode="targets"
     fp32_modules = ("prototypes",)  # scores (and so codes) in float32, as VISSL's fp32 prototype unit
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from openseer import dist
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, RunInfo, StepContext, StepOutput
+from openseer.methods.base import Method, RunInfo, StepContext, StepOutput, Tower
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import require_two_views
 from openseer.models.backbone import feature_dim
@@ -116,6 +116,7 @@ class VICReg(Method):
     """Backbone + expander; invariance between views, variance and decorrelation within each view."""
 
     name = "vicreg"
+    towers = (Tower("backbone"), Tower("projector", "head"))
     exact_accumulation = False
 
     def __init__(self, backbone: nn.Module, cfg: Config):

@@ -12,6 +12,7 @@ updated by the target's forward passes, as in the MoCo v3 and BYOL references.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -62,3 +63,10 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
         return
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
+
+
+@torch.no_grad()
+def ema_update_pairs(pairs: Iterable[tuple[nn.Module, nn.Module]], momentum: float) -> None:
+    """:func:`ema_update` of every (target, online) pair, e.g. a method's declared ``Method.ema_pairs()``."""
+    for target, online in pairs:
+        ema_update(target, online, momentum)

@@ -151,6 +151,7 @@ def setup_run(cfg: Config, out_dir: str | Path, resume: bool = True, monitor: Mo
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     info = RunInfo.of(cfg, derived)  # the one RunInfo of the run: the method's and the training step's
     method = get_method(cfg.method).build(cfg, build_backbone(cfg.model), info)
+    method.check_towers()  # the declared towers and EMA pairs fit the built modules (one-line ConfigError)
     if cfg.model.init and state is None:  # starting weights (--init); a resumed run has its own
         init_method_from(method, cfg.model.init, strict=cfg.model.init_strict, log=log.info)
     method = method.to(device).to(memory_format=memory_format)

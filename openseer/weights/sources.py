@@ -266,8 +266,10 @@ def load_into_backbone(
 def init_method_from(
     method: nn.Module, source: str | Path, strict: bool = True, log: Callable[[str], None] = print
 ) -> Imported:
-    """Initialise a freshly built method from SOURCE before training: the backbone, and the heads that the
-    source holds (SwAV projection head + prototypes from VISSL/SwAV/openseer files; DINO's head and centre).
+    """Initialise a freshly built method from SOURCE before training: every backbone tower the method declares
+    (``Method.towers``: the online backbone and its EMA copies, e.g. BYOL's target, DINO's teacher), and the
+    heads that the source holds (SwAV projection head + prototypes from VISSL/SwAV/openseer files; DINO's head
+    and centre), copied into each head tower of that name and its EMA copies.
 
     Call it after the method is built and before the optimizer (and DDP/FSDP wrapping). With ``strict`` any
     key that does not fit is an error; otherwise what fits is loaded and the rest is printed through ``log``.
@@ -277,8 +279,7 @@ def init_method_from(
     for path, backbone in _backbones(method):
         load_into_backbone(backbone, imported, strict, log)
         log(f"init: {path} <- {imported.source} ({imported.format}, {len(imported.backbone)} tensors)")
-    method_state = method.state_dict()
-    head_weights = _head_targets(imported.heads, method_state)
+    head_weights = _head_targets(imported.heads, method)
     if imported.heads and head_weights:
         _load_heads(method, head_weights, f"{imported.source} ({imported.format} heads)", strict, log)
         log(f"init: heads <- {imported.source}: {', '.join(sorted({k.split('.')[0] for k in head_weights}))}")
@@ -295,17 +296,12 @@ def init_method_from(
     return imported
 
 
-def _backbones(method: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The backbone(s) to initialise: ``backbone``, or a teacher's and a student's (DINO-style methods)."""
-    found = []
-    for path in ("backbone", "student.backbone", "teacher.backbone"):
-        module: Any = method
-        for part in path.split("."):
-            module = getattr(module, part, None)
-        if isinstance(module, nn.Module):
-            found.append((path, module))
+def _backbones(method: Any) -> list[tuple[str, nn.Module]]:
+    """The backbones to initialise: every backbone tower ``method`` (a :class:`openseer.methods.base.Method`)
+    declares, EMA copies included."""
+    found = [(tower.path, module) for tower, module in method.tower_modules("backbone")]
     if not found:
-        raise WeightsError(f"{type(method).__name__} has no backbone attribute to initialise")
+        raise WeightsError(f"{type(method).__name__} declares no backbone tower to initialise")
     return found
 
 
@@ -315,23 +311,32 @@ _PARAM_ALIASES = {  # torch.nn.utils.weight_norm (DINO's file) -> torch.nn.utils
 }
 
 
-def _head_targets(heads: dict[str, torch.Tensor], method_state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Head tensors under the method's own keys: the same name, or under ``student.``/``teacher.``."""
+def _head_targets(heads: dict[str, torch.Tensor], method: Any) -> dict[str, torch.Tensor]:
+    """Head tensors under the method's own keys: a source key ``<tower>.<rest>`` goes to the declared head
+    tower of that path and to every EMA copy of it (DINO: ``head.*`` -> ``head.*`` and ``teacher.head.*``)."""
+    method_state = method.state_dict()
+    copies: dict[str, list[str]] = {}
+    for tower, _ in method.tower_modules("head"):
+        copies.setdefault(tower.ema_of or tower.path, []).append(tower.path)
     out = {}
     for key, value in heads.items():
         names = [key] + [key.replace(a, b) for a, b in _PARAM_ALIASES.items() if a in key]
         for name in names:
-            for prefix in ("", "student.", "teacher."):
-                if prefix + name in method_state:
-                    out[prefix + name] = value
+            if name in method_state:  # the same key (a head, DINO's centre)
+                out[name] = value
+            for online, paths in copies.items():
+                if name.startswith(online + "."):
+                    rest = name[len(online) :]
+                    out.update({p + rest: value for p in paths if p + rest in method_state})
     return out
 
 
 def _load_heads(
-    method: nn.Module, weights: dict[str, torch.Tensor], where: str, strict: bool, log: Callable[[str], None]
+    method: Any, weights: dict[str, torch.Tensor], where: str, strict: bool, log: Callable[[str], None]
 ) -> None:
     state = {k: v for k, v in method.state_dict().items() if k.split(".")[0] in {w.split(".")[0] for w in weights}}
-    state = {k: v for k, v in state.items() if not k.startswith("backbone.") and ".backbone." not in f".{k}"}
+    backbones = tuple(path + "." for path, _ in _backbones(method))
+    state = {k: v for k, v in state.items() if not k.startswith(backbones)}
     holder = _StateHolder(state)
     load_checked(holder, weights, where, strict, log)
 

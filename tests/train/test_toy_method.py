@@ -19,7 +19,7 @@ from torch import nn
 
 from openseer.cli import main
 from openseer.config import derive, load_config
-from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, split_groups
+from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower, split_groups
 from openseer.methods.registry import METHODS, MethodEntry, register_method
 from openseer.models.backbone import feature_dim
 from openseer.train import build_trainer, train_step
@@ -39,6 +39,8 @@ class TwoViewCosine(Method):
 
     name = "toy"
     exact_accumulation = True  # per-sample loss, no batch-coupled term
+    # the towers --init, FSDP wrapping, `openseer info` and export find (no attribute names are guessed)
+    towers = (Tower("backbone"), Tower("head", "head"))
 
     def __init__(self, backbone: nn.Module, cfg: ToyConfig):
         super().__init__()
@@ -188,3 +190,27 @@ def test_train_step_alone_matches_a_plain_sgd_step_with_group_tags():
     result = train_step(trainer, micro, step=1, epoch=0)
     assert result.wd == pytest.approx(0.2) and not torch.equal(method.head.weight, head_before)
     assert [g["lr"] for g in trainer.optimizer.param_groups if g["name"] == "head"] == [pytest.approx(1.6)]
+
+
+class TwoViewCosineWithTarget(TwoViewCosine):
+    """The toy with an EMA copy of its head, built with another width: its declaration does not fit."""
+
+    towers = (*TwoViewCosine.towers, Tower("target_head", "head", ema_of="head"))
+
+    def __init__(self, backbone: nn.Module, cfg: ToyConfig):
+        super().__init__(backbone, cfg)
+        self.target_head = nn.Linear(feature_dim(backbone), cfg.dim + 1).requires_grad_(False)
+
+
+def test_an_ema_pair_that_does_not_fit_stops_pretrain_with_one_line(tmp_path, capsys):
+    entry = MethodEntry("toy", ToyConfig, lambda cfg, backbone, info: TwoViewCosineWithTarget(backbone, cfg.toy))
+    register_method(entry)
+    preset = tmp_path / "toy.yaml"
+    preset.write_text(PRESET)
+    data = write_images(tmp_path / "imgs", 4)
+    assert main(["pretrain", str(preset), "--data", str(data), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "EMA pair 'target_head' <- 'head' differs at parameter 'bias': [9] vs [8]" in err[0]
+    backbone = nn.Flatten()
+    backbone.num_features = 12
+    TwoViewCosine(backbone, ToyConfig()).check_towers()  # the toy's own declaration fits
