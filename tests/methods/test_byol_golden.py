@@ -48,13 +48,7 @@ OVERRIDES = TINY_REGNET + [
     "optim.trust_coefficient=0.05",  # LARS moves each weight by 0.03% a step (eta 0.001: 0.0006%)
 ]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def regression_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
