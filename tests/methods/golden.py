@@ -8,15 +8,17 @@ file from the reference's source text; only the modules (backbone, heads) are sh
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
-from openseer.config import derive, load_config
+from openseer.config import OptimConfig, derive, load_config
 from openseer.methods import METHODS
 from openseer.methods.base import RunInfo
 from openseer.models.backbone import build_backbone
@@ -47,6 +49,12 @@ TINY_VIT = [
 # there at lr 3e-4): compare AdamW runs' values to 2e-4 and each tensor's update as a whole to 1%
 ADAMW_TOLERANCES = {"atol": 2e-4, "update_rtol": 1e-2}
 COMMON = [f"train.batch_size={BATCH}", "train.precision=fp32", "optim.warmup_epochs=0"]
+
+
+def pending(setting: str) -> pytest.MarkDecorator:
+    """xfail (strict) while ``optim.<setting>`` does not exist; once another change adds it, the test must pass."""
+    missing = setting not in {f.name for f in dataclasses.fields(OptimConfig)}
+    return pytest.mark.xfail(missing, strict=True, reason=f"pending optim.{setting}")
 
 
 @dataclass

@@ -34,6 +34,7 @@ from tests.methods.golden import (
     assert_states_equal,
     build_pair,
     cosine_decay,
+    pending,
     run_openseer,
     views,
 )
@@ -118,6 +119,6 @@ def test_three_steps_without_weight_decay_equal_byol_experiment():
     _golden(["optim.weight_decay=0.0"])
 
 
-@pytest.mark.xfail(strict=True, reason="pending optim.lars_variant")
+@pending("lars_variant")
 def test_three_steps_with_weight_decay_equal_byol_experiment():
     _golden(["optim.weight_decay=0.01", "optim.lars_variant=lars"])

@@ -39,6 +39,7 @@ from tests.methods.golden import (
     assert_states_equal,
     build_pair,
     cosine_decay,
+    pending,
     run_openseer,
     views,
     without_key_bias,
@@ -177,6 +178,6 @@ def test_three_resnet_steps_without_weight_decay_equal_main_moco():
     _golden("mocov3-resnet50", RESNET + ["optim.weight_decay=0.0"], 32)
 
 
-@pytest.mark.xfail(strict=True, reason="pending optim.lars_variant")
+@pending("lars_variant")
 def test_three_resnet_steps_with_weight_decay_equal_main_moco():
     _golden("mocov3-resnet50", RESNET + ["optim.weight_decay=0.01", "optim.lars_variant=lars"], 32)
