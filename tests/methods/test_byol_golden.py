@@ -9,7 +9,7 @@ The reference, re-written in plain torch from the text of ``byol_experiment.py``
 * ``optimizers.lars``: ``add_weight_decay`` then ``scale_by_lars`` (trust ``eta |p| / |g + wd p|``, 1 when a
   norm is 0), both skipping biases and norm layers (``exclude_bias_and_norm``); ``mu = momentum mu + u``;
   ``p -= lr mu``;
-* ``learning_schedule``: ``base_lr x batch / 256`` on TF1's cosine decay (no warm-up here);
+* ``learning_schedule``: ``base_lr x batch / 256``, a linear warm-up from 0, then TF1's cosine decay;
 * after the online update, ``target_ema``: ``tau = 1 - (1 - base_ema) cos_decay(step, max_steps)`` and
   ``target <- target + (1 - tau)(online - target)``.
 
@@ -28,6 +28,7 @@ from torch import nn
 
 from tests.methods.golden import (
     BATCH,
+    PENDING_WARMUP,
     STEPS,
     TINY_REGNET,
     assert_losses_equal,
@@ -71,8 +72,14 @@ class ByolExperiment:
         modules = dict(model.named_modules())
         self.excluded = {n: excluded(modules, n) for n, _ in self.online}
         self.mu = {n: torch.zeros_like(p) for n, p in self.online}
-        self.max_steps = derived.total_steps
+        self.max_steps, self.warmup_steps = derived.total_steps, derived.warmup_steps
         self.scaled_lr = cfg.optim.base_lr * BATCH / 256
+
+    def learning_schedule(self, global_step: int) -> float:
+        """``schedules.learning_schedule``: linear warm-up from 0, then TF1's cosine decay."""
+        if global_step < self.warmup_steps:
+            return global_step / self.warmup_steps * self.scaled_lr
+        return cosine_decay(global_step - self.warmup_steps, self.max_steps - self.warmup_steps, self.scaled_lr)
 
     def loss_fn(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -87,7 +94,7 @@ class ByolExperiment:
         o = self.cfg.optim
         loss = self.loss_fn(*inputs)
         grads = torch.autograd.grad(loss, [p for _, p in self.online])
-        lr = cosine_decay(global_step, self.max_steps, self.scaled_lr)
+        lr = self.learning_schedule(global_step)
         with torch.no_grad():
             for (name, p), g in zip(self.online, grads, strict=True):
                 u = g if self.excluded[name] else g + o.weight_decay * p  # add_weight_decay
@@ -117,6 +124,13 @@ def _golden(extra: list[str]) -> None:
 
 def test_three_steps_without_weight_decay_equal_byol_experiment():
     _golden(["optim.weight_decay=0.0"])
+
+
+@PENDING_WARMUP
+def test_three_warmup_steps_equal_byol_experiment():
+    """Inside a 1-epoch warm-up (``learning_schedule``: step / warmup_steps x lr): at lr 0 the reference's LARS
+    momentum still takes the step's update."""
+    _golden(["optim.weight_decay=0.0", "optim.warmup_epochs=1"])
 
 
 @pending("lars_variant")

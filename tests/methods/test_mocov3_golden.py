@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tests.methods.golden import (
     ADAMW_TOLERANCES,
     BATCH,
+    PENDING_WARMUP,
     STEPS,
     TINY_REGNET,
     TINY_VIT,
@@ -168,10 +169,19 @@ def _golden(preset: str, overrides: list[str], size: int, **compare) -> None:
     assert_states_equal(pair, **compare)
 
 
+FROZEN = tuple(f"{net}.{p}" for net in ("backbone", "momentum_backbone") for p in ("patch_embed", "pos_embed"))
+
+
 def test_three_vit_steps_equal_main_moco():
     """ViT: AdamW on every parameter, the frozen random patch projection and fixed position embedding."""
-    frozen = tuple(f"{net}.{p}" for net in ("backbone", "momentum_backbone") for p in ("patch_embed", "pos_embed"))
-    _golden("mocov3-vit-small", VIT, 16, unmoved=frozen, part=without_gradient_free_parts, **ADAMW_TOLERANCES)
+    _golden("mocov3-vit-small", VIT, 16, unmoved=FROZEN, part=without_gradient_free_parts, **ADAMW_TOLERANCES)
+
+
+@PENDING_WARMUP
+def test_three_vit_warmup_steps_equal_main_moco():
+    """The 3 steps inside a 1-epoch warm-up: lr 0, lr/3, 2 lr/3; AdamW builds its moments at lr 0 too."""
+    overrides = [*VIT, "optim.warmup_epochs=1"]
+    _golden("mocov3-vit-small", overrides, 16, unmoved=FROZEN, part=without_gradient_free_parts, **ADAMW_TOLERANCES)
 
 
 def test_three_resnet_steps_without_weight_decay_equal_main_moco():
