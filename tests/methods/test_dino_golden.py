@@ -36,6 +36,7 @@ from openseer.methods.dino import teacher_temperature
 from tests.methods.golden import (
     ADAMW_TOLERANCES,
     BATCH,
+    PENDING_WARMUP,
     STEPS,
     TINY_VIT,
     assert_losses_equal,
@@ -168,6 +169,13 @@ def _golden(extra: list[str]) -> None:
 
 def test_three_steps_without_clipping_equal_main_dino():
     _golden(["optim.clip_grad=0.0"])
+
+
+@PENDING_WARMUP
+def test_three_steps_after_a_warmup_step_equal_main_dino():
+    """A 1-epoch warm-up (one step per epoch): ``np.linspace(0, lr, 1)`` = lr 0 at step 0, where the reference's
+    AdamW still builds its moments and counts the step (the last layer's group is frozen: no gradient)."""
+    _golden(["optim.clip_grad=0.0", "optim.warmup_epochs=1"])
 
 
 @pending("clip_mode")
