@@ -141,7 +141,8 @@ class MoCoV3(Method):
 
     def _check_predictor_bn(self, state_dict: dict, prefix: str, *args: Any) -> None:
         """ViT checkpoints from before the predictor's output BN: say which setting loads them."""
-        key = f"{prefix}predictor.{len(self.predictor) - 1}.running_mean"
+        last_linear = max(i for i, m in enumerate(self.predictor) if isinstance(m, nn.Linear))
+        key = f"{prefix}predictor.{last_linear + 1}.running_mean"  # where a BN after it keeps its statistics
         has_bn = isinstance(self.predictor[-1], nn.BatchNorm1d)
         if any(k.startswith(f"{prefix}predictor.") for k in state_dict) and (key in state_dict) != has_bn:
             setting = "on" if key in state_dict else "off"

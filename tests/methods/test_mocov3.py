@@ -130,3 +130,5 @@ def test_vit_predictor_ends_in_a_plain_batch_norm_and_old_checkpoints_name_the_s
     with pytest.raises(ConfigError, match="mocov3.predictor_bn=off"):
         method.load_state_dict(old.state_dict())
     build("mocov3", local_batch=4, backbone=vit(), predictor_bn="off").load_state_dict(old.state_dict())
+    with pytest.raises(ConfigError, match="mocov3.predictor_bn=on"):
+        old.load_state_dict(method.state_dict())
