@@ -180,6 +180,12 @@ class ModelConfig:
     drop_path_rate: float = _f(
         0.0, "Stochastic depth of the trained network (timm ViTs, ResNets, RegNets); DINO's ViTs: 0.1."
     )
+    vit_style: Literal["timm", "mocov3"] = _f(
+        "timm",
+        "Vision Transformers: 'timm' = the timm model as registered; 'mocov3' = MoCo v3's ViT (facebookresearch/"
+        "moco-v3 vits.py): 12 attention heads, a fixed 2-D sin-cos position embedding and its Xavier init "
+        "(mocov3-vit-small). Ignored for convnets.",
+    )
 
 
 @dataclass

@@ -8,14 +8,15 @@ negatives. Batch norm in the projector and predictor is what keeps it from colla
 see the global batch: set ``parallel.sync_batchnorm: true`` (the presets do), which makes every batch norm
 all-reduce its statistics across processes.
 
-Reference: deepmind/deepmind-research ``byol/byol_experiment.py`` (``_forward``: each view through the
-online and target networks separately; ``regression_loss``; loss = mean over the batch of the two views'
-terms; target EMA applied after the online update with the step's tau) and ``byol/utils/networks.py``
-(``MLP``: Linear 4096 -> BN -> ReLU -> Linear 256). Optimizer: LARS, lr 0.2 x batch / 256, wd 1.5e-6,
-biases and BN excluded from wd and LARS, 10 warm-up epochs, batch 4096, 300-1000 epochs. Not reproduced: the
-asymmetric augmentation (blur always on view 1 and 10% on view 2, solarisation 20% on view 2 only): both
-views share ``aug``. Gradient accumulation is exact: the loss is a mean of per-image terms and the target
-moves once per optimizer step; only batch-norm statistics stay per micro-batch (docs/distributed.md).
+Reference: deepmind/deepmind-research ``byol/byol_experiment.py`` (``_forward``: each view through the online and
+target networks separately; ``regression_loss``; loss = mean over the batch of the two views' terms; target EMA
+applied after the online update with the step's tau) and ``byol/utils/networks.py`` (``MLP``: Linear 4096 -> BN ->
+ReLU -> Linear 256 ``with_bias=False``: the output layers of projector and predictor carry no bias; the hidden
+layer's bias, which the batch norm after it cancels, is left out here). Optimizer: LARS, lr 0.2 x batch / 256, wd
+1.5e-6, biases and BN excluded from wd and LARS, 10 warm-up epochs, batch 4096, 300-1000 epochs. Not reproduced:
+the asymmetric augmentation (blur always on view 1 and 10% on view 2, solarisation 20% on view 2 only): both views
+share ``aug``. Gradient accumulation is exact: the loss is a mean of per-image terms and the target moves once per
+optimizer step; only batch-norm statistics stay per micro-batch (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ class Config:
     base_momentum: float = field(
         default=0.996,
         metadata={"help": "Target EMA rate tau at step 0, raised to 1 on a cosine (0.996; 0.99 for short runs)."},
+    )
+    output_bias: bool = field(
+        default=False,
+        metadata={
+            "help": "A bias on the projector's and predictor's output layers. The reference has none (false); "
+            "true rebuilds the heads of checkpoints written before openseer matched it, to resume or load them.",
+            "resumable": True,
+        },
     )
 
 
@@ -82,10 +91,21 @@ class BYOL(Method):
         self.cfg = cfg
         self.total_steps = info.total_steps
         self.backbone = backbone
-        self.projector = MLP([feature_dim(backbone), cfg.hidden_dim, cfg.output_dim])
-        self.predictor = MLP([cfg.output_dim, cfg.hidden_dim, cfg.output_dim])
+        self.projector = MLP([feature_dim(backbone), cfg.hidden_dim, cfg.output_dim], last_bias=cfg.output_bias)
+        self.predictor = MLP([cfg.output_dim, cfg.hidden_dim, cfg.output_dim], last_bias=cfg.output_bias)
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)
+        self.register_load_state_dict_pre_hook(BYOL._check_output_bias)
+
+    def _check_output_bias(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """A checkpoint from before the heads matched the reference holds output biases: say how to load it."""
+        key = f"{prefix}projector.{len(self.projector) - 1}.bias"
+        if (key in state_dict) != self.cfg.output_bias:
+            found = "has" if key in state_dict else "lacks"
+            raise ConfigError(
+                f"this BYOL checkpoint {found} biases on the heads' output layers: load it with "
+                f"byol.output_bias={str(key in state_dict).lower()}"
+            )
 
     def tau(self, step: int) -> float:
         return momentum_at(self.cfg.base_momentum, step, self.total_steps)

@@ -12,9 +12,11 @@ wd 1e-6, momentum 0.99 with ``--moco-m-cos``, T 1.0 for ResNet-50; AdamW lr 1.5e
 T 0.2, 300 epochs, 40 warm-up, ``--stop-grad-conv1`` for ViT; ``vits.py`` for the frozen random patch
 projection). As there, the momentum network is updated at the start of each step, before the keys are computed,
 with the momentum of that step; projector: 2 layers on ResNets, 3 on ViTs, hidden 4096, output 256, the last BN
-without affine parameters; predictor: 2 layers, no output BN. Each view goes through the networks separately
-(batch-norm statistics per view). Gradient accumulation is not exact: a micro-batch's queries only meet its
-own keys.
+without affine parameters; predictor: 2 layers, ending in a BN without affine parameters on ViTs
+(``MoCo_ViT``: ``_build_mlp(2, dim, mlp_dim, dim)``) and in a bias-free linear layer on ResNets
+(``MoCo_ResNet``: ``last_bn=False``). ``model.vit_style: mocov3`` builds the reference's ViT itself.
+Each view goes through the networks separately (batch-norm statistics per view). Gradient accumulation is not
+exact: a micro-batch's queries only meet its own keys.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from functools import reduce
 from operator import mul
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +56,14 @@ class Config:
     momentum: float = field(default=0.99, metadata={"help": "EMA momentum of the momentum network at step 0 (0.99)."})
     momentum_cosine: bool = field(
         default=True, metadata={"help": "Raise the momentum to 1 on a half cosine over the run (--moco-m-cos)."}
+    )
+    predictor_bn: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata={
+            "help": "A BN without affine parameters after the predictor's output layer: auto = the reference's "
+            "choice (on for ViTs, off otherwise); off loads ViT checkpoints written before openseer had it.",
+            "resumable": True,
+        },
     )
     freeze_patch_embed: bool = field(
         default=True,
@@ -129,9 +139,24 @@ class MoCoV3(Method):
         width = feature_dim(backbone)
         self.backbone = backbone
         self.projector = MLP([width] + [cfg.hidden_dim] * (layers - 1) + [cfg.output_dim], last_bn="plain")
-        self.predictor = MLP([cfg.output_dim, cfg.hidden_dim, cfg.output_dim], last_bias=False)
+        predictor_bn = cfg.predictor_bn == "on" or (cfg.predictor_bn == "auto" and is_vit)
+        predictor_dims = [cfg.output_dim, cfg.hidden_dim, cfg.output_dim]
+        self.predictor = MLP(predictor_dims, last_bn="plain" if predictor_bn else "none", last_bias=False)
         self.momentum_backbone = frozen_copy(backbone)
         self.momentum_projector = frozen_copy(self.projector)
+        self.register_load_state_dict_pre_hook(MoCoV3._check_predictor_bn)
+
+    def _check_predictor_bn(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """ViT checkpoints from before the predictor's output BN: say which setting loads them."""
+        last_linear = max(i for i, m in enumerate(self.predictor) if isinstance(m, nn.Linear))
+        key = f"{prefix}predictor.{last_linear + 1}.running_mean"  # where a BN after it keeps its statistics
+        has_bn = isinstance(self.predictor[-1], nn.BatchNorm1d)
+        if any(k.startswith(f"{prefix}predictor.") for k in state_dict) and (key in state_dict) != has_bn:
+            setting = "on" if key in state_dict else "off"
+            raise ConfigError(
+                f"this MoCo v3 checkpoint's predictor {'ends' if key in state_dict else 'does not end'} in a batch "
+                f"norm: load it with mocov3.predictor_bn={setting}"
+            )
 
     def momentum(self, step: int) -> float:
         if not self.cfg.momentum_cosine:

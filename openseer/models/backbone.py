@@ -12,11 +12,16 @@ Vision Transformers (timm ``vit_*``) are built with ``dynamic_img_size=True`` so
 the patch size divides go through (timm interpolates the position embeddings bicubically, as DINO's
 ``interpolate_pos_encoding`` does); their feature is the final-norm CLS token. ``model.img_size`` and
 ``model.patch_size`` make small-image variants (e.g. patch 4 at 32 px) and are recorded in the spec.
+``model.vit_style: mocov3`` builds MoCo v3's ViT (Chen, Xie, He 2021; facebookresearch/moco-v3 ``vits.py``
+``VisionTransformerMoCo``) through timm's ``VisionTransformer`` arguments: 12 heads, a fixed 2-D sin-cos
+position embedding (:func:`sincos_2d_position_embedding`), Xavier-uniform linear layers (Q, K and V each as
+its own matrix), zero biases, a ``cls_token`` of std 1e-6 and a Xavier-uniform patch projection.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
 
@@ -31,6 +36,7 @@ from openseer.errors import ConfigError
 
 VIT_MODULES = ("timm.models.vision_transformer",)
 _SPEC_KWARGS = ("zero_init_last", "img_size", "patch_size", "dynamic_img_size")
+MOCOV3_VIT_HEADS = 12  # vits.py: num_heads=12 for ViT-S and ViT-B alike (timm's ViT-S has 6)
 
 
 def is_vit(name: str) -> bool:
@@ -48,6 +54,8 @@ def backbone_spec(cfg: ModelConfig) -> dict[str, Any]:
             spec["img_size"] = cfg.img_size
         if cfg.patch_size:
             spec["patch_size"] = cfg.patch_size
+        if cfg.vit_style != "timm":
+            spec["vit_style"] = cfg.vit_style
     return spec
 
 
@@ -97,7 +105,46 @@ def _create(spec: dict[str, Any], **train_kwargs: Any) -> nn.Module:
     if name not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:12]
         raise ConfigError(f"model.backbone={name!r} is not a timm model; similar: {', '.join(close) or 'none'}")
-    return timm.create_model(name, pretrained=False, num_classes=0, **init, **train_kwargs)
+    if spec.get("vit_style") == "mocov3":
+        init.update(num_heads=MOCOV3_VIT_HEADS, weight_init="moco")
+    model = timm.create_model(name, pretrained=False, num_classes=0, **init, **train_kwargs)
+    if spec.get("vit_style") == "mocov3":
+        mocov3_vit_(model)
+    return model
+
+
+def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """MoCo v3's fixed position embedding (vits.py ``build_2d_sincos_position_embedding``), (1, 1 + h w, dim).
+
+    A zero row for the class token, then per patch ``[sin(a w), cos(a w), sin(b w), cos(b w)]`` with
+    ``w_k = temperature^(-k / (dim / 4))`` and (a, b) the two grid coordinates in the reference's
+    ``meshgrid(grid_w, grid_h)`` order (``indexing="ij"``), so the rows match its weights exactly.
+    """
+    if dim % 4:
+        raise ConfigError(f"a 2-D sin-cos position embedding needs an embedding width divisible by 4, got {dim}")
+    a, b = torch.meshgrid(
+        torch.arange(grid_w, dtype=torch.float32), torch.arange(grid_h, dtype=torch.float32), indexing="ij"
+    )
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    out_a, out_b = torch.outer(a.flatten(), omega), torch.outer(b.flatten(), omega)
+    patches = torch.cat([out_a.sin(), out_a.cos(), out_b.sin(), out_b.cos()], dim=1)
+    return torch.cat([torch.zeros(1, dim), patches])[None]
+
+
+@torch.no_grad()
+def mocov3_vit_(model: nn.Module) -> None:
+    """The parts of ``VisionTransformerMoCo.__init__`` that timm's ``weight_init="moco"`` leaves out: the fixed
+    sin-cos position embedding (no gradient) and the Xavier-uniform patch projection with a zero bias."""
+    if getattr(model, "num_prefix_tokens", 1) != 1 or model.pos_embed is None:
+        raise ConfigError("model.vit_style=mocov3 needs a ViT with exactly one class token and a position embedding")
+    grid_h, grid_w = model.patch_embed.grid_size
+    model.pos_embed.copy_(sincos_2d_position_embedding(grid_h, grid_w, model.embed_dim))
+    model.pos_embed.requires_grad_(False)
+    proj = model.patch_embed.proj
+    bound = math.sqrt(6.0 / float(proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1] + model.embed_dim))
+    nn.init.uniform_(proj.weight, -bound, bound)
+    if proj.bias is not None:
+        nn.init.zeros_(proj.bias)
 
 
 class _GuardedGroupedConv2d(nn.Conv2d):

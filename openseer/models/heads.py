@@ -111,10 +111,10 @@ class MLP(nn.Sequential):
     No output normalisation: the losses normalise. Hidden linear layers have no bias when batch norm follows
     (its shift makes a bias redundant). ``last_bn`` chooses the output layer of each reference:
 
-    - ``"none"``: Linear with a bias (``last_bias``): BYOL projector and predictor (hidden 4096, out 256),
-      SimSiam predictor (2048 -> 512 -> 2048), MoCo v3 predictor (no bias, ``last_bias=False``);
+    - ``"none"``: Linear with a bias (``last_bias``): SimSiam predictor (2048 -> 512 -> 2048); without one
+      (``last_bias=False``): BYOL projector and predictor (hidden 4096, out 256), MoCo v3's ResNet predictor;
     - ``"plain"``: Linear without bias, BN without affine parameters: MoCo v3 projector ("follow SimCLR's
-      design"), SimSiam projector;
+      design") and ViT predictor, SimSiam projector;
     - ``"scale"``: Linear without bias, BN with a learnt scale and no shift: SimCLR v2 (``center=False``).
 
     With ``batch_norm=False`` hidden layers are Linear (with bias) -> ReLU and ``last_bn`` must be ``"none"``.

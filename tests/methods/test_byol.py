@@ -76,3 +76,15 @@ def test_two_processes_with_synchronised_batch_norm_equal_one_process():
 @pytest.mark.dist
 def test_with_per_process_batch_norm_two_processes_differ():
     assert_two_processes_differ("byol", "per-process-bn")
+
+
+def test_checkpoints_with_output_biases_name_the_setting_that_loads_them():
+    """Checkpoints written before the heads matched byol/utils/networks.py carry output-layer biases."""
+    old = build("byol", local_batch=4, output_bias=True)
+    assert old.projector[-1].bias is not None and old.predictor[-1].bias is not None
+    state = old.state_dict()
+    with pytest.raises(ConfigError, match="byol.output_bias=true"):
+        build("byol", local_batch=4).load_state_dict(state)
+    build("byol", local_batch=4, output_bias=True).load_state_dict(state)  # strict: every key fits
+    with pytest.raises(ConfigError, match="byol.output_bias=false"):
+        build("byol", local_batch=4, output_bias=True).load_state_dict(build("byol", local_batch=4).state_dict())

@@ -112,3 +112,23 @@ def test_two_processes_equal_one_process_on_concatenated_batch():
 @pytest.mark.dist
 def test_without_gathered_keys_two_processes_differ():
     assert_two_processes_differ("mocov3", "local-keys")
+
+
+def test_vit_predictor_ends_in_a_plain_batch_norm_and_old_checkpoints_name_the_setting():
+    """moco/builder.py MoCo_ViT: _build_mlp(2, dim, mlp_dim, dim) keeps its last BN (affine=False); MoCo_ResNet's
+    predictor has none. ViT checkpoints from before have no such BN: the error names mocov3.predictor_bn."""
+
+    def vit():
+        return VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=0)
+
+    method = build("mocov3", local_batch=4, backbone=vit())
+    last = method.predictor[-1]
+    assert isinstance(last, torch.nn.BatchNorm1d) and not last.affine
+    assert not isinstance(build("mocov3", local_batch=4).predictor[-1], torch.nn.BatchNorm1d)
+    old = build("mocov3", local_batch=4, backbone=vit(), predictor_bn="off")
+    assert isinstance(old.predictor[-1], torch.nn.Linear)
+    with pytest.raises(ConfigError, match="mocov3.predictor_bn=off"):
+        method.load_state_dict(old.state_dict())
+    build("mocov3", local_batch=4, backbone=vit(), predictor_bn="off").load_state_dict(old.state_dict())
+    with pytest.raises(ConfigError, match="mocov3.predictor_bn=on"):
+        old.load_state_dict(method.state_dict())
