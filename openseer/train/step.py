@@ -18,7 +18,7 @@ from torch import nn
 from openseer import dist
 from openseer.errors import TrainingError  # noqa: F401 (re-exported)
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext
-from openseer.parallel import PRECISION_DTYPES, clip_grads, grad_norm, no_gradient_sync
+from openseer.parallel import PRECISION_DTYPES, clip_grads, clip_grads_per_param, grad_norm, no_gradient_sync
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Trainer:
     device: torch.device
     precision: str = "fp32"  # fp32, bf16 or fp16 (with a gradient scaler)
     clip_grad: float = 0.0
+    clip_mode: str = "global"  # "global": the norm of all gradients; "per_param": each one's (DINO)
     memory_format: torch.memory_format = torch.contiguous_format
     seed: int = 0  # with the step and rank, seeds the model's own randomness (stochastic depth, dropout)
     scaler: torch.amp.GradScaler = field(init=False)
@@ -111,7 +112,9 @@ def _update(trainer: Trainer) -> bool:
     norm = grad_norm(trainer.method.parameters())
     if not (bool(torch.isfinite(norm)) or scaler.is_enabled()):
         return False
-    if trainer.clip_grad > 0:
+    if trainer.clip_grad > 0 and trainer.clip_mode == "per_param":
+        clip_grads_per_param(trainer.method.parameters(), trainer.clip_grad)
+    elif trainer.clip_grad > 0:
         clip_grads(trainer.method.parameters(), trainer.clip_grad, norm)
     for group in optimizer.param_groups:
         if group["lr"] == 0:  # frozen: no update and no momentum/Adam state built on its gradient
