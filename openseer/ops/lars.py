@@ -13,8 +13,10 @@ then, for both:
     buf = momentum * buf + d;   p -= lr * buf
 Groups with ``lars_exclude=True`` (biases, norm layers when excluded) get plain SGD with momentum and their
 group's weight decay (0 from :func:`openseer.methods.base.split_groups`).
-A group whose lr is exactly 0 is frozen: neither the parameter nor its momentum buffer changes (SwAV drops
-the prototypes' gradient during the first iterations; here that is a schedule on the group's lr).
+A parameter without a gradient is skipped: neither it nor its momentum buffer changes (the training loop drops
+the gradients of frozen groups, as SwAV drops the prototypes' during the first iterations). A group at lr 0
+with gradients builds its momentum and does not move, as torch's SGD and the references' LARS (the first step
+of a warm-up from 0).
 """
 
 from __future__ import annotations
@@ -104,8 +106,6 @@ class LARS(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr = group["lr"]
-            if lr == 0:
-                continue
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue

@@ -74,6 +74,9 @@ def apply_schedules(trainer: Trainer, step: int) -> tuple[float, float]:
     lr, wd = float(trainer.lr_schedule[step]), float(trainer.wd_schedule[step])
     for opt_group, tags in zip(trainer.optimizer.param_groups, trainer.groups, strict=True):
         opt_group["lr"] = group_lr(tags, lr, step, trainer.peak_lr)
+        # frozen (SwAV's prototypes, DINO's last layer): gradients dropped, no momentum or Adam state built. A
+        # scheduled lr of 0 (a warm-up's first step) is not frozen: the optimizer state builds, as the references'
+        opt_group["frozen"] = step < tags.freeze_steps
         opt_group["weight_decay"] = wd * tags.wd_scale
     return lr, wd
 
@@ -117,7 +120,7 @@ def _update(trainer: Trainer) -> bool:
     elif trainer.clip_grad > 0:
         clip_grads(trainer.method.parameters(), trainer.clip_grad, norm)
     for group in optimizer.param_groups:
-        if group["lr"] == 0:  # frozen: no update and no momentum/Adam state built on its gradient
+        if group.get("frozen", False):  # no update and no momentum/Adam state built on its gradient
             for p in group["params"]:
                 p.grad = None
     scaler.step(optimizer)

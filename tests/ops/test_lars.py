@@ -38,14 +38,16 @@ def test_lars_update_matches_hand_computation():
         torch.testing.assert_close(b.detach().double(), b_ref, rtol=1e-5, atol=1e-7)
 
 
-def test_zero_lr_group_is_frozen_including_momentum():
-    p = nn.Parameter(torch.randn(5, 5))
-    before = p.detach().clone()
-    opt = LARS([{"params": [p], "weight_decay": 0.1, "lars_exclude": False}], lr=0.0)
+def test_zero_lr_moves_nothing_but_builds_momentum_and_no_grad_skips_both():
+    """lr 0 (a warm-up's first step): momentum builds from the gradient, as torch SGD and the references' LARS;
+    a parameter without a gradient (a frozen group, whose gradient the loop drops) keeps both."""
+    p, q = nn.Parameter(torch.randn(5, 5)), nn.Parameter(torch.randn(5, 5))
+    before_p, before_q = p.detach().clone(), q.detach().clone()
+    opt = LARS([{"params": [p, q], "weight_decay": 0.1, "lars_exclude": False}], lr=0.0)
     p.grad = torch.randn(5, 5)
     opt.step()
-    assert torch.equal(p.detach(), before)
-    assert "momentum_buffer" not in opt.state[p]
+    assert torch.equal(p.detach(), before_p) and torch.equal(q.detach(), before_q)
+    assert "momentum_buffer" in opt.state[p] and "momentum_buffer" not in opt.state[q]
 
 
 def test_param_groups_exclude_biases_and_norms_from_decay():
