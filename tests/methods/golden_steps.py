@@ -142,8 +142,12 @@ def run_both(cfg, make_reference: Callable, crops: Callable = two_views):
     return initial, reference, model, losses
 
 
-def assert_same_training(initial: dict, reference, model, losses, rel_update: float = 1e-3) -> None:
-    """Equal losses; every parameter and buffer equal; every trained parameter moved, and by the same update."""
+def assert_same_training(initial: dict, reference, model, losses, rel_update: float = 1e-3, atol: float = 1e-6) -> None:
+    """Equal losses; every parameter and buffer equal; every trained parameter moved, and by the same update.
+
+    ``atol``: 1e-6, or 1e-5 at SwAV's lr of ~4.8 (``test_swav_golden.py``), where float32 rounding (norms and
+    sums reduced in another order) moves parameters by a few 1e-6 in 3 steps; a wrong update moves them by
+    1e-3 and more, and the relative update check stays at ``rel_update``."""
     for step, (ref_loss, loss) in enumerate(losses):
         assert math.isclose(loss, ref_loss, rel_tol=1e-5, abs_tol=1e-6), (step, loss, ref_loss)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -151,7 +155,7 @@ def assert_same_training(initial: dict, reference, model, losses, rel_update: fl
     state = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v) and v.is_floating_point()}
     assert ref_state.keys() == state.keys()
     for name, value in state.items():
-        torch.testing.assert_close(value, ref_state[name], rtol=1e-5, atol=1e-6, msg=f"{name} after {STEPS} steps")
+        torch.testing.assert_close(value, ref_state[name], rtol=1e-5, atol=atol, msg=f"{name} after {STEPS} steps")
         if name in trained:
             moved = ref_state[name] - initial[name]
             assert moved.abs().max() > 0, f"{name} did not change in the reference"
