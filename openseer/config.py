@@ -217,7 +217,20 @@ class OptimConfig:
     )
     momentum: float = _f(0.9, "SGD/LARS momentum (AdamW: beta1 stays 0.9).")
     trust_coefficient: float = _f(0.001, "LARS trust coefficient eta.")
-    clip_grad: float = _f(0.0, "Clip the global gradient norm to this value; 0 disables clipping.")
+    lars_variant: Literal["larc", "lars"] = _f(
+        "larc",
+        "LARS trust ratio (openseer/ops/lars.py). 'larc': eta*|p|/(|g| + wd*|p|), apex LARC as SwAV, SEER and "
+        "DeepCluster-v2 use it; 'lars': eta*|p|/|g + wd*p|, as the BYOL, MoCo v3, SimCLR, Barlow Twins and "
+        "VICReg references write it.",
+    )
+    clip_grad: float = _f(
+        0.0, "Clip gradients to this norm (see clip_mode); 0 disables clipping (DINO: 3.0, per parameter)."
+    )
+    clip_mode: Literal["global", "per_param"] = _f(
+        "global",
+        "What clip_grad bounds: 'global' = the norm of all gradients together (torch clip_grad_norm_); "
+        "'per_param' = each parameter's gradient norm on its own, as DINO's utils.clip_gradients.",
+    )
 
 
 @dataclass

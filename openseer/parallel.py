@@ -22,9 +22,11 @@ import contextlib
 from typing import Any
 
 import torch
+import torch.distributed as tdist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor, Shard
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
@@ -246,3 +248,44 @@ def clip_grads(parameters, max_norm: float, total_norm: torch.Tensor) -> None:
     if coef < 1.0:
         grads = [p.grad for p in parameters if p.grad is not None]
         torch._foreach_mul_(grads, coef)
+
+
+def per_param_grad_norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of each full gradient, as a plain 1-d tensor (one entry per gradient, in order).
+
+    A DDP gradient is whole on every process. An FSDP2 gradient is a ``DTensor`` sharded along dim 0: each
+    process holds some rows, so its local norm is only part of the parameter's. The squared local norms of all
+    sharded gradients are stacked and summed over the mesh in one all-reduce, then square-rooted: the norm of
+    the full parameter's gradient, identical on every process, at the cost of one small collective per step.
+    """
+    if not grads:
+        return torch.zeros(0)
+    sharded = [isinstance(g, DTensor) and all(isinstance(pl, Shard) for pl in g.placements) for g in grads]
+    local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+    sq = torch.stack(torch._foreach_norm(local)).float().pow(2)
+    if any(sharded):
+        meshes = {g.device_mesh for g, s in zip(grads, sharded, strict=True) if s}
+        if len(meshes) != 1 or len(next(iter(meshes)).shape) != 1:
+            raise NotImplementedError("per-parameter clipping supports sharding over one 1-d device mesh")
+        mask = torch.tensor(sharded, device=sq.device)
+        summed = torch.where(mask, sq, torch.zeros_like(sq))
+        tdist.all_reduce(summed, group=next(iter(meshes)).get_group())
+        sq = torch.where(mask, summed, sq)
+    for i, g in enumerate(grads):  # other DTensor layouts (replicated): the DTensor's own norm
+        if isinstance(g, DTensor) and not sharded[i]:
+            sq[i] = torch.linalg.vector_norm(g).full_tensor().float().pow(2)
+    return sq.sqrt()
+
+
+@torch.no_grad()
+def clip_grads_per_param(parameters, max_norm: float) -> None:
+    """Scale each parameter's gradient so that its own norm is at most ``max_norm`` (DINO ``utils.clip_gradients``:
+    ``clip_coef = clip / (||g|| + 1e-6)``, applied when below 1); the norm is the full parameter's under FSDP2.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    coefs = (max_norm / (per_param_grad_norms(grads) + 1e-6)).clamp(max=1.0)
+    for g, c in zip(grads, coefs.tolist(), strict=True):
+        if c < 1.0:
+            g.mul_(c)

@@ -160,3 +160,64 @@ def _embed_scores(model, crops):
     with torch.no_grad():
         z = model.embed(crops)
         return z, model.prototypes(z)
+
+
+def _dino_clip_gradients(model: torch.nn.Module, clip: float) -> None:
+    """facebookresearch/dino utils.clip_gradients, as written there: each parameter on its own."""
+    for p in model.parameters():
+        if p.grad is not None:
+            param_norm = p.grad.data.norm(2)
+            clip_coef = clip / (param_norm + 1e-6)
+            if clip_coef < 1:
+                p.grad.data.mul_(clip_coef)
+
+
+def _model_with_grads(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    x = torch.randn(16, 5)
+    model(x).pow(2).sum().backward()  # gradient norms 6-16
+    with torch.no_grad():
+        model[0].bias.grad.mul_(0.1)  # and one below the clip
+    return model
+
+
+def test_per_param_clipping_equals_dino_clip_gradients_and_differs_from_global():
+    from openseer.parallel import clip_grads, clip_grads_per_param, grad_norm
+
+    clip = 3.0
+    ref, ours, glob = _model_with_grads(), _model_with_grads(), _model_with_grads()
+    norms = [float(p.grad.norm()) for p in ref.parameters()]
+    assert min(norms) < clip < max(norms)  # both branches of the reference are exercised
+    _dino_clip_gradients(ref, clip)
+    clip_grads_per_param(ours.parameters(), clip)
+    for a, b in zip(ref.parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=0)
+    clip_grads(glob.parameters(), clip, grad_norm(glob.parameters()))
+    assert not all(torch.allclose(a.grad, b.grad) for a, b in zip(ref.parameters(), glob.parameters(), strict=True))
+
+
+def test_train_step_clips_as_optim_clip_mode_says():
+    from types import SimpleNamespace
+
+    from openseer.train.step import _update
+
+    for mode in ("per_param", "global"):
+        model = _model_with_grads()
+        expected = _model_with_grads()
+        if mode == "per_param":
+            _dino_clip_gradients(expected, 3.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(expected.parameters(), 3.0)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        trainer = SimpleNamespace(
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+            optimizer=opt,
+            method=model,
+            clip_grad=3.0,
+            clip_mode=mode,
+        )
+        before = [p.detach().clone() for p in model.parameters()]
+        assert _update(trainer)
+        for p0, p, e in zip(before, model.parameters(), expected.parameters(), strict=True):
+            torch.testing.assert_close(p0 - p.detach(), e.grad, rtol=1e-5, atol=1e-7, msg=mode)

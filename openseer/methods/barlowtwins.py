@@ -8,11 +8,14 @@ Two views of each image go through the backbone and a wide projector (Linear wit
 
     L = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2          (paper eq. 1-2; lambda = 5e-3)
 
-The reference sums C over processes with ``all_reduce``; here the sum (and the standardisation statistics) go
-through an all-reduce *with gradient*, so N processes give exactly the gradient of one process on the
-concatenated batch (the reference's all_reduce carries no gradient, which scales the update by 1/N; LARS
-hides most of that). Batch norm inside the projector is synchronised from outside
-(``parallel.sync_batchnorm``, set in the presets, as the reference converts to SyncBN).
+The reference sums C over processes with an in-place ``torch.distributed.all_reduce`` that autograd does not
+see: each process back-propagates only its own share of C, so after DDP's average the update is the gradient
+of one process on the concatenated batch divided by N (the number of processes). openseer does the same
+(:func:`openseer.ops.gather.all_reduce_sum` with ``grad="local"``), so biases and norm parameters, which LARS
+does not adapt, step as far as the reference's and weight decay keeps its share. The standardisation
+statistics stand in for the reference's SyncBatchNorm and are summed with gradient (``grad="sum"``), as SyncBN's
+backward does. Batch norm inside the projector is synchronised from outside (``parallel.sync_batchnorm``, set
+in the presets, as the reference converts to SyncBN).
 
 Gradient accumulation is not exact (``exact_accumulation = False``): C and the standardisation are computed
 per micro-batch, so k micro-batches are not one k-times larger batch.
@@ -28,15 +31,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
-from openseer import dist
 from openseer.errors import ConfigError
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower, split_groups
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import require_two_views
 from openseer.models.backbone import feature_dim
+from openseer.models.heads import MLP
+from openseer.ops.gather import all_reduce_sum
+from openseer.ops.matrix import off_diagonal
 
 
 @dataclass
@@ -73,38 +77,21 @@ def validate(cfg: Any) -> None:
     )
 
 
-def all_reduce_sum_with_grad(t: torch.Tensor) -> torch.Tensor:
-    """Sum over processes whose backward sums the gradients too (identity in one process).
-
-    Every process computes the same loss from the sum, so summing its gradient over processes and then
-    averaging parameter gradients (DDP) gives the gradient of the single-process loss.
-    """
-    if dist.world_size() == 1:
-        return t
-    return dist_fn.all_reduce(t)
-
-
 def standardise(z: torch.Tensor, eps: float) -> torch.Tensor:
     """Per-dimension (z - mean) / sqrt(var + eps) over the global batch (biased variance, as BatchNorm)."""
-    count = all_reduce_sum_with_grad(z.new_full((1,), float(z.shape[0])))
-    mean = all_reduce_sum_with_grad(z.sum(dim=0)) / count
+    count = all_reduce_sum(z.new_full((1,), float(z.shape[0])), grad="sum")
+    mean = all_reduce_sum(z.sum(dim=0), grad="sum") / count
     centred = z - mean
-    var = all_reduce_sum_with_grad((centred * centred).sum(dim=0)) / count
+    var = all_reduce_sum((centred * centred).sum(dim=0), grad="sum") / count
     return centred / torch.sqrt(var + eps)
 
 
-def off_diagonal(x: torch.Tensor) -> torch.Tensor:
-    """The off-diagonal entries of a square matrix, flattened (the reference's trick)."""
-    n, m = x.shape
-    assert n == m
-    return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
-
-
 def cross_correlation(z1: torch.Tensor, z2: torch.Tensor, eps: float) -> torch.Tensor:
-    """C = z1n^T z2n / N over the global batch of N images (float32)."""
+    """C = z1n^T z2n / N over the global batch of N images (float32); the sum over processes carries no
+    gradient of the other processes' shares, as the reference's ``torch.distributed.all_reduce(c)``."""
     z1n, z2n = standardise(z1.float(), eps), standardise(z2.float(), eps)
-    count = all_reduce_sum_with_grad(z1.new_full((1,), float(z1.shape[0]), dtype=torch.float32))
-    return all_reduce_sum_with_grad(z1n.T @ z2n) / count
+    count = all_reduce_sum(z1.new_full((1,), float(z1.shape[0]), dtype=torch.float32), grad="sum")
+    return all_reduce_sum(z1n.T @ z2n, grad="local") / count
 
 
 def barlow_loss(c: torch.Tensor, lambd: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -114,13 +101,10 @@ def barlow_loss(c: torch.Tensor, lambd: float) -> tuple[torch.Tensor, torch.Tens
     return on_diag + lambd * off_diag, on_diag, off_diag
 
 
-def projector(dims: list[int], hidden_bias: bool) -> nn.Sequential:
-    """Linear -> BN -> ReLU blocks and a final bias-free Linear (``dims = [in, hidden..., out]``)."""
-    layers: list[nn.Module] = []
-    for i in range(len(dims) - 2):
-        layers += [nn.Linear(dims[i], dims[i + 1], bias=hidden_bias), nn.BatchNorm1d(dims[i + 1]), nn.ReLU(True)]
-    layers.append(nn.Linear(dims[-2], dims[-1], bias=False))
-    return nn.Sequential(*layers)
+def projector(dims: list[int]) -> MLP:
+    """The reference's projector (``dims = [in, hidden..., out]``): bias-free Linear -> BN -> ReLU blocks and a
+    final bias-free Linear; the layer indices (``projector.0.weight``, ...) are those of earlier openseer runs."""
+    return MLP(dims, batch_norm=True, last_bn="none", last_bias=False)
 
 
 class BarlowTwins(Method):
@@ -134,7 +118,7 @@ class BarlowTwins(Method):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        self.projector = projector([feature_dim(backbone), *cfg.projector_dims], hidden_bias=False)
+        self.projector = projector([feature_dim(backbone), *cfg.projector_dims])
 
     def compute_loss(self, crops: list[torch.Tensor], ctx: StepContext, targets: Any = None) -> StepOutput:
         # one view per call, as the reference: every batch norm sees one view's batch, never a mix of both

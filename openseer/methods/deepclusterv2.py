@@ -11,8 +11,10 @@ every crop of an image is trained with a cross-entropy at temperature 0.1 to pre
 
 Differences from the reference, and why:
 - the reference fills the bank with a no-grad pass over the data before training (``init_memory``); here the
-  first epoch is that pass: it only fills the bank (loss 0, every parameter group frozen for the epoch), so a
-  run of E epochs trains for E - 1 (the memory fill costs a forward and backward of the global crops);
+  first epoch is that pass: it only fills the bank (loss 0, every parameter group frozen for the epoch; each
+  assigned crop through the network on its own, as there), so a run of E epochs trains for E - 1 (the memory
+  fill costs a forward and backward of the global crops), and the lr schedule, which spans all E epochs, is
+  one epoch further on at the first training step than the reference's, which starts after init_memory;
 - the k-means initial centroids are K bank rows drawn by a generator seeded from (seed, epoch, set) over the
   *global* bank (the reference draws them from rank 0's bank), so clustering does not depend on the number of
   processes and a resumed run clusters exactly as an uninterrupted one;
@@ -179,7 +181,8 @@ class DeepClusterV2(Method):
         start = ((ctx.step % self.info.steps_per_epoch) * self.info.accumulate_steps + self._micro) * batch
         self._micro += 1
         if self.assignments is None:  # the first epoch fills the bank (the reference's init_memory)
-            z = multicrop_forward(self.backbone, self.head, [crops[c] for c in self.cfg.crops_for_assign])
+            # each crop through the network on its own, as the reference's init_memory: batch norm sees one crop
+            z = torch.cat([self.head(self.backbone(crops[c])) for c in self.cfg.crops_for_assign])
             self._pending.append((start, indices, z.detach().float().view(len(self.cfg.crops_for_assign), batch, -1)))
             return StepOutput(z.sum() * 0.0, {"memory_fill": 1.0})
         z = multicrop_forward(self.backbone, self.head, crops)

@@ -10,10 +10,11 @@ without bias; 8192-8192-8192 in the paper). The loss (paper eq. 1-6, coefficient
     L = 25 s + 25 (v(x) + v(y)) / 2 + 1 (c(x) + c(y))
 
 The variance and covariance terms are computed on the embeddings of the *global* batch, gathered from every
-process with gradient (the reference's ``FullGatherLayer``: the backward sums each process's share of the
-gradient); the invariance term is per process, and DDP's gradient averaging makes it the global mean. Batch
-norm inside the expander is synchronised from outside (``parallel.sync_batchnorm``, set in the presets, as the
-reference converts to SyncBN).
+process with gradient (:func:`openseer.ops.gather.all_gather_with_grad`, the reference's ``FullGatherLayer``:
+the backward sums each process's share of the gradient over processes, so with DDP's average the update is
+exactly one process's on the concatenated batch); the invariance term is per process, and DDP's gradient
+averaging makes it the global mean. Batch norm inside the expander is synchronised from outside
+(``parallel.sync_batchnorm``, set in the presets, as the reference converts to SyncBN).
 
 Gradient accumulation is not exact (``exact_accumulation = False``): the variance and covariance of k
 micro-batches are not those of one k-times larger batch.
@@ -28,16 +29,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
 
-from openseer import dist
 from openseer.errors import ConfigError
 from openseer.methods.base import Method, RunInfo, StepContext, StepOutput, Tower
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import require_two_views
 from openseer.models.backbone import feature_dim
+from openseer.models.heads import MLP
+from openseer.ops.gather import all_gather_with_grad
+from openseer.ops.matrix import off_diagonal
 
 
 @dataclass
@@ -66,20 +68,6 @@ def validate(cfg: Any) -> None:
     )
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Every process's ``x`` concatenated in rank order; the backward returns each process the sum of the
-    gradients of its rows (the reference's FullGatherLayer). Identity in one process."""
-    if dist.world_size() == 1:
-        return x
-    return torch.cat(dist_fn.all_gather(x.contiguous()))
-
-
-def off_diagonal(x: torch.Tensor) -> torch.Tensor:
-    n, m = x.shape
-    assert n == m
-    return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
-
-
 def variance_term(x: torch.Tensor, eps: float) -> torch.Tensor:
     """mean_j relu(1 - sqrt(Var_j + eps)) of a centred (N, d) batch (unbiased variance)."""
     std = torch.sqrt(x.var(dim=0) + eps)
@@ -96,20 +84,17 @@ def covariance_term(x: torch.Tensor) -> torch.Tensor:
 def vicreg_terms(x_local: torch.Tensor, y_local: torch.Tensor, eps: float) -> dict[str, torch.Tensor]:
     """The three terms on this process's embeddings; variance and covariance over the global batch."""
     invariance = F.mse_loss(x_local, y_local)
-    x, y = gather_with_grad(x_local), gather_with_grad(y_local)
+    x, y = all_gather_with_grad(x_local), all_gather_with_grad(y_local)
     x, y = x - x.mean(dim=0), y - y.mean(dim=0)
     variance = variance_term(x, eps) / 2 + variance_term(y, eps) / 2
     covariance = covariance_term(x) + covariance_term(y)
     return {"invariance": invariance, "variance": variance, "covariance": covariance}
 
 
-def expander(dims: list[int]) -> nn.Sequential:
-    """Linear -> BN -> ReLU blocks and a final bias-free Linear (``dims = [in, hidden..., out]``)."""
-    layers: list[nn.Module] = []
-    for i in range(len(dims) - 2):
-        layers += [nn.Linear(dims[i], dims[i + 1]), nn.BatchNorm1d(dims[i + 1]), nn.ReLU(True)]
-    layers.append(nn.Linear(dims[-2], dims[-1], bias=False))
-    return nn.Sequential(*layers)
+def expander(dims: list[int]) -> MLP:
+    """The reference's expander (``dims = [in, hidden..., out]``): Linear (with bias) -> BN -> ReLU blocks and a
+    final bias-free Linear; the layer indices (``projector.0.weight``, ...) are those of earlier openseer runs."""
+    return MLP(dims, batch_norm=True, last_bn="none", last_bias=False, hidden_bias=True)
 
 
 class VICReg(Method):

@@ -2,7 +2,8 @@
 
 :class:`ProjectionMLP` and :class:`Prototypes`: SwAV (Caron et al. 2020, sec. 3.1; facebookresearch/swav
 resnet50.py). :class:`MLP`: the projector/predictor of the two-view methods (SimCLR, MoCo v3, BYOL, SimSiam),
-whose references differ only in the output layer's bias and batch norm. :class:`DINOProjection` and
+and the projectors of Barlow Twins and VICReg, whose references differ only in biases and the output layer's
+batch norm. :class:`DINOProjection` and
 :class:`WeightNormLinear`: DINO's head (Caron et al. 2021; facebookresearch/dino vision_transformer.py).
 """
 
@@ -109,7 +110,8 @@ class MLP(nn.Sequential):
     """``dims = [in, hidden..., out]``: (Linear -> BatchNorm1d -> ReLU) per hidden layer, then Linear [-> BN].
 
     No output normalisation: the losses normalise. Hidden linear layers have no bias when batch norm follows
-    (its shift makes a bias redundant). ``last_bn`` chooses the output layer of each reference:
+    (its shift makes a bias redundant) unless ``hidden_bias`` says otherwise (VICReg's expander keeps them;
+    Barlow Twins' projector, ``last_bias=False``, has none). ``last_bn`` chooses the output layer of each reference:
 
     - ``"none"``: Linear with a bias (``last_bias``): SimSiam predictor (2048 -> 512 -> 2048); without one
       (``last_bias=False``): BYOL projector and predictor (hidden 4096, out 256), MoCo v3's ResNet predictor;
@@ -127,6 +129,7 @@ class MLP(nn.Sequential):
         batch_norm: bool = True,
         last_bn: Literal["none", "plain", "scale"] = "none",
         last_bias: bool = True,
+        hidden_bias: bool | None = None,
     ):
         if len(dims) < 2:
             raise ValueError(f"MLP needs at least [in, out] dims, got {dims}")
@@ -134,7 +137,8 @@ class MLP(nn.Sequential):
             raise ValueError("MLP: last_bn needs batch_norm=True")
         layers: list[nn.Module] = []
         for i in range(len(dims) - 2):
-            layers.append(nn.Linear(dims[i], dims[i + 1], bias=not batch_norm))
+            bias = not batch_norm if hidden_bias is None else hidden_bias
+            layers.append(nn.Linear(dims[i], dims[i + 1], bias=bias))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(dims[i + 1]))
             layers.append(nn.ReLU(inplace=True))

@@ -1,4 +1,18 @@
-"""All-gather that keeps the autograd graph: the global batch of a contrastive loss with gradients.
+"""Collectives that keep the autograd graph: the global batch of a loss, with gradients. The one home of them.
+
+Two gradient semantics, named by the ``grad`` argument of :func:`all_reduce_sum`:
+
+* ``"sum"`` - the backward sums the incoming gradient over processes, so that N processes each computing the
+  same loss from the collective, followed by DDP's gradient average, give exactly the single-process gradient
+  on the concatenated batch. :func:`all_gather_with_grad` always works this way: it is
+  ``torch.distributed.nn.all_gather``, facebookresearch/vicreg's ``FullGatherLayer`` (its backward
+  all-reduces the stacked gradients with SUM) and google-research/simclr's ``tpu_cross_replica_concat`` (an
+  all-reduce SUM, whose gradient is again an all-reduce SUM; ``run.py`` divides the loss by the number of
+  replicas because ``apply_gradients`` sums them: a mean, as DDP's).
+* ``"local"`` - forward sum, backward identity: each process's gradient is that of its own summand only, as
+  an in-place ``torch.distributed.all_reduce`` on a tensor in the graph (autograd does not see it).
+  facebookresearch/barlowtwins ``main.py`` sums the cross-correlation matrix this way, so after DDP's average
+  its update is the single-process gradient divided by N; openseer's Barlow Twins matches it.
 
 SimCLR (Chen et al. 2020, sec. 2 "Training with large batch size") computes NT-Xent over the *global* batch:
 every process scores its own anchors against the embeddings of every process. The gradient of process r's
@@ -11,6 +25,8 @@ Keys that need no gradient (MoCo v3's momentum keys) use :func:`openseer.dist.al
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.distributed as tdist
@@ -51,3 +67,35 @@ def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     if dist.world_size() == 1:
         return t
     return _AllGatherWithGrad.apply(t.contiguous())
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Forward: all-reduce SUM. Backward: all-reduce SUM of the gradient (``"sum"``) or the gradient as is
+    (``"local"``)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, grad: str) -> torch.Tensor:
+        ctx.grad = grad
+        out = t.clone()
+        tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if ctx.grad == "local":
+            return grad, None
+        grad = grad.contiguous().clone()
+        tdist.all_reduce(grad, op=tdist.ReduceOp.SUM)
+        return grad, None
+
+
+def all_reduce_sum(t: torch.Tensor, grad: Literal["sum", "local"]) -> torch.Tensor:
+    """Sum of ``t`` over processes, differentiable with the gradient semantics ``grad`` (module docstring):
+    ``"sum"`` = ``torch.distributed.nn.all_reduce`` (exact global gradient after DDP's average), ``"local"`` =
+    barlowtwins' in-place all-reduce (the global gradient / N after DDP's average). Identity in one process;
+    a collective in both passes for ``"sum"``."""
+    if grad not in ("sum", "local"):
+        raise ValueError(f"all_reduce_sum: grad={grad!r}; choose 'sum' or 'local'")
+    if dist.world_size() == 1:
+        return t
+    return _AllReduceSum.apply(t.contiguous(), grad)

@@ -57,7 +57,13 @@ def build_optimizer(cfg: Config, method: Method) -> tuple[torch.optim.Optimizer,
     opt_groups = optimizer_groups(groups, cfg.optim.weight_decay)
     o = cfg.optim
     if o.name == "lars":
-        optimizer = LARS(opt_groups, lr=0.0, momentum=o.momentum, trust_coefficient=o.trust_coefficient)
+        optimizer = LARS(
+            opt_groups,
+            lr=0.0,
+            momentum=o.momentum,
+            trust_coefficient=o.trust_coefficient,
+            variant=o.lars_variant,
+        )
     elif o.name == "adamw":
         optimizer = torch.optim.AdamW(opt_groups, lr=0.0, betas=(o.momentum, 0.999))
     else:
@@ -92,6 +98,7 @@ def build_trainer(
         device=device,
         precision=cfg.train.precision,
         clip_grad=o.clip_grad,
+        clip_mode=o.clip_mode,
         memory_format=torch.channels_last if cfg.model.channels_last else torch.contiguous_format,
         seed=cfg.train.seed,
     )

@@ -18,7 +18,7 @@ from torch import nn
 from openseer import dist
 from openseer.errors import TrainingError  # noqa: F401 (re-exported)
 from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext
-from openseer.parallel import PRECISION_DTYPES, clip_grads, grad_norm, no_gradient_sync
+from openseer.parallel import PRECISION_DTYPES, clip_grads, clip_grads_per_param, grad_norm, no_gradient_sync
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Trainer:
     device: torch.device
     precision: str = "fp32"  # fp32, bf16 or fp16 (with a gradient scaler)
     clip_grad: float = 0.0
+    clip_mode: str = "global"  # "global": the norm of all gradients; "per_param": each one's (DINO)
     memory_format: torch.memory_format = torch.contiguous_format
     seed: int = 0  # with the step and rank, seeds the model's own randomness (stochastic depth, dropout)
     scaler: torch.amp.GradScaler = field(init=False)
@@ -73,6 +74,9 @@ def apply_schedules(trainer: Trainer, step: int) -> tuple[float, float]:
     lr, wd = float(trainer.lr_schedule[step]), float(trainer.wd_schedule[step])
     for opt_group, tags in zip(trainer.optimizer.param_groups, trainer.groups, strict=True):
         opt_group["lr"] = group_lr(tags, lr, step, trainer.peak_lr)
+        # frozen (SwAV's prototypes, DINO's last layer): gradients dropped, no momentum or Adam state built. A
+        # scheduled lr of 0 (a warm-up's first step) is not frozen: the optimizer state builds, as the references'
+        opt_group["frozen"] = step < tags.freeze_steps
         opt_group["weight_decay"] = wd * tags.wd_scale
     return lr, wd
 
@@ -111,10 +115,12 @@ def _update(trainer: Trainer) -> bool:
     norm = grad_norm(trainer.method.parameters())
     if not (bool(torch.isfinite(norm)) or scaler.is_enabled()):
         return False
-    if trainer.clip_grad > 0:
+    if trainer.clip_grad > 0 and trainer.clip_mode == "per_param":
+        clip_grads_per_param(trainer.method.parameters(), trainer.clip_grad)
+    elif trainer.clip_grad > 0:
         clip_grads(trainer.method.parameters(), trainer.clip_grad, norm)
     for group in optimizer.param_groups:
-        if group["lr"] == 0:  # frozen: no update and no momentum/Adam state built on its gradient
+        if group.get("frozen", False):  # no update and no momentum/Adam state built on its gradient
             for p in group["params"]:
                 p.grad = None
     scaler.step(optimizer)

@@ -71,15 +71,25 @@ def _make():
 
 def _runs(rank: int, world: int, batches) -> dict:
     right = sgd_steps(_make, batches)
-    barlowtwins.all_reduce_sum_with_grad = lambda t: t  # per-process statistics, as without the all-reduce
+    real = barlowtwins.all_reduce_sum
+    # C's sum carrying every process's gradient (openseer before it matched the reference): N times the update
+    barlowtwins.all_reduce_sum = lambda t, grad: real(t, "sum")
+    summed = sgd_steps(_make, batches)
+    barlowtwins.all_reduce_sum = lambda t, grad: t  # per-process statistics, as without the all-reduce
     broken = sgd_steps(_make, batches)
-    return {"right": right, "broken": broken}
+    return {"right": right, "summed": summed, "broken": broken}
 
 
-def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
+def test_two_processes_step_as_the_reference_one_process_at_half_the_lr(tmp_path):
+    """facebookresearch/barlowtwins sums C with an all_reduce that autograd does not see, so each process's
+    gradient is its own share of the full one and DDP's average divides it by N = 2: with plain SGD, two
+    processes at lr 0.05 take exactly the steps of one process on the concatenated batch at lr 0.025."""
     batches = global_batches(steps=3, batch=8)
-    single = sgd_steps(_make, batches)
+    single_half_lr = sgd_steps(_make, batches, lr=0.025)
+    single = sgd_steps(_make, batches, lr=0.05)
     two = spawn(_runs, 2, tmp_path, batches)
     for rank in range(2):
-        assert_same_run(two[rank]["right"], single)
-        assert differs(two[rank]["broken"], single)  # the test catches a missing all-reduce
+        assert_same_run(two[rank]["right"], single_half_lr)
+        assert differs(two[rank]["right"], single)
+        assert_same_run(two[rank]["summed"], single)  # the gradient-carrying sum is the one-process gradient
+        assert differs(two[rank]["broken"], single_half_lr)  # the test catches a missing all-reduce

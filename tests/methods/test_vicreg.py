@@ -70,7 +70,7 @@ def _make():
 
 def _runs(rank: int, world: int, batches) -> dict:
     right = sgd_steps(_make, batches)
-    vicreg.gather_with_grad = lambda t: t  # per-process variance and covariance, as without the gather
+    vicreg.all_gather_with_grad = lambda t: t  # per-process variance and covariance, as without the gather
     broken = sgd_steps(_make, batches)
     return {"right": right, "broken": broken}
 
