@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openseer.errors import ConfigError
 from openseer.eval.settings import EvalSettings
 from openseer.io import atomic_write_json
 
@@ -129,30 +128,6 @@ def config_overrides(args: argparse.Namespace, keys: dict[str, str | tuple[str, 
         key, convert = target if isinstance(target, tuple) else (target, None)
         out.append(f"{key}={json.dumps(convert(value) if convert else value)}")
     return out
-
-
-def _numbers(text: str, name: str, kind: type, example: str) -> tuple:
-    try:
-        values = tuple(kind(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        what = "integers" if kind is int else "numbers"
-        raise ConfigError(f"{name} {text!r} must be comma-separated {what}, e.g. {example}") from None
-    if not values:
-        raise ConfigError(f"{name} is empty")
-    return values
-
-
-def floats(text: str, name: str) -> tuple[float, ...]:
-    """``"0.01,0.1"`` -> (0.01, 0.1); a clear ConfigError naming the flag otherwise."""
-    return _numbers(text, name, float, "0.01,0.1")
-
-
-def ints(text: str, name: str) -> tuple[int, ...]:
-    """``"10,20,200"`` -> (10, 20, 200), all positive; a clear ConfigError naming the flag otherwise."""
-    values = _numbers(text, name, int, "10,20,200")
-    if min(values) < 1:
-        raise ConfigError(f"{name} {text!r} must hold positive integers")
-    return values
 
 
 def write_json(result: dict[str, Any], out: str | Path | None) -> None:

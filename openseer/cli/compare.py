@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from openseer.cli.common import Parents, eval_settings, floats, ints
+from openseer.cli.common import Parents, eval_settings
 from openseer.compare import compare
+from openseer.eval.registry import add_suite_arguments, suite_params_from_args
 
 
 def preset_suffix(value: str) -> str:
@@ -41,9 +42,7 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
         default="-cifar10",
         help="short presets <method>-<suffix>, e.g. cifar10-regnet (a leading '-' is optional) [cifar10]",
     )
-    p.add_argument("--k", default="10,20,200", help="kNN k values [10,20,200]")
-    p.add_argument("--fractions", default="0.01,0.1", help="low-shot label fractions [0.01,0.1]")
-    p.add_argument("--seeds", type=int, default=3, help="seeded subsets per fraction [3]")
+    add_suite_arguments(p)  # the `eval all` options (--k, --fractions, --seeds, --finetune, ...)
     p.set_defaults(run=run, trailing_overrides=True)
 
 
@@ -59,12 +58,7 @@ def run(args: argparse.Namespace) -> int:
         minutes=args.minutes,
         preset_suffix=args.preset_suffix,
         overrides=args.overrides,
-        eval_options=dict(
-            ks=ints(args.k, "--k"),
-            fractions=floats(args.fractions, "--fractions"),
-            seeds=args.seeds,
-            settings=eval_settings(args),
-        ),
+        eval_options={**suite_params_from_args(args), "settings": eval_settings(args)},
     )
     print(summary["table"])
     print(f"results in {args.out} (compare.md, compare.json, compare.html)")
