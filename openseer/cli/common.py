@@ -130,6 +130,11 @@ def config_overrides(args: argparse.Namespace, keys: dict[str, str | tuple[str, 
     return out
 
 
+def flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """``{name: args.name}`` for the flags a command hands on unchanged, as keyword arguments."""
+    return {name: getattr(args, name) for name in names}
+
+
 def write_json(result: dict[str, Any], out: str | Path | None) -> None:
     """Write ``result`` to ``out`` atomically (nothing when ``out`` is None)."""
     if out:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from openseer.cli.common import Parents, eval_settings
+from openseer.cli.common import Parents, eval_settings, flags
 from openseer.compare import compare
 from openseer.eval.registry import add_suite_arguments, suite_params_from_args
 
@@ -47,19 +47,10 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = compare(
-        [m.strip() for m in args.methods.split(",") if m.strip()],
-        args.data,
-        args.train,
-        args.test,
-        args.out,
-        steps=args.steps,
-        epochs=args.epochs,
-        minutes=args.minutes,
-        preset_suffix=args.preset_suffix,
-        overrides=args.overrides,
-        eval_options={**suite_params_from_args(args), "settings": eval_settings(args)},
-    )
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    budget = flags(args, "steps", "epochs", "minutes", "preset_suffix", "overrides")
+    eval_options = {**suite_params_from_args(args), "settings": eval_settings(args)}
+    summary = compare(methods, args.data, args.train, args.test, args.out, eval_options=eval_options, **budget)
     print(summary["table"])
     print(f"results in {args.out} (compare.md, compare.json, compare.html)")
     return 0

@@ -239,25 +239,24 @@ def _suite_options(params: dict[str, Any], out_dir: Path, candidate: str) -> dic
     return {"fraction": params["finetune_fraction"], "epochs": params["finetune_epochs"]}
 
 
-SUITE = SuiteRole(
-    options=_suite_options,
-    header=lambda params: [f"fine-tune {params['finetune_fraction']:.0%}"] if params["finetune_fraction"] > 0 else [],
-    cells=lambda result, params: [pct(result["top1"])],
-    defaults={"finetune_fraction": 0.0, "finetune_epochs": 10},
-    add_arguments=_add_suite_arguments,
-    from_args=lambda args: {"finetune_fraction": args.finetune, "finetune_epochs": args.finetune_epochs},
-)
+def _suite_header(params: dict[str, Any]) -> list[str]:
+    return [f"fine-tune {params['finetune_fraction']:.0%}"] if params["finetune_fraction"] > 0 else []
 
+
+def _suite_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"finetune_fraction": args.finetune, "finetune_epochs": args.finetune_epochs}
+
+
+def _describe(result: dict[str, Any]) -> str:
+    return f"fine-tune on {result['num_train']} labels: test top-1 {100 * result['top1']:.2f}%"
+
+
+DEFAULTS = {"finetune_fraction": 0.0, "finetune_epochs": 10}
+SUITE = SuiteRole(
+    _suite_options, _suite_header, lambda r, params: [pct(r["top1"])], DEFAULTS, _add_suite_arguments, _suite_from_args
+)
+HELP = "fine-tune backbone + new head on a labelled fraction"
+# frozen=False: it trains a backbone of its own, not a probe on frozen features
 ENTRY = register_evaluation(
-    Evaluation(
-        name="finetune",
-        help="fine-tune backbone + new head on a labelled fraction",
-        run=finetune,
-        describe=lambda r: f"fine-tune on {r['num_train']} labels: test top-1 {100 * r['top1']:.2f}%",
-        report_rows=_report_rows,
-        add_arguments=_add_arguments,
-        from_args=_from_args,
-        frozen=False,
-        suite=SUITE,
-    )
+    Evaluation("finetune", HELP, finetune, _describe, _report_rows, _add_arguments, _from_args, False, SUITE)
 )

@@ -241,24 +241,26 @@ def _suite_options(params: dict[str, Any], out_dir: Path, candidate: str) -> dic
     return {"ks": params["ks"]}
 
 
-SUITE = SuiteRole(
-    options=_suite_options,
-    header=lambda params: [f"kNN k={k}" for k in params["ks"]],
-    cells=lambda result, params: [pct(result["top1"][str(k)]) for k in params["ks"]],
-    defaults={"ks": DEFAULT_KS},
-    add_arguments=add_k_argument,
-    from_args=lambda args: {"ks": ints(args.k, "--k")},
-)
+def _suite_header(params: dict[str, Any]) -> list[str]:
+    return [f"kNN k={k}" for k in params["ks"]]
 
+
+def _suite_cells(result: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    return [pct(result["top1"][str(k)]) for k in params["ks"]]
+
+
+def _suite_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"ks": ints(args.k, "--k")}
+
+
+def _from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {**_suite_from_args(args), "temperature": args.temperature}
+
+
+# (options, header, cells, the parameters it declares, their flags, flags -> parameters)
+SUITE = SuiteRole(_suite_options, _suite_header, _suite_cells, {"ks": DEFAULT_KS}, add_k_argument, _suite_from_args)
+HELP = "weighted kNN on frozen features (DINO protocol: cosine, T=0.07)"
+# (name, help, run, describe, report rows, flags, flags -> options, frozen, suite role)
 ENTRY = register_evaluation(
-    Evaluation(
-        name="knn",
-        help="weighted kNN on frozen features (DINO protocol: cosine, T=0.07)",
-        run=_run,
-        describe=_describe,
-        report_rows=_report_rows,
-        add_arguments=_add_arguments,
-        from_args=lambda args: {"ks": ints(args.k, "--k"), "temperature": args.temperature},
-        suite=SUITE,
-    )
+    Evaluation("knn", HELP, _run, _describe, _report_rows, _add_arguments, _from_args, True, SUITE)
 )

@@ -251,17 +251,12 @@ def _suite_options(params: dict[str, Any], out_dir: Path, candidate: str) -> dic
     return {}
 
 
+def _from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {**grid_from_args(args), "val_fraction": args.val_fraction, "seed": args.seed}
+
+
+SUITE = SuiteRole(_suite_options, lambda params: ["linear"], lambda result, params: [pct(result["top1"])])
+HELP = "grid of linear probes on frozen features (val split from train)"
 ENTRY = register_evaluation(
-    Evaluation(
-        name="linear",
-        help="grid of linear probes on frozen features (val split from train)",
-        run=_run,
-        describe=_describe,
-        report_rows=_report_rows,
-        add_arguments=_add_arguments,
-        from_args=lambda args: {**grid_from_args(args), "val_fraction": args.val_fraction, "seed": args.seed},
-        suite=SuiteRole(
-            options=_suite_options, header=lambda params: ["linear"], cells=lambda r, params: [pct(r["top1"])]
-        ),
-    )
+    Evaluation("linear", HELP, _run, _describe, _report_rows, _add_arguments, _from_args, True, SUITE)
 )

@@ -189,24 +189,13 @@ def _suite_cells(result: dict[str, Any], params: dict[str, Any]) -> list[str]:
     ]
 
 
-SUITE = SuiteRole(
-    options=_suite_options,
-    header=_suite_header,
-    cells=_suite_cells,
-    defaults={"fractions": (0.01, 0.1), "seeds": 3},
-    add_arguments=_add_fractions,
-    from_args=lambda args: {"fractions": floats(args.fractions, "--fractions"), "seeds": args.seeds},
-)
+def _suite_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"fractions": floats(args.fractions, "--fractions"), "seeds": args.seeds}
 
+
+DEFAULTS = {"fractions": (0.01, 0.1), "seeds": 3}
+SUITE = SuiteRole(_suite_options, _suite_header, _suite_cells, DEFAULTS, _add_fractions, _suite_from_args)
+HELP = "linear + kNN on class-balanced label fractions over seeds"
 ENTRY = register_evaluation(
-    Evaluation(
-        name="lowshot",
-        help="linear + kNN on class-balanced label fractions over seeds",
-        run=run_lowshot,
-        describe=_describe,
-        report_rows=_report_rows,
-        add_arguments=_add_arguments,
-        from_args=_from_args,
-        suite=SUITE,
-    )
+    Evaluation("lowshot", HELP, run_lowshot, _describe, _report_rows, _add_arguments, _from_args, True, SUITE)
 )

@@ -27,15 +27,13 @@ turns the command's flags into the same keywords, so the command and the API run
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from openseer.errors import ConfigError
+from openseer.plugins import import_plugins
 
 # modules under openseer.eval that register a built-in evaluation, in the order of `eval all`'s columns
 BUILTIN = ("knn", "linear", "lowshot", "finetune")
@@ -108,12 +106,7 @@ def load_evaluations() -> dict[str, Evaluation]:
     global _loaded
     if not _loaded:
         _loaded = True  # first: a module that reads the registry while importing does not recurse
-        for name in BUILTIN:
-            importlib.import_module(f"openseer.eval.{name}")
-        for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
-            importlib.import_module(module)
-        for ep in entry_points(group="openseer.evaluations"):
-            ep.load()
+        import_plugins([f"openseer.eval.{name}" for name in BUILTIN], PLUGIN_ENV, "openseer.evaluations")
     return EVALUATIONS
 
 

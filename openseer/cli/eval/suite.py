@@ -24,15 +24,9 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = run_suite(
-        args.checkpoint,
-        args.train,
-        args.test,
-        out_dir=args.out_dir,
-        baseline=not args.no_baseline,
-        settings=eval_settings(args),
-        **suite_params_from_args(args),
-    )
+    params = suite_params_from_args(args)
+    options = dict(out_dir=args.out_dir, baseline=not args.no_baseline, settings=eval_settings(args), **params)
+    summary = run_suite(args.checkpoint, args.train, args.test, **options)
     print(summary["table"])
     print(f"results in {summary['out_dir']} (summary.md, summary.json, one JSON per evaluation)")
     return 0
