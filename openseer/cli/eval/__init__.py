@@ -11,6 +11,7 @@ result as JSON with ``--out``.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 from openseer.cli.common import Parents, eval_settings, write_json
 from openseer.cli.eval import suite
@@ -35,7 +36,7 @@ def _add_evaluation(sub: argparse._SubParsersAction, parents: Parents, entry: Ev
         shared = [parents.checkpoint, parents.pair, parents.settings_no_batch, parents.out]
         p = sub.add_parser(entry.name, help=entry.help, parents=shared)
     entry.add_arguments(p)
-    p.set_defaults(run=lambda args: _run(entry, args))
+    p.set_defaults(run=partial(_run, entry))
 
 
 def _run(entry: Evaluation, args: argparse.Namespace) -> int:
