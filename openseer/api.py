@@ -28,14 +28,11 @@ from torch import nn
 
 from openseer.config import Config, ConfigError, config_from_dict, load_config, set_value, to_dict, validate
 from openseer.eval.cache import cached_features
-from openseer.eval.finetune import finetune
-from openseer.eval.linear import linear_probe
-from openseer.eval.lowshot import run_lowshot
-from openseer.eval.pipeline import frozen_pair, knn_from_checkpoint
+from openseer.eval.pipeline import run_evaluation
+from openseer.eval.registry import get_evaluation
 from openseer.eval.settings import EvalSettings
 from openseer.eval.suite import run_suite
 from openseer.train import pretrain as run_pretrain
-from openseer.weights.load import load_backbone as load_with_config
 from openseer.weights.sources import backbone_from_source
 
 
@@ -108,36 +105,24 @@ def load_backbone(
     return FeatureListNet(backbone, out_indices=indices).eval()
 
 
-def _settings(options: dict[str, Any]) -> EvalSettings:
-    """Pop the feature-extraction options (image_size, crop_pct, batch_size, num_workers, device)."""
-    keys = ("image_size", "crop_pct", "batch_size", "num_workers", "device")
-    return EvalSettings(**{k: options.pop(k) for k in keys if k in options})
-
-
 def evaluate(
     source: str | Path, train: str | Path, test: str | Path, protocol: str = "knn", **options: Any
 ) -> dict[str, Any]:
-    """``openseer eval PROTOCOL``: ``knn``, ``linear``, ``lowshot``, ``finetune`` or ``all``; returns its JSON dict.
+    """``openseer eval PROTOCOL``: a registered evaluation (built in: ``knn``, ``linear``, ``lowshot``,
+    ``finetune``; `openseer.eval.registry`) or ``all``; returns its JSON dict.
 
     ``options`` are the keyword arguments of the protocol's function (e.g. ``ks=(10, 20)``, ``fractions=``,
     ``epochs=``) plus the feature-extraction settings ``image_size=``, ``crop_pct=``, ``batch_size=``,
-    ``num_workers=``, ``device=`` (:class:`openseer.eval.EvalSettings`).
+    ``num_workers=``, ``device=`` (:class:`openseer.eval.EvalSettings`); frozen evaluations also take
+    ``layer=`` and ``cache_dir=``.
     """
     train, test, source = str(train), str(test), str(source)
-    if protocol not in ("knn", "linear", "lowshot", "finetune", "all"):
-        raise ConfigError(f"unknown protocol {protocol!r}; choose knn, linear, lowshot, finetune or all")
-    settings = _settings(options)
+    settings = EvalSettings.pop_from(options)
     if protocol == "all":
         return run_suite(source, train, test, settings=settings, **options)
-    if protocol == "knn":
-        return knn_from_checkpoint(source, train, test, settings=settings, **options)
-    if protocol == "finetune":
-        backbone, config = load_with_config(source)
-        return finetune(backbone, config, train, test, settings=settings, **options)
-    train_f, test_f, _ = frozen_pair(source, train, test, settings)
-    if protocol == "linear":
-        return linear_probe(train_f.features, train_f.labels, test_f.features, test_f.labels, **options)
-    return run_lowshot(train_f, test_f, **options)
+    entry = get_evaluation(protocol)
+    inputs = {k: options.pop(k) for k in ("layer", "cache_dir") if entry.frozen and k in options}
+    return run_evaluation(entry, source, train, test, settings, **inputs, **options)
 
 
 def embed(source: str | Path, data: str | Path | torch.Tensor, **options: Any) -> Any:
@@ -147,6 +132,6 @@ def embed(source: str | Path, data: str | Path | torch.Tensor, **options: Any) -
         backbone = load_backbone(source)
         with torch.no_grad():
             return backbone(data)
-    settings = _settings(options)
+    settings = EvalSettings.pop_from(options)
     features, _ = cached_features(str(source), str(data), settings=settings, **options)
     return features

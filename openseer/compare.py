@@ -38,7 +38,7 @@ from openseer.checkpoint import read_backbone_spec
 from openseer.config import Config, ConfigError, list_presets, load_config, resumable_keys, to_dict
 from openseer.errors import TrainingError
 from openseer.eval.pipeline import random_init_backbone
-from openseer.eval.settings import EvalSettings
+from openseer.eval.settings import FROM_RUN, EvalSettings
 from openseer.eval.suite import run_suite
 from openseer.io import atomic_write
 from openseer.report.plots import pyplot, read_metrics
@@ -168,6 +168,55 @@ def _evaluate(checkpoint: Path, out_dir: Path, train: str, test: str, eval_optio
     return run_suite(checkpoint, train, test, out_dir=out_dir, baseline=False, **eval_options)
 
 
+def _check_budget(methods: Sequence[str], steps: int | None, epochs: int | None, minutes: float | None) -> None:
+    """One clear ConfigError for a comparison that cannot run: no or repeated methods, not exactly one budget."""
+    if not methods:
+        raise ConfigError("compare needs at least one method (--methods swav,barlowtwins,...)")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods lists a method twice: {','.join(methods)}")
+    if sum(bool(b) for b in (steps, epochs, minutes)) != 1:
+        raise ConfigError("compare needs one budget: --steps N, --epochs N or --minutes M (the same for every method)")
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"--minutes must be a positive number, got {minutes}")
+
+
+def _pretrained(method: str, cfg: Config, run_dir: Path, preset: str, on_method) -> dict[str, Any]:
+    """The summary of ``method``'s finished run in ``run_dir``: reused when it was made with ``cfg``'s
+    settings, else pretrained (or resumed) now."""
+    summary = _read_json(run_dir / "summary.json")
+    if summary and summary.get("status") == "completed":
+        _check_same_settings(run_dir, cfg)
+        log.info("compare: %s already pretrained in %s, not rerun", method, run_dir)
+        if on_method:
+            on_method(method, "skip")
+        return summary
+    log.info("compare: pretraining %s (%s) into %s", method, preset, run_dir)
+    if on_method:
+        on_method(method, "pretrain")
+    summary = pretrain(cfg, run_dir)
+    if summary["status"] != "completed":
+        raise TrainingError(f"compare: {method} was interrupted; run the same command to resume")
+    return summary
+
+
+def _result(preset: str, run_dir: Path, floor: str, summary: dict, budget: dict, evaluation: dict) -> dict:
+    """One method's row of ``compare.json``."""
+    return {
+        "preset": preset,
+        "run_dir": str(run_dir),
+        "backbone": summary.get("backbone", "backbone"),
+        "floor": floor,
+        "steps": summary.get("steps"),
+        "global_batch": summary.get("global_batch"),
+        "pretrain_seconds": summary.get("seconds"),
+        "images_per_s": _images_per_s(run_dir),
+        "probe_images_per_s": budget.get("images_per_s"),
+        "final_loss": summary.get("final_loss_mean"),
+        "trivial_loss": summary.get("trivial_loss", summary.get("uniform_loss")),
+        "eval": evaluation["rows"]["pretrained"],
+    }
+
+
 def compare(
     methods: Sequence[str],
     data: str,
@@ -190,19 +239,12 @@ def compare(
     every run, on top of its preset. ``eval_options`` go to :func:`run_suite` (ks, fractions, seeds, ...).
     ``on_method(method, what)`` is told ``"pretrain"``, ``"skip"`` or ``"eval"`` (for logs and tests).
     """
-    if not methods:
-        raise ConfigError("compare needs at least one method (--methods swav,barlowtwins,...)")
-    if len(set(methods)) != len(methods):
-        raise ConfigError(f"--methods lists a method twice: {','.join(methods)}")
-    if sum(bool(b) for b in (steps, epochs, minutes)) != 1:
-        raise ConfigError("compare needs one budget: --steps N, --epochs N or --minutes M (the same for every method)")
-    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
-        raise ConfigError(f"--minutes must be a positive number, got {minutes}")
+    _check_budget(methods, steps, epochs, minutes)
     out = Path(out)
     eval_options = dict(eval_options or {})
-    setting_keys = [k for k in ("image_size", "crop_pct", "batch_size", "num_workers", "device") if k in eval_options]
-    if setting_keys:  # evaluation settings travel as one EvalSettings
-        eval_options["settings"] = EvalSettings(**{k: eval_options.pop(k) for k in setting_keys})
+    settings = EvalSettings.pop_from(eval_options)
+    if settings != FROM_RUN:  # evaluation settings given one by one travel as one EvalSettings
+        eval_options["settings"] = settings
     configs = {m: _run_config(m, preset_suffix, data, steps, epochs, overrides) for m in methods}  # fail early
     out.mkdir(parents=True, exist_ok=True)
     budgets: dict[str, dict[str, Any]] = {}
@@ -213,42 +255,17 @@ def compare(
     floors: dict[str, Any] = {}
     for method, cfg in configs.items():
         run_dir = out / method
-        summary = _read_json(run_dir / "summary.json")
-        if summary and summary.get("status") == "completed":
-            _check_same_settings(run_dir, cfg)
-            log.info("compare: %s already pretrained in %s, not rerun", method, run_dir)
-            if on_method:
-                on_method(method, "skip")
-        else:
-            log.info("compare: pretraining %s (%s) into %s", method, preset_for(method, preset_suffix), run_dir)
-            if on_method:
-                on_method(method, "pretrain")
-            summary = pretrain(cfg, run_dir)
-            if summary["status"] != "completed":
-                raise TrainingError(f"compare: {method} was interrupted; run the same command to resume")
+        summary = _pretrained(method, cfg, run_dir, preset_for(method, preset_suffix), on_method)
         if on_method:
             on_method(method, "eval")
         evaluation = _evaluate(run_dir, run_dir / "eval", train, test, eval_options)
-        arch = summary.get("backbone", "backbone")
-        floor = floor_name(arch, read_backbone_spec(run_dir)[0])
+        floor = floor_name(summary.get("backbone", "backbone"), read_backbone_spec(run_dir)[0])
         if floor not in floors:
             floor_dir = out / "random_init" / floor.replace(", ", "-").replace("=", "-")
             floor_ckpt = random_init_backbone(run_dir, floor_dir)
             floors[floor] = _evaluate(floor_ckpt, floor_dir / "eval", train, test, eval_options)
-        results[method] = {
-            "preset": preset_for(method, preset_suffix),
-            "run_dir": str(run_dir),
-            "backbone": arch,
-            "floor": floor,
-            "steps": summary.get("steps"),
-            "global_batch": summary.get("global_batch"),
-            "pretrain_seconds": summary.get("seconds"),
-            "images_per_s": _images_per_s(run_dir),
-            "probe_images_per_s": budgets.get(method, {}).get("images_per_s"),
-            "final_loss": summary.get("final_loss_mean"),
-            "trivial_loss": summary.get("trivial_loss", summary.get("uniform_loss")),
-            "eval": evaluation["rows"]["pretrained"],
-        }
+        preset = preset_for(method, preset_suffix)
+        results[method] = _result(preset, run_dir, floor, summary, budgets.get(method, {}), evaluation)
     setup = dict(data=data, train=train, test=test, steps=steps, epochs=epochs, minutes=minutes)
     return _write_results(out, results, floors, setup)
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openseer.errors import ConfigError
 from openseer.eval.settings import EvalSettings
 from openseer.io import atomic_write_json
 
@@ -131,28 +130,9 @@ def config_overrides(args: argparse.Namespace, keys: dict[str, str | tuple[str, 
     return out
 
 
-def _numbers(text: str, name: str, kind: type, example: str) -> tuple:
-    try:
-        values = tuple(kind(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        what = "integers" if kind is int else "numbers"
-        raise ConfigError(f"{name} {text!r} must be comma-separated {what}, e.g. {example}") from None
-    if not values:
-        raise ConfigError(f"{name} is empty")
-    return values
-
-
-def floats(text: str, name: str) -> tuple[float, ...]:
-    """``"0.01,0.1"`` -> (0.01, 0.1); a clear ConfigError naming the flag otherwise."""
-    return _numbers(text, name, float, "0.01,0.1")
-
-
-def ints(text: str, name: str) -> tuple[int, ...]:
-    """``"10,20,200"`` -> (10, 20, 200), all positive; a clear ConfigError naming the flag otherwise."""
-    values = _numbers(text, name, int, "10,20,200")
-    if min(values) < 1:
-        raise ConfigError(f"{name} {text!r} must hold positive integers")
-    return values
+def flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """``{name: args.name}`` for the flags a command hands on unchanged, as keyword arguments."""
+    return {name: getattr(args, name) for name in names}
 
 
 def write_json(result: dict[str, Any], out: str | Path | None) -> None:

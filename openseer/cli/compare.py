@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from openseer.cli.common import Parents, eval_settings, floats, ints
+from openseer.cli.common import Parents, eval_settings, flags
 from openseer.compare import compare
+from openseer.eval.registry import add_suite_arguments, suite_params_from_args
 
 
 def preset_suffix(value: str) -> str:
@@ -41,31 +42,15 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
         default="-cifar10",
         help="short presets <method>-<suffix>, e.g. cifar10-regnet (a leading '-' is optional) [cifar10]",
     )
-    p.add_argument("--k", default="10,20,200", help="kNN k values [10,20,200]")
-    p.add_argument("--fractions", default="0.01,0.1", help="low-shot label fractions [0.01,0.1]")
-    p.add_argument("--seeds", type=int, default=3, help="seeded subsets per fraction [3]")
+    add_suite_arguments(p)  # the `eval all` options (--k, --fractions, --seeds, --finetune, ...)
     p.set_defaults(run=run, trailing_overrides=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = compare(
-        [m.strip() for m in args.methods.split(",") if m.strip()],
-        args.data,
-        args.train,
-        args.test,
-        args.out,
-        steps=args.steps,
-        epochs=args.epochs,
-        minutes=args.minutes,
-        preset_suffix=args.preset_suffix,
-        overrides=args.overrides,
-        eval_options=dict(
-            ks=ints(args.k, "--k"),
-            fractions=floats(args.fractions, "--fractions"),
-            seeds=args.seeds,
-            settings=eval_settings(args),
-        ),
-    )
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    budget = flags(args, "steps", "epochs", "minutes", "preset_suffix", "overrides")
+    eval_options = {**suite_params_from_args(args), "settings": eval_settings(args)}
+    summary = compare(methods, args.data, args.train, args.test, args.out, eval_options=eval_options, **budget)
     print(summary["table"])
     print(f"results in {args.out} (compare.md, compare.json, compare.html)")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from openseer.cli.common import Parents
+from openseer.cli.common import Parents, flags
 from openseer.report import write_report
 
 
@@ -21,13 +21,6 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = write_report(
-        args.run_dir,
-        data=args.data,
-        max_images=args.max_images,
-        queries=args.queries,
-        prototypes=args.prototypes,
-        seed=args.seed,
-    )
+    path = write_report(args.run_dir, **flags(args, "data", "max_images", "queries", "prototypes", "seed"))
     print(f"wrote {path}")
     return 0

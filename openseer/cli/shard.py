@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from openseer.cli.common import Parents
+from openseer.cli.common import Parents, flags
 from openseer.data.pack import write_shards
 
 
@@ -28,17 +28,8 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    m = write_shards(
-        args.data,
-        args.out,
-        max_size=args.max_size,
-        max_count=args.max_count,
-        resize_longer=args.resize_longer,
-        quality=args.quality,
-        labelled=args.labelled,
-        prefix=args.prefix,
-        verify=not args.no_verify,
-    )
+    options = flags(args, "max_size", "max_count", "resize_longer", "quality", "labelled", "prefix")
+    m = write_shards(args.data, args.out, verify=not args.no_verify, **options)
     skipped = ", ".join(f"{n} {r}" for r, n in m["skipped"].items()) or "none"
     print(
         f"{m['total']} images in {len(m['shards'])} shards ({m['bytes'] / 1e6:.1f} MB, "

@@ -55,6 +55,66 @@ def _encode(data: bytes, img: Image.Image, resize_longer: int, quality: int) -> 
     return data, ext, False
 
 
+class _RollingShards:
+    """Writes samples into ``out_dir/<prefix>-NNNNNN.tar``, starting a new shard before one would pass
+    ``max_count`` samples or ``limit`` bytes; each shard is written as ``.partial`` and renamed when closed."""
+
+    def __init__(self, out_dir: Path, prefix: str, max_count: int, limit: int) -> None:
+        from webdataset import TarWriter  # an optional dependency (the `shards` extra), needed only here
+
+        self.tar_writer = TarWriter
+        self.out_dir, self.prefix, self.max_count, self.limit = out_dir, prefix, max_count, limit
+        self.shards: list[dict] = []  # the manifest's rows of the closed shards
+        self.writer, self.tmp, self.count, self.size = None, None, 0, 0
+
+    def write(self, sample: dict, payload_bytes: int) -> None:
+        """Add ``sample`` (its image ``payload_bytes`` long) to the open shard, or to a new one."""
+        entry = payload_bytes + 3 * 512 + 1024  # data + headers + padding, an upper bound
+        if self.writer is not None and (self.count >= self.max_count or self.size + entry > self.limit):
+            self.close()
+        if self.writer is None:
+            self.tmp = self.out_dir / f".{self.prefix}-{len(self.shards):06d}.tar.partial"
+            self.writer, self.count, self.size = (
+                self.tar_writer(str(self.tmp), encoder=False, mtime=0, compress=False),
+                0,
+                0,
+            )
+        self.writer.write(sample)
+        self.count, self.size = self.count + 1, self.size + entry
+
+    def close(self) -> None:
+        """Finish the open shard (if any): rename it and record its count, size and sha256."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        name = f"{self.prefix}-{len(self.shards):06d}.tar"
+        os.replace(self.tmp, self.out_dir / name)
+        nbytes, sha = file_sha256(str(self.out_dir / name))
+        self.shards.append({"name": name, "count": self.count, "bytes": nbytes, "sha256": sha})
+        self.writer = None
+
+
+def _open_for_packing(data: str | os.PathLike[str], labelled: bool | None):
+    """The source to pack: labelled when asked, or (``labelled=None``) when its layout allows it."""
+    if labelled is not None:
+        return open_source(data, labelled=labelled)
+    try:
+        return open_source(data, labelled=True)
+    except DataError:
+        return open_source(data)
+
+
+def _sample(source, i: int, resize_longer: int, quality: int) -> tuple[dict, int, bool]:
+    """(the tar sample of image ``i``, its image's size in bytes, whether it was shrunk); raises BadImage or
+    OSError when the image is unreadable."""
+    raw = source.read(i)
+    payload, ext, shrunk = _encode(raw, load_rgb(raw), resize_longer, quality)
+    sample = {"__key__": f"{i:09d}", ext: payload, "path": source.name(i).encode("utf-8", "surrogateescape")}
+    if source.classes:
+        sample["cls"] = str(source.label(i)).encode()
+    return sample, len(payload), shrunk
+
+
 def write_shards(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -80,69 +140,33 @@ def write_shards(
     Returns:
         The manifest.
     """
-    from webdataset import TarWriter
-
     limit = parse_size(max_size)
     if max_count < 1 or limit < 1:
         raise DataError("--max-count and --max-size must be positive")
-    if labelled is None:
-        try:
-            source = open_source(data, labelled=True)
-        except DataError:
-            source = open_source(data)
-    else:
-        source = open_source(data, labelled=labelled)
+    source = _open_for_packing(data, labelled)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / MANIFEST).exists() or any(out_dir.glob(f"{prefix}-*.tar")):
         raise DataError(f"{out_dir} already holds shards; choose an empty --out")
-    shards: list[dict] = []
+    shards = _RollingShards(out_dir, prefix, max_count, limit)
     skipped: dict[str, int] = {}
     resized = 0
-    writer, tmp, count, size = None, None, 0, 0
-
-    def close() -> None:
-        nonlocal writer
-        if writer is None:
-            return
-        writer.close()
-        name = f"{prefix}-{len(shards):06d}.tar"
-        os.replace(tmp, out_dir / name)
-        nbytes, sha = file_sha256(str(out_dir / name))
-        shards.append({"name": name, "count": count, "bytes": nbytes, "sha256": sha})
-        writer = None
-
     started = time.time()
     bar = tqdm(total=len(source), desc="shard", unit="img", disable=not progress, dynamic_ncols=True)
     for i in range(len(source)):
         bar.update(1)
         try:
-            raw = source.read(i)
-            img = load_rgb(raw)
-            payload, ext, shrunk = _encode(raw, img, resize_longer, quality)
-        except BadImage as e:
-            skipped[e.reason] = skipped.get(e.reason, 0) + 1
-            continue
-        except OSError:
-            skipped["unreadable"] = skipped.get("unreadable", 0) + 1
+            sample, payload_bytes, shrunk = _sample(source, i, resize_longer, quality)
+        except (BadImage, OSError) as e:
+            reason = e.reason if isinstance(e, BadImage) else "unreadable"
+            skipped[reason] = skipped.get(reason, 0) + 1
             continue
         resized += shrunk
-        path = source.name(i).encode("utf-8", "surrogateescape")
-        sample = {"__key__": f"{i:09d}", ext: payload, "path": path}
-        if source.classes:
-            sample["cls"] = str(source.label(i)).encode()
-        entry = len(payload) + 3 * 512 + 1024  # data + headers + padding, an upper bound
-        if writer is not None and (count >= max_count or size + entry > limit):
-            close()
-        if writer is None:
-            tmp = out_dir / f".{prefix}-{len(shards):06d}.tar.partial"
-            writer, count, size = TarWriter(str(tmp), encoder=False, mtime=0, compress=False), 0, 0
-        writer.write(sample)
-        count, size = count + 1, size + entry
-        bar.set_postfix(shards=len(shards) + 1, skipped=sum(skipped.values()), refresh=False)
-    close()
+        shards.write(sample, payload_bytes)
+        bar.set_postfix(shards=len(shards.shards) + 1, skipped=sum(skipped.values()), refresh=False)
+    shards.close()
     bar.close()
-    written = sum(s["count"] for s in shards)
+    written = sum(s["count"] for s in shards.shards)
     if written + sum(skipped.values()) != len(source):
         raise DataError(f"internal error: {written} written + {skipped} skipped != {len(source)} images")
     manifest = {
@@ -153,10 +177,10 @@ def write_shards(
         "skipped": skipped,
         "resized": resized,
         "classes": source.classes,
-        "pattern": f"{prefix}-{{000000..{len(shards) - 1:06d}}}.tar" if shards else "",
-        "bytes": sum(s["bytes"] for s in shards),
+        "pattern": f"{prefix}-{{000000..{len(shards.shards) - 1:06d}}}.tar" if shards.shards else "",
+        "bytes": sum(s["bytes"] for s in shards.shards),
         "seconds": round(time.time() - started, 2),
-        "shards": shards,
+        "shards": shards.shards,
     }
     atomic_write_json(out_dir / MANIFEST, manifest, indent=1)
     if verify:

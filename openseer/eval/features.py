@@ -78,6 +78,28 @@ def _progress(loader: DataLoader, enabled: bool, desc: str) -> Iterator:
     return iter(loader)
 
 
+def _forward_pooled(backbone: nn.Module, images: Tensor, device: torch.device, channels_last: bool, autocast) -> Tensor:
+    """The (B, D) float32 CPU features of one batch; a ValueError when the backbone does not pool."""
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast:
+        output = backbone(images)
+    if output.dim() != 2:
+        raise ValueError(
+            f"backbone must return pooled features (B, D), got shape {tuple(output.shape)}; "
+            "build the timm model with num_classes=0"
+        )
+    return output.float().cpu()
+
+
+def _concat(feature_chunks: list[Tensor], label_chunks: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """The collected batches as one (N, D) features and one (N,) labels tensor (empty ones when none)."""
+    if not feature_chunks:
+        return torch.empty(0, 0, dtype=torch.float32), torch.empty(0, dtype=torch.int64)
+    return torch.cat(feature_chunks), torch.cat(label_chunks)
+
+
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module,
@@ -142,26 +164,11 @@ def extract_features(
                 continue
             if kept.numel() < ok.numel():
                 images, labels = images[kept], labels[kept]
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                output = backbone(images)
-            if output.dim() != 2:
-                raise ValueError(
-                    f"backbone must return pooled features (B, D), got shape {tuple(output.shape)}; "
-                    "build the timm model with num_classes=0"
-                )
-            feature_chunks.append(output.float().cpu())
+            feature_chunks.append(_forward_pooled(backbone, images, device, channels_last, autocast))
             label_chunks.append(torch.as_tensor(labels, dtype=torch.int64).cpu())
     finally:
         backbone.train(was_training)
-    if feature_chunks:
-        features = torch.cat(feature_chunks)
-        labels_out = torch.cat(label_chunks)
-    else:
-        features = torch.empty(0, 0, dtype=torch.float32)
-        labels_out = torch.empty(0, dtype=torch.int64)
+    features, labels_out = _concat(feature_chunks, label_chunks)
     return Features(features=features, labels=labels_out, names=names, num_failed=num_failed)
 
 

@@ -11,9 +11,10 @@ low-shot probes (`openseer.eval.lowshot.class_balanced_subset`).
 
 from __future__ import annotations
 
+import argparse
 import logging
-import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,13 +23,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from openseer.data import LabelledDataset, open_source, subset
+from openseer.data import ImageSource, LabelledDataset, open_source, subset
 from openseer.errors import DataError
 from openseer.eval.knn import check_label_sets
 from openseer.eval.linear import topk_accuracy
 from openseer.eval.lowshot import class_balanced_subset
-from openseer.eval.settings import FROM_RUN, EvalSettings
+from openseer.eval.registry import Evaluation, Row, SuiteRole, pct, register_evaluation
+from openseer.eval.settings import FROM_RUN, EvalSettings, ResolvedEval
 from openseer.models.backbone import feature_dim
+from openseer.ops.schedules import cosine_schedule
 
 log = logging.getLogger("openseer")
 
@@ -75,6 +78,64 @@ def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tup
     return topk_accuracy(torch.cat(logits), torch.cat(labels), (1, 5)), sum(len(y) for y in labels)
 
 
+def _loaders(
+    train_src: ImageSource, test_src: ImageSource, chosen: torch.Tensor, run: ResolvedEval, batch_size: int, seed: int
+) -> tuple[DataLoader, DataLoader]:
+    """The shuffled, augmented loader of the labelled subset and the test loader (evaluation transform)."""
+    train_loader = DataLoader(
+        LabelledDataset(
+            subset(train_src, chosen),
+            light_augmentation(run.image_size, run.mean, run.std),
+            run.image_size,
+        ),
+        batch_size=min(batch_size, len(chosen)),
+        shuffle=True,
+        drop_last=len(chosen) > batch_size,  # no 1-image BatchNorm batch at an epoch's end
+        num_workers=run.num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    test_loader = DataLoader(
+        LabelledDataset(test_src, run.transform()), batch_size=run.batch_size, num_workers=run.num_workers
+    )
+    return train_loader, test_loader
+
+
+def _optimizer(model: Classifier, lr_backbone: float, lr_head: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; each group keeps its peak lr as ``base_lr`` for the cosine schedule."""
+    return torch.optim.SGD(
+        [
+            {"params": model.backbone.parameters(), "lr": lr_backbone, "base_lr": lr_backbone},
+            {"params": model.head.parameters(), "lr": lr_head, "base_lr": lr_head},
+        ],
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=weight_decay,
+    )
+
+
+def _train_epoch(
+    model: Classifier, loader: DataLoader, optimizer: torch.optim.SGD, scales: list[float], step: int, dev
+) -> tuple[int, list[float], int]:
+    """One pass over ``loader``; step i runs at ``base_lr * scales[i]``. Returns (next step, losses, images)."""
+    model.train()
+    losses, seen = [], 0
+    for images, y, ok in loader:
+        ok = torch.as_tensor(ok, dtype=torch.bool)
+        if ok.sum() < 2:  # BatchNorm needs two images; undecodable ones are dropped
+            step += 1
+            continue
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * scales[step]
+        loss = F.cross_entropy(model(images[ok].to(dev)), torch.as_tensor(y)[ok].to(dev))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        seen += int(ok.sum())
+        step += 1
+    return step, losses, seen
+
+
 def finetune(
     backbone: nn.Module,
     config: dict[str, Any],
@@ -103,54 +164,17 @@ def finetune(
     run = settings.resolve(config)
     labels = torch.tensor([train_src.label(i) for i in range(len(train_src))])
     chosen = class_balanced_subset(labels, fraction, seed)
-    generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(
-        LabelledDataset(
-            subset(train_src, chosen),
-            light_augmentation(run.image_size, run.mean, run.std),
-            run.image_size,
-        ),
-        batch_size=min(batch_size, len(chosen)),
-        shuffle=True,
-        drop_last=len(chosen) > batch_size,  # no 1-image BatchNorm batch at an epoch's end
-        num_workers=run.num_workers,
-        generator=generator,
-    )
-    test_loader = DataLoader(
-        LabelledDataset(test_src, run.transform()), batch_size=run.batch_size, num_workers=run.num_workers
-    )
+    train_loader, test_loader = _loaders(train_src, test_src, chosen, run, batch_size, seed)
     dev = torch.device(run.device)
     torch.manual_seed(seed)
     model = Classifier(backbone, feature_dim(backbone), len(train_src.classes)).to(dev)
-    optimizer = torch.optim.SGD(
-        [
-            {"params": model.backbone.parameters(), "lr": lr_backbone, "base_lr": lr_backbone},
-            {"params": model.head.parameters(), "lr": lr_head, "base_lr": lr_head},
-        ],
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=weight_decay,
-    )
-    total = max(1, epochs * len(train_loader))
+    optimizer = _optimizer(model, lr_backbone, lr_head, weight_decay)
+    scales = cosine_schedule(1.0, 0.0, max(1, epochs * len(train_loader))).tolist()  # cosine decay to 0
     step, losses = 0, []
     for epoch in range(epochs):
-        model.train()
-        epoch_start, seen, first = time.perf_counter(), 0, len(losses)
-        for images, y, ok in train_loader:
-            ok = torch.as_tensor(ok, dtype=torch.bool)
-            if ok.sum() < 2:  # BatchNorm needs two images; undecodable ones are dropped
-                step += 1
-                continue
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * 0.5 * (1.0 + math.cos(math.pi * step / total))
-            loss = F.cross_entropy(model(images[ok].to(dev)), torch.as_tensor(y)[ok].to(dev))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            seen += int(ok.sum())
-            step += 1
-        epoch_losses = losses[first:]
+        epoch_start = time.perf_counter()
+        step, epoch_losses, seen = _train_epoch(model, train_loader, optimizer, scales, step, dev)
+        losses += epoch_losses
         log.info(
             "finetune epoch %d/%d: loss %.3f, %.0f images/s",
             epoch + 1,
@@ -176,3 +200,63 @@ def finetune(
         "image_size": run.image_size,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fraction", type=float, default=0.1, help="class-balanced share of train labels [0.1]")
+    parser.add_argument("--epochs", type=int, default=10, help="passes over the labelled subset [10]")
+    parser.add_argument("--lr-backbone", type=float, default=0.01, help="peak lr of the backbone (SGD, cosine) [0.01]")
+    parser.add_argument("--lr-head", type=float, default=0.1, help="peak lr of the new linear head [0.1]")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay [0]")
+    # the training batch; test images are scored in batches of the run's eval.batch_size
+    parser.add_argument("--batch-size", dest="train_batch_size", type=int, default=64, help="images per step [64]")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subset, order and augmentation [0]")
+
+
+def _from_args(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("fraction", "epochs", "lr_backbone", "lr_head", "weight_decay", "seed")
+    return {**{name: getattr(args, name) for name in names}, "batch_size": args.train_batch_size}
+
+
+def _report_rows(result: dict[str, Any]) -> list[Row]:
+    return [(f"fine-tune {result['fraction']:.0%}", f"{result['epochs']} epochs", f"{100 * result['top1']:.2f}")]
+
+
+def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--finetune",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="also fine-tune on this label fraction, e.g. 0.1 [0: skip, the slow one]",
+    )
+    parser.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs [10]")
+
+
+def _suite_options(params: dict[str, Any], out_dir: Path, candidate: str) -> dict[str, Any] | None:
+    if params["finetune_fraction"] <= 0:
+        return None
+    return {"fraction": params["finetune_fraction"], "epochs": params["finetune_epochs"]}
+
+
+def _suite_header(params: dict[str, Any]) -> list[str]:
+    return [f"fine-tune {params['finetune_fraction']:.0%}"] if params["finetune_fraction"] > 0 else []
+
+
+def _suite_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"finetune_fraction": args.finetune, "finetune_epochs": args.finetune_epochs}
+
+
+def _describe(result: dict[str, Any]) -> str:
+    return f"fine-tune on {result['num_train']} labels: test top-1 {100 * result['top1']:.2f}%"
+
+
+DEFAULTS = {"finetune_fraction": 0.0, "finetune_epochs": 10}
+SUITE = SuiteRole(
+    _suite_options, _suite_header, lambda r, params: [pct(r["top1"])], DEFAULTS, _add_suite_arguments, _suite_from_args
+)
+HELP = "fine-tune backbone + new head on a labelled fraction"
+# frozen=False: it trains a backbone of its own, not a probe on frozen features
+ENTRY = register_evaluation(
+    Evaluation("finetune", HELP, finetune, _describe, _report_rows, _add_arguments, _from_args, False, SUITE)
+)

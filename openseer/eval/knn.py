@@ -10,9 +10,12 @@ after pretraining.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +23,7 @@ from torch import Tensor
 
 from openseer.errors import ConfigError, DataError
 from openseer.eval.features import Features
+from openseer.eval.registry import Evaluation, Row, SuiteRole, ints, pct, register_evaluation
 
 DEFAULT_KS = (10, 20, 200)
 
@@ -207,3 +211,56 @@ def knn_result(train: Features, test: Features, ks: Sequence[int] = DEFAULT_KS, 
         "feature_dim": train.dim,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def add_k_argument(parser: argparse.ArgumentParser, default: str = "10,20,200") -> None:
+    """``--k``: the neighbour counts (``openseer eval knn``, ``eval all``, ``eval lowshot``)."""
+    parser.add_argument("--k", default=default, help=f"comma-separated kNN k values [{default}]")
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_k_argument(parser)
+    parser.add_argument("--temperature", type=float, default=0.07, help="vote temperature T [0.07]")
+
+
+def _run(train: Features, test: Features, ks: Sequence[int] = DEFAULT_KS, temperature: float = 0.07) -> dict:
+    return knn_result(train, test, ks, temperature)
+
+
+def _describe(result: dict[str, Any]) -> str:
+    top1 = {int(k): v for k, v in result["top1"].items()}
+    return format_table(top1, f"kNN top-1 ({result.get('checkpoint')})")
+
+
+def _report_rows(result: dict[str, Any]) -> list[Row]:
+    top1 = result.get("top1")
+    return [("kNN", f"k={k}", f"{100 * v:.2f}") for k, v in top1.items()] if isinstance(top1, dict) else []
+
+
+def _suite_options(params: dict[str, Any], out_dir: Path, candidate: str) -> dict[str, Any]:
+    return {"ks": params["ks"]}
+
+
+def _suite_header(params: dict[str, Any]) -> list[str]:
+    return [f"kNN k={k}" for k in params["ks"]]
+
+
+def _suite_cells(result: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    return [pct(result["top1"][str(k)]) for k in params["ks"]]
+
+
+def _suite_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"ks": ints(args.k, "--k")}
+
+
+def _from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {**_suite_from_args(args), "temperature": args.temperature}
+
+
+# (options, header, cells, the parameters it declares, their flags, flags -> parameters)
+SUITE = SuiteRole(_suite_options, _suite_header, _suite_cells, {"ks": DEFAULT_KS}, add_k_argument, _suite_from_args)
+HELP = "weighted kNN on frozen features (DINO protocol: cosine, T=0.07)"
+# (name, help, run, describe, report rows, flags, flags -> options, frozen, suite role)
+ENTRY = register_evaluation(
+    Evaluation("knn", HELP, _run, _describe, _report_rows, _add_arguments, _from_args, True, SUITE)
+)

@@ -16,14 +16,19 @@ and scored on test.
 
 from __future__ import annotations
 
-import math
+import argparse
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from openseer.errors import ConfigError
+from openseer.eval.features import Features
+from openseer.eval.registry import Evaluation, Row, SuiteRole, floats, pct, register_evaluation
+from openseer.ops.schedules import cosine_schedule
 
 DEFAULT_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_WDS = (0.0, 1e-4, 1e-3)
@@ -94,7 +99,7 @@ def train_linear_heads(
     wd = torch.tensor(wds, dtype=torch.float32).repeat_interleave(num_classes)
     buf_w, buf_b = torch.zeros_like(weight), torch.zeros_like(bias)
     batch_size = min(batch_size, n)
-    total = max(1, epochs * math.ceil(n / batch_size))
+    scales = cosine_schedule(1.0, 0.0, max(1, epochs * -(-n // batch_size))).tolist()  # cosine decay to 0
     step = 0
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
@@ -106,7 +111,7 @@ def train_linear_heads(
             grad = logits.softmax(dim=-1)
             grad[torch.arange(len(y)), :, y] -= 1.0
             grad = grad.view(len(y), heads * num_classes) / len(y)
-            scale = 0.5 * (1.0 + math.cos(math.pi * step / total))  # cosine decay to 0
+            scale = scales[step]
             buf_w.mul_(0.9).add_(torch.addmm(weight * wd, x.t(), grad))
             buf_b.mul_(0.9).add_(grad.sum(dim=0))
             weight -= (lr * scale) * buf_w
@@ -203,3 +208,55 @@ def linear_probe(
         "feature_dim": int(train_features.shape[1]),
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--lrs --wds --epochs``: the linear-probe grid (``openseer eval linear`` and ``eval lowshot``)."""
+    parser.add_argument("--lrs", default="0.01,0.03,0.1,0.3,1.0", help="learning rates of the linear-probe grid")
+    parser.add_argument("--wds", default="0,1e-4,1e-3", help="weight decays of the linear-probe grid")
+    parser.add_argument("--epochs", type=int, default=30, help="passes over the features [30]")
+
+
+def grid_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of :func:`add_grid_arguments` as `linear_probe` keywords."""
+    return {"lrs": floats(args.lrs, "--lrs"), "wds": floats(args.wds, "--wds"), "epochs": args.epochs}
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_grid_arguments(parser)
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out to choose")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _run(train: Features, test: Features, **options: Any) -> dict:
+    """`linear_probe` on a feature pair; ``options`` are its keywords."""
+    options.setdefault("num_classes", len(train.classes) or None)
+    return linear_probe(train.features, train.labels, test.features, test.labels, **options)
+
+
+def _describe(result: dict[str, Any]) -> str:
+    return (
+        f"linear probe: test top-1 {100 * result['top1']:.2f}%, top-5 {100 * result['top5']:.2f}% "
+        f"(lr {result['best']['lr']}, wd {result['best']['wd']}, chosen on {result['num_val']} val)"
+    )
+
+
+def _report_rows(result: dict[str, Any]) -> list[Row]:
+    best = result.get("best", {})
+    top = f"{100 * result['top1']:.2f} (top-5 {100 * result['top5']:.2f})"
+    return [("linear", f"lr={best.get('lr')}, wd={best.get('wd')}", top)]
+
+
+def _suite_options(params: dict[str, Any], out_dir: Path, candidate: str) -> dict[str, Any]:
+    return {}
+
+
+def _from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {**grid_from_args(args), "val_fraction": args.val_fraction, "seed": args.seed}
+
+
+SUITE = SuiteRole(_suite_options, lambda params: ["linear"], lambda result, params: [pct(result["top1"])])
+HELP = "grid of linear probes on frozen features (val split from train)"
+ENTRY = register_evaluation(
+    Evaluation("linear", HELP, _run, _describe, _report_rows, _add_arguments, _from_args, True, SUITE)
+)

@@ -11,18 +11,21 @@ standard deviation over seeds are reported.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from openseer.errors import ConfigError
 from openseer.eval.features import Features
-from openseer.eval.knn import knn_classify
-from openseer.eval.linear import DEFAULT_LRS, DEFAULT_WDS, linear_probe
+from openseer.eval.knn import add_k_argument, knn_classify
+from openseer.eval.linear import DEFAULT_LRS, DEFAULT_WDS, add_grid_arguments, grid_from_args, linear_probe
+from openseer.eval.registry import Evaluation, Row, SuiteRole, floats, ints, mean_std, register_evaluation
 from openseer.io import atomic_write_json
 
 
@@ -128,3 +131,71 @@ def run_lowshot(
         "subsets_file": str(subsets_out) if subsets_out is not None else None,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _add_fractions(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fractions", default="0.01,0.1", help="low-shot label fractions per class [0.01,0.1]")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeded subsets per fraction [3]")
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_fractions(parser)
+    add_k_argument(parser, "10,20")
+    add_grid_arguments(parser)
+    parser.add_argument("--subsets-out", help="JSON of the chosen subsets [beside --out, else not written]")
+
+
+def _from_args(args: argparse.Namespace) -> dict[str, Any]:
+    subsets_out = args.subsets_out or (str(Path(args.out).with_suffix(".subsets.json")) if args.out else None)
+    options = {"fractions": floats(args.fractions, "--fractions"), "seeds": args.seeds, "ks": ints(args.k, "--k")}
+    return {**options, **grid_from_args(args), "subsets_out": subsets_out}
+
+
+def _describe(result: dict[str, Any]) -> str:
+    lines = []
+    for fraction, r in result["results"].items():
+        knn = ", ".join(f"k={k} {100 * v['mean']:.2f}±{100 * v['std']:.2f}" for k, v in r["knn_top1"].items())
+        lin = r["linear_top1"]
+        lines.append(f"{float(fraction):.0%} labels: linear {100 * lin['mean']:.2f}±{100 * lin['std']:.2f}; kNN {knn}")
+    return "\n".join(lines)
+
+
+def _report_rows(result: dict[str, Any]) -> list[Row]:
+    rows = []
+    for fraction, r in result["results"].items():
+        lin = r["linear_top1"]
+        rows.append((f"low-shot {float(fraction):.0%} linear", f"{lin['n']} seeds", mean_std(lin, 2)))
+        rows += [(f"low-shot {float(fraction):.0%} kNN", f"k={k}", mean_std(v, 2)) for k, v in r["knn_top1"].items()]
+    return rows
+
+
+def _suite_options(params: dict[str, Any], out_dir: Path, candidate: str) -> dict[str, Any]:
+    low_ks = sorted({min(k, 20) for k in params["ks"]})
+    subsets_out = out_dir / f"{candidate}_lowshot.subsets.json"
+    return {"fractions": params["fractions"], "seeds": params["seeds"], "ks": low_ks, "subsets_out": subsets_out}
+
+
+def _suite_header(params: dict[str, Any]) -> list[str]:
+    return [f"{f:.0%} {kind}" for f in params["fractions"] for kind in ("linear", "kNN")]
+
+
+def _suite_cells(result: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    low = result["results"]
+    low_k = str(max(int(k) for k in next(iter(low.values()))["knn_top1"]))
+    return [
+        cell
+        for f in params["fractions"]
+        for cell in (mean_std(low[str(f)]["linear_top1"]), mean_std(low[str(f)]["knn_top1"][low_k]))
+    ]
+
+
+def _suite_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"fractions": floats(args.fractions, "--fractions"), "seeds": args.seeds}
+
+
+DEFAULTS = {"fractions": (0.01, 0.1), "seeds": 3}
+SUITE = SuiteRole(_suite_options, _suite_header, _suite_cells, DEFAULTS, _add_fractions, _suite_from_args)
+HELP = "linear + kNN on class-balanced label fractions over seeds"
+ENTRY = register_evaluation(
+    Evaluation("lowshot", HELP, run_lowshot, _describe, _report_rows, _add_arguments, _from_args, True, SUITE)
+)

@@ -5,9 +5,10 @@ take it.
     train/test `Features` --(`check_pair`)--> kNN (`knn_result`), linear probes, low-shot subsets
 
 `frozen_pair` gives the checked train/test features of a checkpoint; `knn_from_checkpoint` scores them with
-the weighted kNN. `random_init_backbone` writes the floor every evaluation is compared with: the checkpoint's
-architecture with freshly initialised weights (seeded with the run's seed), exported like a pretrained backbone
-so that the same code evaluates it and caches its features.
+the weighted kNN; `run_evaluation` runs any registered evaluation (`openseer.eval.registry`) on a checkpoint.
+`random_init_backbone` writes the floor every evaluation is compared with: the checkpoint's architecture with
+freshly initialised weights (seeded with the run's seed), exported like a pretrained backbone so that the same
+code evaluates it and caches its features.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from openseer.config import dump_yaml
 from openseer.eval.cache import cached_features, check_pair
 from openseer.eval.features import Features
 from openseer.eval.knn import DEFAULT_KS, align_labels, knn_result
+from openseer.eval.registry import Evaluation
 from openseer.eval.settings import FROM_RUN, EvalSettings, as_config
 from openseer.io import atomic_write_json, atomic_write_text
 from openseer.models.backbone import create_backbone_from_spec
@@ -84,6 +86,36 @@ def knn_from_checkpoint(
     """Weighted-kNN top-1 of ``checkpoint``'s frozen features (`openseer.eval.knn.knn_result` plus `pair_meta`)."""
     train_f, test_f, meta = frozen_pair(checkpoint, train, test, settings, layer, cache_dir)
     return {**knn_result(train_f, test_f, ks, temperature), **meta}
+
+
+def run_evaluation(
+    entry: Evaluation,
+    checkpoint: str | os.PathLike[str] | None,
+    train: str | os.PathLike[str] | None,
+    test: str | os.PathLike[str] | None,
+    settings: EvalSettings = FROM_RUN,
+    layer: str = "pooled",
+    cache_dir: str | os.PathLike[str] | None = None,
+    features: tuple[Features, Features, dict[str, Any]] | None = None,
+    model: tuple[torch.nn.Module, dict[str, Any]] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Run one registered evaluation on ``checkpoint`` and a labelled train/test pair: the one path of the
+    command, the API and the suite.
+
+    A frozen evaluation gets the pair's features (``features`` when already at hand, e.g. from ``openseer
+    embed`` files, else `frozen_pair`) and its result gains their `pair_meta`; any other gets the backbone
+    (``model``: the checkpoint's (backbone, config) when already loaded) and its result names the checkpoint.
+    ``options`` are the evaluation's own keywords.
+    """
+    if entry.frozen:
+        train_f, test_f, meta = features or frozen_pair(
+            checkpoint, train, test, settings, layer, cache_dir, *(model or (None, None))
+        )
+        return {**entry.run(train_f, test_f, **options), **meta}
+    backbone, config = model or load_backbone(checkpoint)
+    result = entry.run(backbone, config, str(train), str(test), settings=settings, **options)
+    return {**result, "checkpoint": str(checkpoint)}
 
 
 def random_init_backbone(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:

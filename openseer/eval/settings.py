@@ -10,7 +10,7 @@ consumer reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -52,6 +52,12 @@ class EvalSettings:
     batch_size: int = 0
     num_workers: int = -1
     device: str = "auto"
+
+    @classmethod
+    def pop_from(cls, options: dict[str, Any]) -> EvalSettings:
+        """The settings among keyword ``options`` (``image_size``, ``crop_pct``, ``batch_size``, ``num_workers``,
+        ``device``), removed from them; what is absent keeps its default."""
+        return cls(**{f.name: options.pop(f.name) for f in fields(cls) if f.name in options})
 
     def resolve(self, config: dict[str, Any] | Config | None) -> ResolvedEval:
         """Fill what was left to the run from its ``config`` (a `Config`, a config dict or None)."""

@@ -22,6 +22,7 @@ from openseer.checkpoint import load_backbone, load_checkpoint
 from openseer.config import run_info
 from openseer.data import load_rgb, open_source
 from openseer.errors import BadImage, CheckpointError, DataError
+from openseer.eval.registry import load_evaluations
 from openseer.eval.settings import FROM_RUN
 from openseer.methods import get_method
 from openseer.report.plots import image_grid, plot_curves, read_metrics
@@ -109,59 +110,22 @@ def _load_method(run_dir: Path, cfg, backbone):
 
 
 def eval_rows(run_dir: Path) -> list[tuple[str, str, str, str]]:
-    """(file, evaluation, setting, result) rows of every evaluation JSON under ``run_dir``."""
+    """(file, evaluation, setting, result) rows of every evaluation JSON under ``run_dir``: each registered
+    evaluation (`openseer.eval.registry`) says its rows; a JSON of no known evaluation is passed over."""
+    evaluations = load_evaluations()
     rows = []
     for path in sorted(run_dir.rglob("*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if not isinstance(data, dict) or "top1" not in data and "results" not in data:
+        if not isinstance(data, dict):
             continue
-        kind = data.get("eval", "knn" if "k" in data else "?")
-        name = str(path.relative_to(run_dir))
-        if kind == "knn" and isinstance(data.get("top1"), dict):
-            for k, v in data["top1"].items():
-                rows.append((name, "kNN", f"k={k}", f"{100 * v:.2f}"))
-        elif kind == "linear":
-            best = data.get("best", {})
-            rows.append(
-                (
-                    name,
-                    "linear",
-                    f"lr={best.get('lr')}, wd={best.get('wd')}",
-                    f"{100 * data['top1']:.2f} (top-5 {100 * data['top5']:.2f})",
-                )
-            )
-        elif kind == "lowshot":
-            for fraction, r in data["results"].items():
-                lin = r["linear_top1"]
-                rows.append(
-                    (
-                        name,
-                        f"low-shot {float(fraction):.0%} linear",
-                        f"{lin['n']} seeds",
-                        f"{100 * lin['mean']:.2f} ± {100 * lin['std']:.2f}",
-                    )
-                )
-                for k, v in r["knn_top1"].items():
-                    rows.append(
-                        (
-                            name,
-                            f"low-shot {float(fraction):.0%} kNN",
-                            f"k={k}",
-                            f"{100 * v['mean']:.2f} ± {100 * v['std']:.2f}",
-                        )
-                    )
-        elif kind == "finetune":
-            rows.append(
-                (
-                    name,
-                    f"fine-tune {data['fraction']:.0%}",
-                    f"{data['epochs']} epochs",
-                    f"{100 * data['top1']:.2f}",
-                )
-            )
+        kind = data.get("eval", "knn" if "k" in data and "top1" in data else None)  # old kNN JSONs had no "eval"
+        entry = evaluations.get(kind) if isinstance(kind, str) else None
+        if entry is not None:
+            name = str(path.relative_to(run_dir))
+            rows += [(name, *row) for row in entry.report_rows(data)]
     return rows
 
 

@@ -1,16 +1,15 @@
-"""The inputs of the frozen-feature commands (knn, linear, lowshot): a checkpoint with labelled data, or two
-features files from ``openseer embed``."""
+"""The inputs of the frozen-feature commands (knn, linear, lowshot, ...): a checkpoint with labelled data, or
+two features files from ``openseer embed``."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from openseer.cli.common import Parents, eval_settings
+from openseer.cli.common import Parents
 from openseer.errors import ConfigError
 from openseer.eval.cache import check_pair, load_features
-from openseer.eval.features import Features
 from openseer.eval.knn import align_labels
-from openseer.eval.pipeline import frozen_pair
 
 
 def add_frozen_parser(sub: argparse._SubParsersAction, parents: Parents, name: str, help: str):
@@ -22,8 +21,9 @@ def add_frozen_parser(sub: argparse._SubParsersAction, parents: Parents, name: s
     )
 
 
-def load_pair(args: argparse.Namespace) -> tuple[Features, Features, dict]:
-    """(train, test, meta) features from ``--train-features/--test-features`` or from the cache."""
+def frozen_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """`openseer.eval.pipeline.run_evaluation`'s inputs: the ``features`` of ``--train-features/--test-features``
+    (train, test, meta), or the checkpoint and labelled pair whose cached features it will use."""
     if args.train_features or args.test_features:
         if not (args.train_features and args.test_features):
             raise ConfigError("--train-features and --test-features go together")
@@ -38,7 +38,9 @@ def load_pair(args: argparse.Namespace) -> tuple[Features, Features, dict]:
             "features_cached": [True, True],
             "feature_files": [args.train_features, args.test_features],
         }
-        return train, align_labels(train, test), meta
+        features = (train, align_labels(train, test), meta)
+        return {"checkpoint": None, "train": None, "test": None, "features": features}
     if not (args.checkpoint and args.train and args.test):
         raise ConfigError("give --checkpoint, --train and --test, or --train-features and --test-features")
-    return frozen_pair(args.checkpoint, args.train, args.test, eval_settings(args), args.layer, args.cache_dir)
+    inputs = {"checkpoint": args.checkpoint, "train": args.train, "test": args.test}
+    return {**inputs, "layer": args.layer, "cache_dir": args.cache_dir}

@@ -1,11 +1,13 @@
-"""``openseer eval all ...``: kNN, linear, low-shot (and fine-tuning) of a backbone and of its random-init
-floor, in one table (`openseer.eval.suite.run_suite`)."""
+"""``openseer eval all ...``: every registered evaluation with a suite role (kNN, linear, low-shot and
+fine-tuning when asked) of a backbone and of its random-init floor, in one table
+(`openseer.eval.suite.run_suite`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from openseer.cli.common import Parents, eval_settings, floats, ints
+from openseer.cli.common import Parents, eval_settings
+from openseer.eval.registry import add_suite_arguments, suite_params_from_args
 from openseer.eval.suite import run_suite
 
 
@@ -16,35 +18,15 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
         parents=[parents.checkpoint, parents.pair, parents.settings],
     )
     p.add_argument("--out-dir", help="folder for the JSONs, summary.md and summary.json [RUN_DIR/eval]")
-    p.add_argument("--k", default="10,20,200", help="kNN k values [10,20,200]")
-    p.add_argument("--fractions", default="0.01,0.1", help="low-shot label fractions [0.01,0.1]")
-    p.add_argument("--seeds", type=int, default=3, help="seeded subsets per fraction [3]")
-    p.add_argument(
-        "--finetune",
-        type=float,
-        default=0.0,
-        metavar="FRACTION",
-        help="also fine-tune on this label fraction, e.g. 0.1 [0: skip, the slow one]",
-    )
-    p.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs [10]")
+    add_suite_arguments(p)
     p.add_argument("--no-baseline", action="store_true", help="skip the random-init floor")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = run_suite(
-        args.checkpoint,
-        args.train,
-        args.test,
-        out_dir=args.out_dir,
-        ks=ints(args.k, "--k"),
-        fractions=floats(args.fractions, "--fractions"),
-        seeds=args.seeds,
-        baseline=not args.no_baseline,
-        finetune_fraction=args.finetune,
-        finetune_epochs=args.finetune_epochs,
-        settings=eval_settings(args),
-    )
+    params = suite_params_from_args(args)
+    options = dict(out_dir=args.out_dir, baseline=not args.no_baseline, settings=eval_settings(args), **params)
+    summary = run_suite(args.checkpoint, args.train, args.test, **options)
     print(summary["table"])
     print(f"results in {summary['out_dir']} (summary.md, summary.json, one JSON per evaluation)")
     return 0
