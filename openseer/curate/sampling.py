@@ -22,6 +22,7 @@ k-means++ seeding).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,9 @@ import torch
 from tqdm import tqdm
 
 from openseer.curate.graph import faiss
+
+#: Above n x k of this, k-means++ seeding (k passes over the data) is left to faiss's random seeding.
+KMEANSPP_MAX_WORK = 50_000_000
 
 
 def default_levels(n: int) -> tuple[int, ...]:
@@ -41,14 +45,18 @@ def default_levels(n: int) -> tuple[int, ...]:
 
 
 def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    first = torch.randint(len(x), (1,), generator=gen)
-    centers = [x[first]]
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; 2 + ln k candidates per centre, the one that
+    lowers the potential most is kept, as scikit-learn does)."""
+    trials = 2 + int(math.log(max(k, 1)))
+    centers = [x[torch.randint(len(x), (1,), generator=gen)]]
     d2 = ((x - centers[0]) ** 2).sum(1)
     for _ in range(1, k):
         probs = d2.clamp_min(0) + 1e-12
-        pick = torch.multinomial(probs / probs.sum(), 1, generator=gen)
-        centers.append(x[pick])
-        d2 = torch.minimum(d2, ((x - x[pick]) ** 2).sum(1))
+        picks = torch.multinomial(probs / probs.sum(), trials, replacement=True, generator=gen)
+        cand = torch.minimum(d2[None], torch.cdist(x[picks], x) ** 2)
+        best = int(cand.sum(1).argmin())
+        centers.append(x[picks[best]][None])
+        d2 = cand[best]
     return torch.cat(centers)
 
 
@@ -64,11 +72,15 @@ def kmeans(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means of the rows of ``x``; returns (centroids (k, D) float32, assignment (n,) int64).
 
-    ``init`` gives starting centroids (else k-means++ in torch, faiss's own seeding in faiss); an empty cluster
+    ``init`` gives starting centroids (else greedy k-means++ when n k <= `KMEANSPP_MAX_WORK`, above it faiss's
+    random seeding; torch always seeds with k-means++); an empty cluster
     is re-seeded with the point farthest from its centroid. ``backend``: auto (faiss if installed), faiss, torch.
     """
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     k = min(k, len(x))
+    gen = torch.Generator().manual_seed(seed)
+    if init is None and len(x) * k <= KMEANSPP_MAX_WORK:  # faiss seeds with random points: k-means++ is safer
+        init = _kmeanspp(torch.from_numpy(x), k, gen).numpy()
     if (backend == "faiss" or backend == "auto") and faiss is not None and len(x) > k:
         km = faiss.Kmeans(
             x.shape[1], k, niter=iters, seed=seed, min_points_per_centroid=1, max_points_per_centroid=1 << 20
@@ -77,7 +89,6 @@ def kmeans(
         _, assign = km.index.search(x, 1)
         return km.centroids.copy(), assign[:, 0].astype(np.int64)
     xt = torch.from_numpy(x)
-    gen = torch.Generator().manual_seed(seed)
     centroids = torch.from_numpy(np.array(init, dtype=np.float32)) if init is not None else _kmeanspp(xt, k, gen)
     for _ in range(iters):
         assign = _assign(xt, centroids)

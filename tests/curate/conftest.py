@@ -39,9 +39,34 @@ def near_copy(arr: np.ndarray, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A randomly initialised regnety_002 exported as an openseer run dir (no download)."""
+    """A randomly initialised regnety_002 exported as an openseer run dir (no download). timm zero-initialises
+    each block's last batch-norm; with those at 1 the random features tell distinct pictures apart (cosine
+    <= 0.97 on `smooth_image`s, >= 0.99 for a `near_copy`)."""
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("model")
     spec = {"timm_name": "regnety_002"}
-    export_backbone(run, create_backbone_from_spec(spec), spec)
+    backbone = create_backbone_from_spec(spec)
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(module.weight)
+    export_backbone(run, backbone, spec)
     return run
+
+
+@pytest.fixture()
+def pool(tmp_path) -> dict[str, Path]:
+    """A pool of 40 distinct pictures + 4 byte-identical copies + 4 near copies + 3 near copies of evaluation
+    images + 1 undecodable file, and the evaluation set (3 images)."""
+    root = tmp_path / "pool"
+    for i in range(40):
+        save(smooth_image(i), root / f"a/img{i:03d}.png")
+    for i in range(4):
+        (root / f"b/exact{i}.png").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"b/exact{i}.png").write_bytes((root / f"a/img{i:03d}.png").read_bytes())
+    for i in range(4, 8):
+        save(near_copy(smooth_image(i), i), root / f"b/near{i}.png")
+    for i in range(3):
+        save(smooth_image(100 + i), tmp_path / "test" / f"t{i}.png")
+        save(near_copy(smooth_image(100 + i), 7), root / f"c/leak{i}.png")
+    (root / "c/broken.png").write_bytes(b"not an image")
+    return {"pool": root, "test": tmp_path / "test"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from openseer.cli.common import Parents
+from openseer.cli.common import Parents, add_leakage_check
 from openseer.cli.eval import finetune, knn, linear, lowshot, suite
 
 SUBCOMMANDS = (knn, linear, lowshot, finetune, suite)
@@ -21,3 +21,5 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
     evs = p.add_subparsers(dest="eval_command", required=True)
     for command in SUBCOMMANDS:
         command.add_parser(evs, parents)
+    for parser in evs.choices.values():  # --check-leakage RUN_OR_LIST on every evaluation
+        add_leakage_check(parser)
