@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, fields
 
 from openseer.errors import ConfigError
 
-#: Cosine similarity above which two pool images are near duplicates, measured for the default model (a
-#: 200-step SimCLR regnety_004 run on CIFAR-10, 32 px: BENCHMARKS.md "Curation").
+#: Cosine similarity above which two pool images are near duplicates. At 0.90 a short SimCLR run on CIFAR-10
+#: joined 89-99% of each kind of planted copy, but its precision was poor (BENCHMARKS.md "Curation": that model
+#: had 47 steps); thresholds depend on the model: measure yours with benchmarks/curate_quality.py.
 DEFAULT_DEDUP_THRESHOLD = 0.90
 #: The stricter (lower) threshold for a pool image against an evaluation image (DINOv2 uses 0.6 / 0.45).
 DEFAULT_LEAKAGE_THRESHOLD = 0.85
