@@ -8,6 +8,7 @@ import numpy as np
 import yaml
 
 from openseer.curate.leakage import leakage_pairs, leaking_components, pool_path, shared_images, warn_shared_images
+from tests.curate.conftest import save, smooth_image
 
 
 def _digests(n, start=0):
@@ -40,6 +41,7 @@ def test_shared_images_from_a_run_dir(tmp_path, pool, caplog):
     assert pool_path(run) == str(pool["pool"])
     found = shared_images(run, [str(test)])
     assert found == {str(test): [("copy.png", "a/img007.png")]}
+    other = save(smooth_image(500), tmp_path / "other" / "x.png").parent  # nothing shared
     with caplog.at_level(logging.WARNING, logger="openseer"):
-        assert warn_shared_images(str(run), [str(test), str(pool["test"] / "t0.png")]) == 1
+        assert warn_shared_images(str(run), [str(test), str(other)]) == 1
     assert "1 image(s)" in caplog.text and "copy.png = a/img007.png" in caplog.text
