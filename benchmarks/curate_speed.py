@@ -45,6 +45,7 @@ def main() -> None:
     t = time.perf_counter()
     sims, idx = knn(x, x, args.neighbours + 1, nprobe=args.nprobe)
     out["knn_s"] = round(time.perf_counter() - t, 1)
+    print(json.dumps(out), flush=True)  # each stage as it ends: a slow machine still gives the first ones
     t = time.perf_counter()
     a, b, _ = edges_above(sims, idx, 0.95)
     uf = UnionFind(args.n)
@@ -53,11 +54,13 @@ def main() -> None:
     keep = keep_one_per_component(comp, np.ones(args.n))
     out["components_s"] = round(time.perf_counter() - t, 1)
     out["duplicates_removed"] = int(args.n - keep.sum())
+    print(json.dumps(out), flush=True)  # each stage as it ends: a slow machine still gives the first ones
     levels = tuple(int(v) for v in args.levels.split(",")) if args.levels else default_levels(int(keep.sum()))
     t = time.perf_counter()
     kept = x[keep]
     hier = hierarchical_kmeans(kept, levels, resample_steps=args.resample_steps)
     out["kmeans_levels"], out["kmeans_s"] = list(levels), round(time.perf_counter() - t, 1)
+    print(json.dumps(out), flush=True)  # each stage as it ends: a slow machine still gives the first ones
     t = time.perf_counter()
     picked = balanced_sample(hier, kept, len(kept) // 2)
     out["sampling_s"], out["sampled"] = round(time.perf_counter() - t, 1), len(picked)
