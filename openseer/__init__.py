@@ -9,6 +9,6 @@ The Python API (:mod:`openseer.api`) is the command line's code path::
 
 __version__ = "0.1.0"
 
-from openseer.api import build_config, embed, evaluate, load_backbone, pretrain  # noqa: E402
+from openseer.api import build_config, curate, embed, evaluate, load_backbone, pretrain  # noqa: E402
 
-__all__ = ["build_config", "embed", "evaluate", "load_backbone", "pretrain"]
+__all__ = ["build_config", "curate", "embed", "evaluate", "load_backbone", "pretrain"]

@@ -10,6 +10,7 @@ Example::
     maps = openseer.load_backbone("runs/a", features_only=True)       # multi-scale maps for detection
     knn = openseer.evaluate("runs/a", train="lab/train", test="lab/test", protocol="knn")
     feats = openseer.embed("runs/a", "lab/test")                      # Features: .features, .labels, .classes
+    openseer.curate("pool/", "runs/a", out="curated", eval_sets=["lab/test"], target=10000)  # curated.txt
 
 Every ``source`` is a run directory or any SOURCE of :mod:`openseer.weights.sources` (``timm:`` tags, VISSL /
 SwAV / DINO / torchvision / timm checkpoint files).
@@ -27,6 +28,8 @@ from timm.models import FeatureListNet
 from torch import nn
 
 from openseer.config import Config, ConfigError, config_from_dict, load_config, set_value, to_dict, validate
+from openseer.curate import CurateOptions
+from openseer.curate import curate as run_curate
 from openseer.eval.cache import cached_features
 from openseer.eval.pipeline import run_evaluation
 from openseer.eval.registry import get_evaluation
@@ -135,3 +138,18 @@ def embed(source: str | Path, data: str | Path | torch.Tensor, **options: Any) -
     settings = EvalSettings.pop_from(options)
     features, _ = cached_features(str(source), str(data), settings=settings, **options)
     return features
+
+
+def curate(
+    data: str | Path, model: str | Path, out: str | Path, eval_sets: Sequence[str] = (), **options: Any
+) -> dict[str, Any]:
+    """``openseer curate``: dedup, leakage removal and balanced sampling of the pool ``data`` into ``out``
+    (``curated.txt``, ``summary.json``, ``report.html``); returns the summary (docs/curation.md).
+
+    ``options`` are the fields of :class:`openseer.curate.CurateOptions` (``target=``, ``dedup_threshold=``, ...)
+    plus the feature-extraction settings ``image_size=``, ``crop_pct=``, ``batch_size=``, ``num_workers=``,
+    ``device=``.
+    """
+    settings = EvalSettings.pop_from(options)
+    opts = CurateOptions.from_kwargs(**options)
+    return run_curate(str(data), str(model), str(out), [str(e) for e in eval_sets], settings, opts)

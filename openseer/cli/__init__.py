@@ -11,6 +11,7 @@
     openseer info PRESET [--world-size N --precision bf16 --checkpointing --fsdp] [key=value ...]
     openseer shard --data IMAGES --out DIR [--max-size 1GB --max-count N --resize-longer 512]
     openseer launch [--nproc-per-node N | --slurm --nodes N --gpus-per-node G [--submit]] pretrain ...
+    openseer curate --data POOL --model SOURCE --out DIR [--eval-sets A,B] [--target N]   (docs/curation.md)
 
 Shared flags (``--checkpoint``, ``--train/--test``, evaluation settings, the ``--monitor-*`` group) are parent
 parsers in `openseer.cli.common`. User errors (bad config, missing data, unusable checkpoint: every
@@ -23,13 +24,13 @@ import argparse
 import logging
 import sys
 
-from openseer.cli import compare, demo, embed, export, info, launch, presets, pretrain, report, shard
+from openseer.cli import compare, curate, demo, embed, export, info, launch, presets, pretrain, report, shard
 from openseer.cli import eval as eval_commands  # (not to shadow the builtin)
 from openseer.cli.common import Parents
 from openseer.errors import OpenseerError
 
 #: The subcommands, in the order ``openseer --help`` lists them.
-COMMANDS = (pretrain, eval_commands, demo, presets, launch, info, embed, report, shard, export, compare)
+COMMANDS = (pretrain, eval_commands, demo, presets, launch, info, embed, report, shard, export, compare, curate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from openseer.curate.leakage import warn_shared_images
 from openseer.eval.settings import EvalSettings
 from openseer.io import atomic_write_json
 
@@ -133,6 +134,25 @@ def config_overrides(args: argparse.Namespace, keys: dict[str, str | tuple[str, 
 def flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     """``{name: args.name}`` for the flags a command hands on unchanged, as keyword arguments."""
     return {name: getattr(args, name) for name in names}
+
+
+def add_leakage_check(parser: argparse.ArgumentParser) -> None:
+    """Give an evaluation command ``--check-leakage RUN_OR_LIST``: before it runs, warn when its ``--train`` /
+    ``--test`` images are byte-identical to images of that pretraining pool (`openseer.curate.leakage`)."""
+    parser.add_argument(
+        "--check-leakage",
+        metavar="RUN_OR_LIST",
+        help="pretraining run dir or pool (folder, file list): warn if the evaluation images are in it",
+    )
+    command = parser.get_default("run")
+
+    def run(args: argparse.Namespace) -> int:
+        sets = [p for p in (getattr(args, "train", None), getattr(args, "test", None)) if p]
+        if args.check_leakage and sets:
+            warn_shared_images(args.check_leakage, sets)
+        return command(args)
+
+    parser.set_defaults(run=run)
 
 
 def write_json(result: dict[str, Any], out: str | Path | None) -> None:

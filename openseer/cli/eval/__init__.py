@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-from openseer.cli.common import Parents, eval_settings, write_json
+from openseer.cli.common import Parents, add_leakage_check, eval_settings, write_json
 from openseer.cli.eval import suite
 from openseer.cli.eval.frozen import add_frozen_parser, frozen_inputs
 from openseer.eval.pipeline import run_evaluation
@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
     for entry in load_evaluations().values():
         _add_evaluation(evs, parents, entry)
     suite.add_parser(evs, parents)
+    for parser in evs.choices.values():  # --check-leakage RUN_OR_LIST on every evaluation
+        add_leakage_check(parser)
 
 
 def _add_evaluation(sub: argparse._SubParsersAction, parents: Parents, entry: Evaluation) -> None:
