@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from openseer import dist
-from openseer.checkpoint import load_backbone
 from openseer.curate.embed import Embeddings, embed_source, embedding_key
 from openseer.curate.graph import UnionFind, choose_index, edges_above, keep_one_per_component, knn
 from openseer.curate.leakage import leakage_pairs, leaking_components
@@ -39,6 +38,7 @@ from openseer.data import open_source
 from openseer.errors import CheckpointError, ConfigError, DataError, OpenseerError
 from openseer.eval.features import feature_extractor
 from openseer.eval.settings import FROM_RUN, EvalSettings
+from openseer.weights.load import load_backbone
 
 log = logging.getLogger("openseer")
 
