@@ -22,6 +22,7 @@ slow test also gets a small version in the fast tier.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_labelled_run(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """One tiny ``demo`` run (3 steps) and a 3-class labelled train/test pair, shared by every test that only
-    reads them: ``(run_dir, train, test)``. Tests must not write into ``run_dir`` (copy it first)."""
-    return tiny_run_with_labels(tmp_path_factory.mktemp("tiny_labelled_run"))
+    """One tiny ``demo`` run (3 steps, online kNN monitor at steps 2 and 3) and a 3-class labelled train (30
+    images) / test (9) pair: ``(run_dir, train, test)``, shared by the tests that only evaluate or report a run.
+    Don't write into it: take ``tiny_labelled_run_copy``."""
+    root = tmp_path_factory.mktemp("tiny_labelled_run")
+    monitor = ["--monitor-train", str(root / "train"), "--monitor-test", str(root / "test"), "--monitor-every", "2"]
+    return tiny_run_with_labels(root, *monitor, train_images=30)
+
+
+@pytest.fixture(scope="module")
+def tiny_labelled_run_copy(tiny_labelled_run, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A copy of ``tiny_labelled_run``'s run directory per test module (its outputs land beside the run)."""
+    run_dir, train, test = tiny_labelled_run
+    copy = shutil.copytree(run_dir, tmp_path_factory.mktemp("run_copy") / "run")
+    return copy, train, test
