@@ -1,7 +1,7 @@
 """Test tiers, and the fixtures that let many fast tests share one tiny run.
 
 ``pytest -q`` (README's command) runs the **fast tier**: pyproject's ``addopts`` deselects the three markers
-below, so it stays around five minutes on a 2-core machine. ``.ci/run`` runs the other tiers after it, each as
+below; it is meant to take at most ~5 minutes on a 2-core machine. ``.ci/run`` runs the other tiers after it, each as
 its own pytest call; ``pytest -m ""`` runs everything at once.
 
 Which marker a new test needs (an explicit ``-m`` on the command line replaces the default selection):
@@ -13,8 +13,8 @@ Which marker a new test needs (an explicit ``-m`` on the command line replaces t
 * ``slow``   - it trains for more than ~10 s, reads CIFAR-10, or builds a 224-px preset.
 * none       - everything else, and it must be fast: 16-32 px images, 2-3 steps, tiny backbones (``regnetx_002``,
   the 36k-parameter RegNetY of ``tests/methods/test_two_view_training.py``), small heads. A test that only reads
-  the outputs of a tiny pretraining run takes the session-scoped ``tiny_labelled_run`` fixture below instead
-  of training its own.
+  the outputs of a tiny pretraining run takes the session-scoped ``tiny_labelled_run`` fixture below (or
+  ``tiny_labelled_run_copy`` when it writes beside the run) instead of training its own.
 
 Every module of the package keeps at least one fast test: a capability that is only checked at full size in a
 slow test also gets a small version in the fast tier.
