@@ -30,6 +30,7 @@ def _cifar_dir() -> Path:
 CIFAR = _cifar_dir()
 
 
+@pytest.mark.slow  # 75 steps: a learning check, ~30 s on 2 cores
 def test_loss_falls_clearly_below_uniform_on_structured_images(tmp_path):
     """Images whose class shows in every crop (a dominant colour): codes become predictable quickly."""
     data = write_images(tmp_path / "imgs", 96, classes=6)

@@ -18,9 +18,25 @@ from tests.helpers import run_info, step_ctx
 MAX_PARAMS = 30_000_000  # larger backbones are swapped for a small RegNet: crops and precision still apply
 
 
-@pytest.mark.parametrize("name", sorted(list_presets()))
-def test_preset_step_is_finite_in_its_precision(name):
-    small = ["deepclusterv2.num_prototypes=[2,2]"]  # k-means needs no more clusters than the 4 images
+# The fast tier steps every preset at CIFAR-sized crops; a preset with larger crops (224 px) also steps at its own
+# crops in the slow tier.
+TINY_CROPS = ["aug.global_size=32", "aug.local_size=16"]
+
+
+def _crop_cases() -> list:
+    cases = []
+    for name in sorted(list_presets()):
+        if load_config(name).aug.global_size > 32:
+            cases += [pytest.param(name, TINY_CROPS, id=f"{name}-tiny-crops")]
+            cases += [pytest.param(name, [], id=name, marks=pytest.mark.slow)]
+        else:
+            cases += [pytest.param(name, [], id=name)]
+    return cases
+
+
+@pytest.mark.parametrize(("name", "crops"), _crop_cases())
+def test_preset_step_is_finite_in_its_precision(name, crops):
+    small = ["deepclusterv2.num_prototypes=[2,2]", *crops]  # k-means needs no more clusters than the 4 images
     cfg = load_config(name, ["train.batch_size=4", "swav.queue_length=0", *small])
     with torch.device("meta"):
         big = count_parameters(build_backbone(cfg.model)) > MAX_PARAMS

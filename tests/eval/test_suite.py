@@ -7,14 +7,13 @@ import torch
 
 from openseer.checkpoint import load_backbone
 from openseer.cli import main
-from tests.helpers import tiny_run_with_labels
 
 COMMON = ["--image-size", "16", "--crop-pct", "1.0", "--num-workers", "0"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_run_with_labels(tmp_path_factory.mktemp("suite"), train_images=30)
+def run(tiny_labelled_run_copy):
+    return tiny_labelled_run_copy
 
 
 def test_eval_all_writes_every_result_for_both_backbones(run, capsys):

@@ -80,6 +80,7 @@ def _runs(rank: int, world: int, batches) -> dict:
     return {"right": right, "summed": summed, "broken": broken}
 
 
+@pytest.mark.dist
 def test_two_processes_step_as_the_reference_one_process_at_half_the_lr(tmp_path):
     """facebookresearch/barlowtwins sums C with an all_reduce that autograd does not see, so each process's
     gradient is its own share of the full one and DDP's average divides it by N = 2: with plain SGD, two

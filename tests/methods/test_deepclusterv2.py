@@ -167,6 +167,7 @@ def _runs(rank, world, batches, single_state):
     return {"right": right, "broken": broken}
 
 
+@pytest.mark.dist
 def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
     batches = [[c.repeat(1, 1, 1, 1) for c in _crops(s, BATCH)] for s in range(3 * STEPS_PER_EPOCH)]
     single, _, _ = _train(batches)

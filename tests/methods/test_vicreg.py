@@ -75,6 +75,7 @@ def _runs(rank: int, world: int, batches) -> dict:
     return {"right": right, "broken": broken}
 
 
+@pytest.mark.dist
 def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
     batches = global_batches(steps=3, batch=8)
     single = sgd_steps(_make, batches)

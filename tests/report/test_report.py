@@ -6,7 +6,6 @@ import pytest
 
 from openseer.cli import main
 from openseer.report import eval_rows
-from tests.helpers import tiny_run_with_labels
 
 pytest.importorskip("matplotlib")
 
@@ -14,10 +13,8 @@ COMMON = ["--image-size", "16", "--crop-pct", "1.0", "--num-workers", "0"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    monitor = ["--monitor-train", str(root / "train"), "--monitor-test", str(root / "test"), "--monitor-every", "2"]
-    return tiny_run_with_labels(root, *monitor)
+def run(tiny_labelled_run_copy):
+    return tiny_labelled_run_copy  # monitored at steps 2 and 3
 
 
 def test_monitor_rows_in_metrics(run):
@@ -56,7 +53,7 @@ def test_eval_commands_and_report(run, capsys):
         )
         == 0
     )
-    assert json.loads((ev / "finetune.json").read_text())["num_train"] == 12
+    assert json.loads((ev / "finetune.json").read_text())["num_train"] == len(list(train.rglob("*.png"))) // 2
     # features files from embed feed the same evaluations
     for split, data in (("train", train), ("test", test)):
         argv = [
