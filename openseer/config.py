@@ -78,23 +78,28 @@ class DataConfig:
     )
 
 
+def _view(help: str) -> Any:
+    """A view-recipe field: unset (None) means the ``aug.*`` value of the same name."""
+    return _f(None, help + " Unset: the aug value.")
+
+
 @dataclass
 class ViewAugConfig:
     """One crop position's own augmentation: any field left unset (null) takes the ``aug.*`` value of the same
     name. BYOL (Grill et al. 2020, table 6; deepmind byol ``augmentations.py`` view1/view2), MoCo v3, Barlow
     Twins, VICReg and DINO blur view 1 always and view 2 with p 0.1, and solarise only view 2 (p 0.2)."""
 
-    flip_prob: float | None = _f(None, "Probability of a horizontal flip.")
-    color_jitter: float | None = _f(None, "Colour-jitter strength s (as aug.color_jitter).")
-    color_jitter_bcsh: tuple[float, ...] | None = _f(
-        None, "Explicit jitter [brightness, contrast, saturation, hue] (as aug.color_jitter_bcsh)."
+    flip_prob: float | None = _view("Probability of a horizontal flip.")
+    color_jitter: float | None = _view("Colour-jitter strength s (as aug.color_jitter).")
+    color_jitter_bcsh: tuple[float, ...] | None = _view(
+        "Explicit jitter [brightness, contrast, saturation, hue] (as aug.color_jitter_bcsh)."
     )
-    color_jitter_prob: float | None = _f(None, "Probability of applying colour jitter.")
-    grayscale_prob: float | None = _f(None, "Probability of converting the crop to grayscale.")
-    blur_prob: float | None = _f(None, "Probability of a Gaussian blur.")
-    blur_sigma: tuple[float, float] | None = _f(None, "Gaussian blur sigma range, in pixels of the crop.")
-    solarize_prob: float | None = _f(None, "Probability of solarising the crop.")
-    solarize_threshold: float | None = _f(None, "Solarisation threshold on the 0-255 scale.")
+    color_jitter_prob: float | None = _view("Probability of applying colour jitter.")
+    grayscale_prob: float | None = _view("Probability of converting the crop to grayscale.")
+    blur_prob: float | None = _view("Probability of a Gaussian blur.")
+    blur_sigma: tuple[float, float] | None = _view("Gaussian blur sigma range, in pixels of the crop.")
+    solarize_prob: float | None = _view("Probability of solarising the crop.")
+    solarize_threshold: float | None = _view("Solarisation threshold on the 0-255 scale.")
 
 
 @dataclass
