@@ -98,6 +98,30 @@ class DataConfig:
     )
 
 
+def _view(help: str) -> Any:
+    """A view-recipe field: unset (None) means the ``aug.*`` value of the same name."""
+    return _f(None, help + " Unset: the aug value.")
+
+
+@dataclass
+class ViewAugConfig:
+    """One crop position's own augmentation: any field left unset (null) takes the ``aug.*`` value of the same
+    name. BYOL (Grill et al. 2020, table 6; deepmind byol ``augmentations.py`` view1/view2), MoCo v3, Barlow
+    Twins, VICReg and DINO blur view 1 always and view 2 with p 0.1, and solarise only view 2 (p 0.2)."""
+
+    flip_prob: float | None = _view("Probability of a horizontal flip.")
+    color_jitter: float | None = _view("Colour-jitter strength s (as aug.color_jitter).")
+    color_jitter_bcsh: tuple[float, ...] | None = _view(
+        "Explicit jitter [brightness, contrast, saturation, hue] (as aug.color_jitter_bcsh)."
+    )
+    color_jitter_prob: float | None = _view("Probability of applying colour jitter.")
+    grayscale_prob: float | None = _view("Probability of converting the crop to grayscale.")
+    blur_prob: float | None = _view("Probability of a Gaussian blur.")
+    blur_sigma: tuple[float, float] | None = _view("Gaussian blur sigma range, in pixels of the crop.")
+    solarize_prob: float | None = _view("Probability of solarising the crop.")
+    solarize_threshold: float | None = _view("Solarisation threshold on the 0-255 scale.")
+
+
 @dataclass
 class AugConfig:
     """Multi-crop augmentation (Caron et al. 2020, SwAV, sec. 3.2 and appendix A)."""
@@ -115,10 +139,35 @@ class AugConfig:
         "ImgPilColorDistortion strength): ColorJitter(brightness 0.8s, contrast 0.8s, saturation 0.8s, hue "
         "0.2s). SwAV and SEER: 1.0; 0 turns the jitter off; at most 2.5 (hue 0.5).",
     )
+    color_jitter_bcsh: tuple[float, ...] = _f(
+        (),
+        "Explicit ColorJitter [brightness, contrast, saturation, hue] instead of the strength, e.g. BYOL's "
+        "[0.4, 0.4, 0.2, 0.1]; [] = use aug.color_jitter. Each >= 0, hue <= 0.5.",
+    )
     color_jitter_prob: float = _f(0.8, "Probability of applying colour jitter.")
     grayscale_prob: float = _f(0.2, "Probability of converting a crop to grayscale.")
     blur_prob: float = _f(0.5, "Probability of a Gaussian blur (set 0 for tiny images, as SimCLR on CIFAR).")
     blur_sigma: tuple[float, float] = _f((0.1, 2.0), "Gaussian blur sigma range, in pixels of the crop.")
+    solarize_prob: float = _f(0.0, "Probability of solarising a crop (PIL ImageOps.solarize: v -> 255 - v above).")
+    solarize_threshold: float = _f(
+        128.0, "Solarisation threshold on the 0-255 scale: pixels >= it are inverted (PIL's and the references' 128)."
+    )
+    interpolation: Literal["bilinear", "bicubic"] = _f(
+        "bilinear",
+        "Resampling of RandomResizedCrop: bilinear (SwAV, MoCo v3) or bicubic (SimCLR, BYOL, Barlow Twins, "
+        "VICReg, DINO).",
+    )
+    views: list[ViewAugConfig] = _f(
+        [],
+        "Per-view overrides of the settings above, e.g. [{blur_prob: 1.0}, {blur_prob: 0.1, solarize_prob: 0.2}]: "
+        "global crop i uses views[i % len(views)]; [] = every global crop uses the aug.* values. Keys: "
+        "flip_prob, color_jitter, color_jitter_bcsh, color_jitter_prob, grayscale_prob, blur_prob, blur_sigma, "
+        "solarize_prob, solarize_threshold.",
+    )
+    local: ViewAugConfig = field(
+        default_factory=ViewAugConfig,
+        metadata={"help": "Overrides for the local crops (same keys as aug.views), e.g. DINO's blur_prob 0.5."},
+    )
     mean: tuple[float, float, float] = _f((0.485, 0.456, 0.406), "Normalisation mean (RGB).")
     std: tuple[float, float, float] = _f((0.229, 0.224, 0.225), "Normalisation std (RGB).")
 
@@ -506,7 +555,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (arg,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}={value!r} has the wrong type; expected a list")
-        return [_coerce(v, arg, key) for v in value]
+        return [_coerce(v, arg, f"{key}[{i}]" if dataclasses.is_dataclass(arg) else key) for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} has the wrong type; expected true or false")
@@ -673,7 +722,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return out
         if dataclasses.is_dataclass(v):
             return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, tuple):
+        if isinstance(v, (tuple, list)):
             return [conv(x) for x in v]
         return v
 
@@ -719,15 +768,13 @@ def validate(cfg: Config) -> None:
     for key, (lo, hi) in {
         "aug.global_scale": a.global_scale,
         "aug.local_scale": a.local_scale,
-        "aug.blur_sigma": a.blur_sigma,
     }.items():
         if not 0 < lo <= hi:
             raise ConfigError(f"{key}={[lo, hi]} must satisfy 0 < low <= high")
-    if not 0.0 <= a.color_jitter <= 2.5:
-        raise ConfigError(f"aug.color_jitter={a.color_jitter} is a strength s in [0, 2.5] (hue 0.2s <= 0.5)")
-    for key in ("flip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob"):
-        if not 0.0 <= getattr(a, key) <= 1.0:
-            raise ConfigError(f"aug.{key}={getattr(a, key)} must be a probability in [0, 1]")
+    _validate_recipe("aug", a)
+    for i, view in enumerate(a.views):
+        _validate_recipe(f"aug.views[{i}]", view)
+    _validate_recipe("aug.local", a.local)
     if m.regnet.depth and min(m.regnet.w0, m.regnet.group_size) <= 0:
         raise ConfigError("model.regnet.depth > 0 needs model.regnet.w0, wa, wm and group_size")
     if cfg.parallel.batchnorm_group_size < 0 or any(s < 1 for s in cfg.parallel.checkpoint_stages):
@@ -741,6 +788,27 @@ def validate(cfg: Config) -> None:
     entry = _method_entries()[cfg.method]
     if entry.validate is not None:
         entry.validate(cfg)
+
+
+def _validate_recipe(prefix: str, r: AugConfig | ViewAugConfig) -> None:
+    """Ranges of the per-crop augmentation settings of ``aug`` or of one view recipe (unset fields skipped)."""
+    if r.color_jitter is not None and not 0.0 <= r.color_jitter <= 2.5:
+        raise ConfigError(f"{prefix}.color_jitter={r.color_jitter} is a strength s in [0, 2.5] (hue 0.2s <= 0.5)")
+    bcsh = r.color_jitter_bcsh
+    if bcsh and (len(bcsh) != 4 or min(bcsh) < 0 or bcsh[3] > 0.5):
+        raise ConfigError(
+            f"{prefix}.color_jitter_bcsh={list(bcsh)} must be [brightness, contrast, saturation, hue], each >= 0 "
+            "and hue <= 0.5 (e.g. [0.4, 0.4, 0.2, 0.1]), or [] for the strength color_jitter"
+        )
+    for key in ("flip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+        v = getattr(r, key)
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise ConfigError(f"{prefix}.{key}={v} must be a probability in [0, 1]")
+    if r.blur_sigma is not None and not 0 < r.blur_sigma[0] <= r.blur_sigma[1]:
+        raise ConfigError(f"{prefix}.blur_sigma={list(r.blur_sigma)} must satisfy 0 < low <= high")
+    t = r.solarize_threshold
+    if t is not None and not 0.0 <= t <= 255.0:
+        raise ConfigError(f"{prefix}.solarize_threshold={t} must lie in the image range [0, 255] (references: 128)")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -7,13 +7,16 @@ calls per crop in the loader. Here each loader sample only
    draw still covers at least its output size after the reduction (PIL ``draft``: libjpeg skips the
    detail that the crop's resize would discard; 2-8x faster decoding of large photos, none for 32 px ones);
 2. draws each crop's RandomResizedCrop box with torchvision's own ``make_params`` (same distribution) and
-   cuts and resizes it with the reference's PIL calls (crop, bilinear resize: bit-identical geometry);
+   cuts and resizes it with the reference's PIL calls (crop, bilinear or bicubic resize: bit-identical
+   geometry);
 3. returns the crops as uint8 tensors (4x less to copy between processes than float32).
 
 :class:`BatchColorAugment` then applies, per crop position and to the whole batch at once, the rest of
 SwAV's recipe with the same probabilities and parameter ranges: horizontal flip, colour jitter (brightness,
 contrast, saturation, hue in a random order per sample, as torchvision's ``ColorJitter``), random grayscale,
-Gaussian blur (sigma in pixels of the crop, kernel to +-3 sigma) and normalisation. These run on float
+Gaussian blur (sigma in pixels of the crop, kernel to +-3 sigma), solarisation (``x >= threshold / 255``
+becomes ``1 - x``, as PIL's ``ImageOps.solarize`` on uint8) and normalisation, each crop position with its
+own recipe (:func:`openseer.data.recipes.crop_recipes`). These run on float
 tensors without PIL's uint8 rounding between operations, so single crops are not bit-identical to the
 reference; tests/data/test_fast.py checks that the distributions of crop statistics match.
 """
@@ -29,8 +32,10 @@ from torchvision.transforms import v2
 
 from openseer.config import AugConfig
 from openseer.data.images import load_rgb
+from openseer.data.recipes import CropRecipe, crop_recipes
 
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL's convert("L") and torchvision's rgb_to_grayscale
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 class FastCropTransform:
@@ -40,9 +45,8 @@ class FastCropTransform:
         self.aug = aug
         self.draft = draft
         ratio = (3.0 / 4.0, 4.0 / 3.0)
-        self.positions = [(aug.global_size, tuple(aug.global_scale))] * aug.global_crops + [
-            (aug.local_size, tuple(aug.local_scale))
-        ] * aug.local_crops
+        self.positions = [(r.size, r.scale) for r in crop_recipes(aug)]
+        self.resample = _RESAMPLE[aug.interpolation]
         self._rrc = {
             (s, sc): v2.RandomResizedCrop(s, scale=sc, ratio=ratio, antialias=True) for s, sc in self.positions
         }
@@ -70,7 +74,7 @@ class FastCropTransform:
             box = (p["left"], p["top"], p["left"] + p["width"], p["top"] + p["height"])
             # crop, then resize: bit-identical to torchvision's resized_crop on PIL (resize(box=...) would
             # also filter pixels outside the box and differ at the edges)
-            out = img.crop(box).resize((size, size), Image.Resampling.BILINEAR)
+            out = img.crop(box).resize((size, size), self.resample)
             crops.append(torch.from_numpy(np.array(out)).permute(2, 0, 1))
         return crops
 
@@ -120,41 +124,44 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 class BatchColorAugment:
-    """Flip, colour jitter, grayscale, blur and normalisation of whole batches of uint8 crops.
+    """Flip, colour jitter, grayscale, blur, solarisation and normalisation of whole batches of uint8 crops.
 
     Call with the list of ``(B, 3, s, s)`` uint8 crop tensors of a batch (one per crop position, as
     :class:`FastCropTransform` produces them after collation) and a generator on their device; returns the
-    normalised float32 crops. Every sample draws its own parameters (probability gates, factors, the order of
-    the four jitter operations, sigma), exactly as the reference draws them per crop.
+    normalised float32 crops. Crop position i uses ``self.recipes[i]``. Every sample draws its own parameters
+    (probability gates, factors, the order of the four jitter operations, sigma), exactly as the reference
+    draws them per crop.
     """
 
     def __init__(self, aug: AugConfig) -> None:
         self.aug = aug
-        s = aug.color_jitter
-        self.strength = (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)  # strength s as the reference's ColorJitter
+        self.recipes = crop_recipes(aug)
+        self.strength = self.recipes[0].jitter  # the first crop's ColorJitter numbers
 
     def __call__(self, crops: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
-        return [self.augment(c, gen) for c in crops]
+        return [self.augment(c, gen, r) for c, r in zip(crops, self.recipes, strict=True)]
 
-    def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        aug, dev = self.aug, x.device
+    def augment(self, x: torch.Tensor, gen: torch.Generator, recipe: CropRecipe | None = None) -> torch.Tensor:
+        """One crop position's batch ``x`` augmented with ``recipe`` (default: the first crop's)."""
+        r = recipe or self.recipes[0]
+        dev = x.device
         n = x.shape[0]
 
         def rand(*shape: int) -> torch.Tensor:
             return torch.rand(*shape, generator=gen, device=dev)
 
         x = x.float().div_(255)
-        flip = rand(n) < aug.flip_prob
+        flip = rand(n) < r.flip_prob
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        jitter = rand(n) < aug.color_jitter_prob
-        b, c, s, h = self.strength
+        jitter = rand(n) < r.jitter_prob
+        b, c, s, h = r.jitter
         factors = [1 + b * (2 * rand(n) - 1), 1 + c * (2 * rand(n) - 1), 1 + s * (2 * rand(n) - 1)]
         hue = h * (2 * rand(n) - 1)
         order = rand(n, 4).argsort(1)  # a uniformly random permutation per sample, like torch.randperm(4)
         for slot in range(4):
             for op in range(4):
                 idx = torch.nonzero(jitter & (order[:, slot] == op)).flatten()
-                if idx.numel() == 0 or (op < 3 and self.strength[op] == 0) or (op == 3 and h == 0):
+                if idx.numel() == 0 or r.jitter[op] == 0:
                     continue
                 sub = x[idx]
                 if op == 0:
@@ -167,13 +174,16 @@ class BatchColorAugment:
                 else:
                     sub = _adjust_hue(sub, hue[idx])
                 x = x.index_copy(0, idx, sub)
-        gray = rand(n) < aug.grayscale_prob
+        gray = rand(n) < r.grayscale_prob
         x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
-        blur = rand(n) < aug.blur_prob
-        sigma = aug.blur_sigma[0] + (aug.blur_sigma[1] - aug.blur_sigma[0]) * rand(n)
+        blur = rand(n) < r.blur_prob
+        sigma = r.blur_sigma[0] + (r.blur_sigma[1] - r.blur_sigma[0]) * rand(n)
         idx = torch.nonzero(blur).flatten()
         if idx.numel():
             x = x.index_copy(0, idx, _gaussian_blur(x[idx], sigma[idx]))
-        mean = torch.tensor(aug.mean, device=dev, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(aug.std, device=dev, dtype=x.dtype).view(1, 3, 1, 1)
+        if r.solarize_prob > 0:  # drawn only where used: recipes without it keep their random stream
+            solarize = (rand(n) < r.solarize_prob).view(-1, 1, 1, 1)
+            x = torch.where(solarize & (x >= r.solarize_threshold / 255), 1 - x, x)
+        mean = torch.tensor(self.aug.mean, device=dev, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.aug.std, device=dev, dtype=x.dtype).view(1, 3, 1, 1)
         return ((x - mean) / std).contiguous()

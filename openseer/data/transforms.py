@@ -3,7 +3,10 @@ Cluster Assignments", sec. 3.2 and appendix A) and the evaluation resize / centr
 
 Each crop follows SwAV's reference ``main_swav.py`` (facebookresearch/swav, ``MultiCropDataset``):
 RandomResizedCrop -> horizontal flip -> colour distortion (jitter with probability p, then random grayscale,
-the SimCLR recipe) -> Gaussian blur -> tensor -> normalise.
+the SimCLR recipe) -> Gaussian blur -> tensor -> normalise; with a solarisation after the blur where a view's
+recipe asks for one (BYOL, MoCo v3, Barlow Twins, VICReg, DINO: ``PIL.ImageOps.solarize``, threshold 128).
+Each crop position has its own parameters (:func:`openseer.data.recipes.crop_recipes`: ``aug.views``,
+``aug.local``).
 
 The pipeline works on PIL images. Measured per crop on one core of a shared 2-core machine (torchvision
 0.29, Pillow 13, SwAV's default probabilities, sigma in [0.1, 2]): 32 px crops of a 32 px image 0.66 ms
@@ -25,7 +28,10 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
 from openseer.config import AugConfig
+from openseer.data.recipes import CropRecipe, crop_recipes
 from openseer.errors import ConfigError
+
+INTERPOLATION = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
 
 
 def _uniform(low: float, high: float) -> float:
@@ -62,25 +68,30 @@ def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[C
     ]
 
 
-def crop_transform(size: int, scale: tuple[float, float], aug: AugConfig) -> v2.Compose:
+def crop_transform(recipe: CropRecipe, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """The augmentation of one crop position: PIL RGB image in, normalised (3, size, size) float32 out.
 
     Args:
-        size: side of the output crop in pixels.
-        scale: RandomResizedCrop area range, as a fraction of the image.
-        aug: probabilities, jitter strength, blur range and normalisation.
+        recipe: the crop's size, scale, interpolation, probabilities, jitter, blur and solarisation.
+        mean: normalisation mean (RGB).
+        std: normalisation std (RGB).
     """
-    s = aug.color_jitter
+    r = recipe
+    # A solarisation step only where the recipe has one, so that recipes without it draw exactly the random
+    # numbers they drew before it existed (same crops for the same seed).
+    solarize = [v2.RandomSolarize(r.solarize_threshold, p=r.solarize_prob)] if r.solarize_prob > 0 else []
     return v2.Compose(
         [
-            v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
-            v2.RandomHorizontalFlip(p=aug.flip_prob),
-            # SimCLR's colour distortion of strength s (swav get_color_distortion(s), VISSL
-            # ImgPilColorDistortion): ColorJitter(0.8s, 0.8s, 0.8s, 0.2s); SwAV and SEER use s = 1.
-            v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=aug.color_jitter_prob),
-            v2.RandomGrayscale(p=aug.grayscale_prob),
-            v2.RandomApply([RandomBlur(aug.blur_sigma)], p=aug.blur_prob),
-            *_to_normalised_tensor(aug.mean, aug.std),
+            v2.RandomResizedCrop(r.size, scale=r.scale, interpolation=INTERPOLATION[r.interpolation], antialias=True),
+            v2.RandomHorizontalFlip(p=r.flip_prob),
+            # SimCLR's colour distortion (swav get_color_distortion(s), VISSL ImgPilColorDistortion):
+            # ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) for a strength s (SwAV and SEER: s = 1), or the four numbers
+            # of BYOL and its successors (0.4, 0.4, 0.2, 0.1).
+            v2.RandomApply([v2.ColorJitter(*r.jitter)], p=r.jitter_prob),
+            v2.RandomGrayscale(p=r.grayscale_prob),
+            v2.RandomApply([RandomBlur(r.blur_sigma)], p=r.blur_prob),
+            *solarize,
+            *_to_normalised_tensor(mean, std),
         ]
     )
 
@@ -90,13 +101,19 @@ class MultiCropTransform:
 
     Calling it on a PIL image returns a list of float32 tensors: first the global crops of shape
     ``(3, global_size, global_size)``, then the local crops of shape ``(3, local_size, local_size)``,
-    normalised with ``aug.mean`` / ``aug.std``.
+    normalised with ``aug.mean`` / ``aug.std``. Global crop i has its own recipe where ``aug.views`` gives one.
     """
 
     def __init__(self, aug: AugConfig) -> None:
         self.aug = aug
-        self.global_transform = crop_transform(aug.global_size, aug.global_scale, aug)
-        self.local_transform = crop_transform(aug.local_size, aug.local_scale, aug) if aug.local_crops > 0 else None
+        self.recipes = crop_recipes(aug)
+        self.global_transforms = [crop_transform(r, aug.mean, aug.std) for r in self.recipes[: aug.global_crops]]
+        self.local_transform = crop_transform(self.recipes[-1], aug.mean, aug.std) if aug.local_crops > 0 else None
+
+    @property
+    def global_transform(self) -> v2.Compose:
+        """The first global crop's transform."""
+        return self.global_transforms[0]
 
     @property
     def num_crops(self) -> int:
@@ -105,7 +122,7 @@ class MultiCropTransform:
     def __call__(self, img: Image.Image) -> list[torch.Tensor]:
         if img.mode != "RGB":
             img = img.convert("RGB")
-        crops = [self.global_transform(img) for _ in range(self.aug.global_crops)]
+        crops = [t(img) for t in self.global_transforms]
         if self.local_transform is not None:
             crops += [self.local_transform(img) for _ in range(self.aug.local_crops)]
         return crops

@@ -53,9 +53,11 @@ def test_draft_decoding_only_where_every_crop_keeps_its_resolution():
     assert FastCropTransform(AugConfig(), draft=False).decode(jpeg(photo(2000, 1500))).size == (2000, 1500)
 
 
-@pytest.mark.parametrize("crop", ["global", "local"])
-def test_fast_geometry_equals_the_reference_crop(crop):
-    aug = AugConfig(global_size=24, local_size=12, global_crops=1, local_crops=0, **OFF)
+@pytest.mark.parametrize(
+    ("crop", "interpolation"), [("global", "bilinear"), ("local", "bilinear"), ("global", "bicubic")]
+)
+def test_fast_geometry_equals_the_reference_crop(crop, interpolation):
+    aug = AugConfig(global_size=24, local_size=12, global_crops=1, local_crops=0, interpolation=interpolation, **OFF)
     if crop == "local":
         aug = replace(aug, global_size=12, global_scale=aug.local_scale)
     img = photo()
