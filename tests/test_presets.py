@@ -1,5 +1,6 @@
 """Every preset builds and trains a step in its own precision mode without non-finite values."""
 
+import dataclasses
 import functools
 import re
 from pathlib import Path
@@ -115,9 +116,8 @@ OTHER_PAPER = [
     "vicreg",
 ]
 FAITHFUL = SWAV_FAITHFUL + OTHER_PAPER
-# keys some presets still set as one value for what the source does per view (blur, colour jitter): documented in
-# rows without a key until per-view recipes and the 4-number jitter land
-PENDING_KEYS = {"aug.color_jitter", "aug.blur_prob"}
+# keys a preset may set without a row of its own (none left: per-view recipes and the 4-number jitter landed)
+PENDING_KEYS: set[str] = set()
 # values every faithful SwAV/SEER preset shares with main_swav.py and VISSL's swav_8node_resnet.yaml
 COMMON = {
     "swav.temperature": 0.1,
@@ -151,7 +151,16 @@ def _fidelity_rows() -> list[tuple[str, str, Any]]:
 
 
 def _value(cfg: Any, key: str) -> Any:
+    """A config value as the tables write it: tuples as lists, view recipes as the fields they set."""
     value = functools.reduce(getattr, key.split("."), cfg)
+    if isinstance(value, (list, tuple)):
+        return [_value_of(v) for v in value]
+    return _value_of(value)
+
+
+def _value_of(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {k: _value_of(v) for k, v in dataclasses.asdict(value).items() if v is not None}
     return list(value) if isinstance(value, tuple) else value
 
 
