@@ -148,6 +148,39 @@ def sample(pool: Embeddings, kept: np.ndarray, opts: CurateOptions) -> tuple[np.
     return kept[picked], clusters
 
 
+def _summary(
+    data: str, model: str, eval_sets: list[str], opts: CurateOptions, image_size: int, n_valid: int, pool_src, pool
+) -> dict[str, Any]:
+    """The summary's inputs and the pool's counts before any stage."""
+    counts = {
+        "pool": len(pool_src) + len(pool_src.skipped),
+        "listing_skipped": len(pool_src.skipped),
+        "undecodable": int(len(pool) - n_valid),
+        "decoded": n_valid,
+    }
+    return {
+        "data": data,
+        "model": model,
+        "eval_sets": eval_sets,
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
+        "image_size": image_size,
+        "index": opts.index if opts.index != "auto" else choose_index(n_valid),
+        "counts": counts,
+    }
+
+
+def _stage_counts(dedup: dict[str, Any], leaked: np.ndarray, kept: np.ndarray, selected: np.ndarray) -> dict[str, int]:
+    """Images left after each stage."""
+    return {
+        "after_exact_dedup": dedup["after_exact"],
+        "after_near_dedup": int(dedup["keep"].sum()),
+        "removed_for_leakage": int((dedup["keep"] & leaked).sum()),
+        "leaked_in_pool_incl_duplicates": int(leaked.sum()),
+        "after_leakage": len(kept),
+        "curated": len(selected),
+    }
+
+
 def curate(
     data: str | os.PathLike[str],
     model: str | os.PathLike[str],
@@ -199,31 +232,14 @@ def curate(
     pairs, leaked = remove_leakage(pool, valid, evals, dedup["components"], opts)
     kept = np.flatnonzero(dedup["keep"] & ~leaked)
     selected, clusters = sample(pool, kept, opts) if opts.target else (kept, {})
-    counts = {
-        "pool": len(pool_src) + len(pool_src.skipped),
-        "listing_skipped": len(pool_src.skipped),
-        "undecodable": int(len(pool) - len(valid)),
-        "decoded": len(valid),
-        "after_exact_dedup": dedup["after_exact"],
-        "after_near_dedup": int(dedup["keep"].sum()),
-        "removed_for_leakage": int((dedup["keep"] & leaked).sum()),
-        "leaked_in_pool_incl_duplicates": int(leaked.sum()),
-        "after_leakage": len(kept),
-        "curated": len(selected),
-    }
-    summary = {
-        "data": str(data),
-        "model": str(model),
-        "eval_sets": list(eval_srcs),
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
-        "image_size": run.image_size,
-        "index": opts.index if opts.index != "auto" else choose_index(len(valid)),
-        "counts": counts,
-        "exact_duplicate_groups": len(dedup["exact_groups"]),
-        "near_duplicate_edges": len(dedup["near_edges"]),
-        "clusters": {k: v for k, v in clusters.items() if k != "top_cluster_of_selected"},
-        "leakage_pairs": [{"pool": p, "eval_set": e, "eval": n, "cosine": s} for p, e, n, s in pairs],
-    }
+    summary = _summary(str(data), str(model), list(eval_srcs), opts, run.image_size, len(valid), pool_src, pool)
+    summary["counts"].update(_stage_counts(dedup, leaked, kept, selected))
+    summary.update(
+        exact_duplicate_groups=len(dedup["exact_groups"]),
+        near_duplicate_edges=len(dedup["near_edges"]),
+        clusters={k: v for k, v in clusters.items() if k != "top_cluster_of_selected"},
+        leakage_pairs=[{"pool": p, "eval_set": e, "eval": n, "cosine": s} for p, e, n, s in pairs],
+    )
     summary["seconds"] = round(time.perf_counter() - started, 2)
     curation = Curation(
         pool_src,
