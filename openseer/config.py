@@ -202,6 +202,12 @@ class TrainConfig:
         resumable=True,
     )
     max_steps: int = _f(0, "Stop after this many optimizer steps (--max-steps); 0 = no limit.", resumable=True)
+    minutes: float = _f(
+        0.0,
+        "Wall-clock budget in minutes (--minutes); 0 = none. A 50-step throughput probe of this config turns it "
+        "into steps that replace the epochs, so every schedule ends at the deadline (kept in RUN_DIR/budget.json "
+        "for resuming).",
+    )
     batch_size: int = _f(64, "Images per process per step (the global batch is this times the world size).")
     precision: Literal["fp32", "bf16", "fp16"] = _f(
         "bf16",
@@ -675,6 +681,8 @@ def validate(cfg: Config) -> None:
     }.items():
         if v < 0:
             raise ConfigError(f"{key}={v} must be >= 0")
+    if not (math.isfinite(t.minutes) and t.minutes >= 0):
+        raise ConfigError(f"train.minutes={t.minutes} must be a number of minutes >= 0 (0 = no time budget)")
     if a.local_crops and a.local_size <= 0:
         raise ConfigError(f"aug.local_size={a.local_size} must be positive when aug.local_crops > 0")
     for key, (lo, hi) in {
@@ -727,8 +735,9 @@ def global_batch_size(cfg: Config, world_size: int = 1) -> int:
     return cfg.train.batch_size * world_size * cfg.train.accumulate_steps
 
 
-def derive(cfg: Config, dataset_size: int, world_size: int = 1) -> Derived:
-    """The one place where lr scaling, global batch and schedule lengths are computed."""
+def derive(cfg: Config, dataset_size: int, world_size: int = 1, budget_steps: int | None = None) -> Derived:
+    """The one place where lr scaling, global batch and schedule lengths are computed; ``budget_steps`` (the
+    steps of a ``train.minutes`` budget, `openseer.train.budget`) replace the epochs."""
     global_batch = global_batch_size(cfg, world_size)
     steps_per_epoch = dataset_size // global_batch
     if steps_per_epoch < 1:
@@ -737,7 +746,7 @@ def derive(cfg: Config, dataset_size: int, world_size: int = 1) -> Derived:
             f"(train.batch_size={cfg.train.batch_size} x {world_size} processes x "
             f"{cfg.train.accumulate_steps} accumulation steps); lower train.batch_size"
         )
-    total = steps_per_epoch * cfg.train.epochs
+    total = steps_per_epoch * cfg.train.epochs if budget_steps is None else budget_steps
     if cfg.train.max_steps:
         total = min(total, cfg.train.max_steps)
     epochs = math.ceil(total / steps_per_epoch)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from openseer.config import Config, to_dict
 from openseer.methods.base import StepContext
 from openseer.models.backbone import backbone_spec
 from openseer.run_state import rng_state, set_rng_state
+from openseer.train.logger import LogWindow
 from openseer.train.step import Trainer
 
 log = logging.getLogger("openseer")
@@ -36,6 +38,13 @@ class Progress:
     nonfinite_total: int = 0
     consecutive_bad: int = 0
     losses: list[float] = field(default_factory=list)  # per step since start/resume
+    window: LogWindow = field(default_factory=LogWindow)  # the metrics row being summed (rank 0's is kept)
+    seconds_before: float = 0.0  # wall time of the run's earlier segments (before this resume)
+    started: float = field(default_factory=time.time)  # when this segment began
+
+    def seconds(self) -> float:
+        """Wall time of the whole run so far, over every resumed segment."""
+        return self.seconds_before + time.time() - self.started
 
 
 class Checkpointer:
@@ -66,6 +75,8 @@ class Checkpointer:
             "format": 2 if self.sharded else 1,
             "conversions": dist.sum_counts(progress.conversions),
             "extra_state_keys": sorted(extra),
+            "log_window": progress.window.state(),
+            "seconds": progress.seconds(),
         }
         clash = set(extra) & set(meta) | set(extra) & {"model", "optimizer"}
         if clash:
@@ -124,6 +135,8 @@ class Checkpointer:
             # ("input_counts" in checkpoints written before the key was renamed)
             conversions=dict(state.get("conversions", state.get("input_counts", {}))) if dist.is_main() else {},
             nonfinite_total=state.get("nonfinite_steps", 0),
+            window=LogWindow.from_state(state.get("log_window")),
+            seconds_before=float(state.get("seconds", 0.0)),
         )
         if dist.is_main():
             log.info("resumed from %s at step %d", sharded_dir or self.dir / "last.pt", progress.step)

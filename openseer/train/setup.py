@@ -128,8 +128,15 @@ def _write_run_files(run: Run, num_images: int) -> None:
     )  # fmt: skip
 
 
-def setup_run(cfg: Config, out_dir: str | Path, resume: bool = True, monitor: Monitor | None = None) -> Run:
-    """Everything :func:`openseer.train.pretrain` runs, restored from the run directory's checkpoint if any."""
+def setup_run(
+    cfg: Config,
+    out_dir: str | Path,
+    resume: bool = True,
+    monitor: Monitor | None = None,
+    budget_steps: int | None = None,
+) -> Run:
+    """Everything :func:`openseer.train.pretrain` runs, restored from the run directory's checkpoint if any;
+    ``budget_steps`` (a ``train.minutes`` budget) replace the epochs."""
     started = time.time()
     device = dist.init_distributed(cfg.train.device)
     out = Path(out_dir)
@@ -139,7 +146,7 @@ def setup_run(cfg: Config, out_dir: str | Path, resume: bool = True, monitor: Mo
     sampler, loader, num_images = build_pretrain_data(
         cfg, dist.rank(), dist.world_size(), device, (state or {}).get("data")
     )
-    derived = derive(cfg, num_images, dist.world_size())
+    derived = derive(cfg, num_images, dist.world_size(), budget_steps)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
