@@ -220,6 +220,30 @@ class TrainConfig:
         500, "Write a checkpoint every N steps (and at each epoch end and the last step).", resumable=True
     )
     keep_checkpoints: int = _f(2, "Step checkpoints kept besides last.pt (older ones are deleted).", resumable=True)
+    health_every: int = _f(
+        -1,
+        "Steps between label-free health signals (RankMe, alpha-ReQ, feature std of the backbone on a fixed probe "
+        "set of pool images; docs/evaluation.md 'Is it learning?'); -1 = a quarter epoch rounded up to a "
+        "multiple of log_every, 0 = off. Computed when a metrics row is written.",
+        resumable=True,
+    )
+    health_images: int = _f(
+        0,
+        "Probe images for the health signals (a fixed seeded subset of the pool); 0 = min(2000, pool size). "
+        "More than the pool holds is an error.",
+        resumable=True,
+    )
+    stop_on_collapse: bool = _f(
+        False,
+        "Stop the run (status 'collapsed', after a checkpoint) when a collapse warning fires; false only warns.",
+        resumable=True,
+    )
+    keep_best_label_free: bool = _f(
+        False,
+        "Keep the checkpoint of the step with the best label-free score (highest backbone RankMe) as "
+        "checkpoints/best_label_free.pt (full checkpoints only).",
+        resumable=True,
+    )
     max_nonfinite_steps: int = _f(
         20,
         "Abort after this many consecutive steps with a non-finite loss or gradient (each is skipped and reported).",
@@ -678,9 +702,12 @@ def validate(cfg: Config) -> None:
         "optim.warmup_epochs": cfg.optim.warmup_epochs,
         "monitor.max_train": cfg.monitor.max_train,
         "monitor.max_test": cfg.monitor.max_test,
+        "train.health_images": t.health_images,
     }.items():
         if v < 0:
             raise ConfigError(f"{key}={v} must be >= 0")
+    if t.health_every < -1:
+        raise ConfigError(f"train.health_every={t.health_every} must be -1 (auto), 0 (off) or a number of steps")
     if not (math.isfinite(t.minutes) and t.minutes >= 0):
         raise ConfigError(f"train.minutes={t.minutes} must be a number of minutes >= 0 (0 = no time budget)")
     if a.local_crops and a.local_size <= 0:

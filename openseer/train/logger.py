@@ -2,7 +2,8 @@
 
 A row every ``train.log_every`` steps (and at the last): step, epoch, mean finite loss of the window, lr, wd,
 images/s, seconds since start, non-finite steps so far, the method's named scalars (window means) and the
-online monitor's metrics. The open window's sums (:class:`LogWindow`) travel in every checkpoint, so a resumed
+online monitors' metrics (kNN, health signals), which a ``watch`` then reads for collapse. The open window's
+sums (:class:`LogWindow`) travel in every checkpoint, so a resumed
 run writes the same rows as an uninterrupted one (all but the timings: images/s counts the steps since resume).
 """
 
@@ -67,8 +68,10 @@ class MetricsLogger:
         monitor: Callable[[int, bool, Any], dict[str, Any]] | None = None,
         sink: MetricsSink | None = None,
         window: LogWindow | None = None,
+        watch: Any = None,
     ):
         self.enabled, self.log_every, self.started, self.monitor = enabled, log_every, started, monitor
+        self.watch = watch  # CollapseWatch (openseer.train.health): reads every row
         self.sink = sink or NullSink()  # TensorBoard / W&B (log.* config): the same rows as metrics.jsonl
         self.total_steps = total_steps
         self.bar = tqdm(
@@ -121,12 +124,16 @@ class MetricsLogger:
         if self.monitor is not None:  # online kNN; its time is kept out of the next window
             row.update(self.monitor(step, last, backbone))
             now = time.time()
+        if self.watch is not None:
+            self.watch.observe(row)
         try:
             self.file.write((json.dumps(row) + "\n").encode())
         except OSError as e:  # one line naming the file and errno; checkpoints are intact
             raise CheckpointWriteError(self.path, e) from None
         self.sink.log(step, row)
         shown = {name: f"{row[name]:.3g}" for name in w.scalars}
+        if "health_rankme" in row:  # one short field for the health signals
+            shown["rankme"] = f"{row['health_rankme']:.3g}"
         self.bar.set_postfix(
             loss=f"{mean_loss or float('nan'):.3f}", lr=f"{result.lr:.3g}", img_s=f"{rate:.0f}", **shown
         )

@@ -61,11 +61,11 @@ def stop_agreed(requested: bool, device: torch.device) -> bool:
 
 
 def _train(run: Run, on_step: Callable[[int, float], None] | None) -> str:
-    """Steps until the schedule ends or a stop is requested: 'completed' or 'interrupted'."""
+    """Steps until the schedule ends or a stop is requested: 'completed', 'interrupted' or 'collapsed'."""
     p, d = run.progress, run.derived
     logger = MetricsLogger(
         run.out / "metrics.jsonl", dist.is_main(), d.total_steps, p.step, run.cfg.train.log_every, run.started,
-        run.monitor, sink_from_config(run.cfg, run.out, dist.is_main()), p.window,
+        run.monitor, sink_from_config(run.cfg, run.out, dist.is_main()), p.window, run.watch,
     )  # fmt: skip
     try:
         with StopFlag() as stop:
@@ -79,6 +79,8 @@ def _train(run: Run, on_step: Callable[[int, float], None] | None) -> str:
         return "interrupted"
     finally:
         logger.close()
+    if run.watch.stop_requested and p.step < d.total_steps:
+        return "collapsed"  # train.stop_on_collapse: checkpointed like a stop request
     return "completed" if p.step >= d.total_steps else "interrupted"
 
 
@@ -113,7 +115,8 @@ def _epoch(run: Run, logger: MetricsLogger, stop: StopFlag, on_step: Callable[[i
         logger.record(p.step, epoch, result, d.global_batch, p.nonfinite_total, run.trainer.method.export_module())
         if on_step is not None:
             on_step(p.step, result.loss)
-        stopping = stop_agreed(stop.requested, run.trainer.device)
+        _keep_best(run)
+        stopping = stop_agreed(stop.requested or run.watch.stop_requested, run.trainer.device)
         last, end_of_epoch = p.step == d.total_steps, p.step % d.steps_per_epoch == 0
         every = p.step % run.cfg.train.checkpoint_every == 0
         if last or end_of_epoch or stopping or every:
@@ -121,6 +124,15 @@ def _epoch(run: Run, logger: MetricsLogger, stop: StopFlag, on_step: Callable[[i
         if last or end_of_epoch or stopping:
             return stopping
     return False
+
+
+def _keep_best(run: Run) -> None:
+    """With ``train.keep_best_label_free``: checkpoint a step that improved the best label-free score and keep it
+    as ``best_label_free.pt`` (every process agrees: the checkpoint is collective)."""
+    if run.cfg.train.keep_best_label_free and stop_agreed(run.watch.new_best, run.trainer.device):
+        run.watch.new_best = False
+        run.checkpointer.save(run.progress, step_file=False)
+        run.checkpointer.keep_as_best_label_free()
 
 
 def _account(run: Run, result: Any) -> None:
@@ -146,6 +158,7 @@ def _finish(run: Run, status: str, budget: dict[str, Any] | None = None) -> dict
     skipped = dist.merge_dicts(p.skipped)
     summary = run_summary(cfg, run.derived, method, p.step, p.losses, skipped, p.nonfinite_total, status, run.started)
     summary["conversions"] = dist.sum_counts(p.conversions)
+    summary.update(run.watch.summary(run.health))  # collapse warnings, best label-free step (rank 0's)
     if budget is not None:  # planned vs used: every segment of a resumed run, without the probe
         summary["budget"] = budget_summary(budget, p.seconds())
     # a consolidated backbone (gathered from the shards with FSDP: every process takes part)

@@ -27,6 +27,7 @@ from openseer.ops import LARS, cosine_schedule, param_groups
 from openseer.parallel import prepare_model
 from openseer.run_state import find_resume_state, resume_blockers, truncate_metrics
 from openseer.train.checkpointer import Checkpointer, Progress
+from openseer.train.health import CollapseWatch, HealthMonitor, health_from_config
 from openseer.train.step import Trainer
 from openseer.weights.sources import init_method_from
 
@@ -49,6 +50,8 @@ class Run:
     checkpointer: Checkpointer
     progress: Progress
     monitor: Monitor | None
+    health: HealthMonitor | None = None  # label-free health signals (rank 0; also inside ``monitor``)
+    watch: CollapseWatch | None = None
 
 
 def build_optimizer(cfg: Config, method: Method) -> tuple[torch.optim.Optimizer, list[ParamGroup]]:
@@ -116,6 +119,20 @@ def _monitor(cfg: Config, monitor: Monitor | None) -> Monitor | None:
     return monitor_from_config(cfg)
 
 
+def _with_health(run: Run) -> None:
+    """Add the health monitor (rank 0) to the run's monitors and the collapse watch over its rows."""
+    cfg, d = run.cfg, run.derived
+    fsdp = cfg.parallel.strategy == "fsdp" and dist.world_size() > 1
+    if cfg.train.keep_best_label_free and run.checkpointer.sharded:
+        raise ConfigError("train.keep_best_label_free keeps a full checkpoint; use parallel.checkpoint_format=full")
+    run.health = health_from_config(cfg, d.steps_per_epoch, fsdp) if dist.is_main() else None
+    if run.health is not None:
+        knn, health = run.monitor, run.health
+        run.monitor = health if knn is None else lambda step, last, bb: {**knn(step, last, bb), **health(step, last, bb)}
+    signals = run.trainer.method.collapse_signals()
+    run.watch = CollapseWatch(signals, d.warmup_steps, cfg.train.stop_on_collapse, run.progress.health)
+
+
 def _write_run_files(run: Run, num_images: int) -> None:
     cfg, out, d = run.cfg, run.out, run.derived
     out.mkdir(parents=True, exist_ok=True)
@@ -161,6 +178,7 @@ def setup_run(
     checkpointer = Checkpointer(cfg, out / "checkpoints", trainer, sampler, sharded)
     progress = checkpointer.restore(state, sharded_dir) if state is not None else Progress()
     run = Run(cfg, out, started, derived, trainer, sampler, loader, checkpointer, progress, monitor)
+    _with_health(run)
     if dist.is_main():
         _write_run_files(run, num_images)
     return run
