@@ -128,7 +128,8 @@ def _with_health(run: Run) -> None:
     run.health = health_from_config(cfg, d.steps_per_epoch, fsdp) if dist.is_main() else None
     if run.health is not None:
         knn, health = run.monitor, run.health
-        run.monitor = health if knn is None else lambda step, last, bb: {**knn(step, last, bb), **health(step, last, bb)}
+        both: Monitor = lambda step, last, bb: {**knn(step, last, bb), **health(step, last, bb)}  # noqa: E731
+        run.monitor = health if knn is None else both
     signals = run.trainer.method.collapse_signals()
     run.watch = CollapseWatch(signals, d.warmup_steps, cfg.train.stop_on_collapse, run.progress.health)
 
