@@ -260,14 +260,6 @@ class Method(nn.Module):
         return None
 
     def collapse_signals(self) -> tuple[CollapseSignal, ...]:
-        """Collapse lines watched during the run; the default: backbone RankMe on the probe set ~1, and the
-        loss stuck at :meth:`trivial_loss` (when there is one). Methods add their own signature to these."""
-        trivial = self.trivial_loss()
-        stuck = CollapseSignal(
-            "loss",
-            0.99 * trivial,
-            "above",
-            "the loss stays at the collapsed/untrained value: check that lr warm-up ended, lower optim.base_lr "
-            "or raise the batch size (docs/methods.md)",
-        )
-        return (RANK_COLLAPSE,) + ((stuck,) if trivial is not None and trivial > 0 else ())
+        """Collapse lines watched during the run; the default: backbone RankMe on the probe set ~1. Methods add
+        their own signature to it. (The loss is no signal: a healthy SwAV starts above its trivial ln K.)"""
+        return (RANK_COLLAPSE,)
