@@ -70,13 +70,14 @@ def window_images_per_s(ends: list[float], global_batch: int, first: int, last: 
 
 def probe_throughput(cfg: Config, scratch: Path, pretrain: PretrainFn) -> dict[str, Any]:
     """Images/s of ``cfg``'s training step: :data:`PROBE_STEPS` steps into ``scratch`` (removed afterwards),
-    timed from the end of step :data:`PROBE_WARMUP` to the end of the last, without the online monitor.
-    Every process takes part; the first process's figure is everyone's."""
+    timed from the end of step :data:`PROBE_WARMUP` to the end of the last, without the online monitor and
+    health signals. Every process takes part; the first process's figure is everyone's."""
     probe = copy.deepcopy(cfg)
     probe.train.max_steps = PROBE_STEPS
     probe.train.epochs = max(probe.train.epochs, PROBE_STEPS)  # a small pool still gives the probe its steps
     probe.train.minutes = 0.0
     probe.monitor.train = probe.monitor.test = ""
+    probe.train.health_every, probe.train.keep_best_label_free = 0, False  # no health probe set (a few % of a run)
     summary, ends = timed_steps(probe, scratch, pretrain)
     if summary["status"] != "completed" or len(ends) <= PROBE_WARMUP:
         raise TrainingError(f"the throughput probe of {cfg.method} did not complete ({len(ends)} steps)")
