@@ -4,7 +4,8 @@ in one run, and the share of the run's time the checks take.
     PYTHONPATH=. .venv/bin/python benchmarks/health_cost.py --data POOL --out RUN_DIR [overrides ...]
 
 One ``pretrain`` of the ``demo`` preset (overrides apply, e.g. ``train.max_steps=60``) with the health
-signals at their default cadence (a quarter epoch on the log cadence, a 2000-image probe). Steps with and
+signals at their default cadence (a quarter epoch on the log cadence) and probe size (``train.health_images=0``:
+pool/20 within [256, 2000]; override it to measure another). Steps with and
 without a check alternate at that cadence inside the same run, so the machine's drift hits both alike. The
 check's own time is measured around it (``summary.json["health"]``); ``share`` = check seconds / run seconds.
 Prints one JSON line.
@@ -47,7 +48,7 @@ def main() -> None:
                 "steps": len(times),
                 "health_every": every,
                 "checks": health["checks"],
-                "probe_images": cfg.train.health_images or "auto",
+                "probe_images": health["images"],
                 "step_s_without": round(statistics.median(without), 4),
                 "step_s_with_check": round(statistics.median(with_check), 4) if with_check else None,
                 "check_s": round(health["seconds"] / max(health["checks"], 1), 4),

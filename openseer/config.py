@@ -229,7 +229,8 @@ class TrainConfig:
     )
     health_images: int = _f(
         0,
-        "Probe images for the health signals (a fixed seeded subset of the pool); 0 = min(2000, pool size). "
+        "Probe images for the health signals (a fixed seeded subset of the pool); 0 = pool/20 within [256, 2000] "
+        "(a few percent of the run's time). "
         "More than the pool holds is an error.",
         resumable=True,
     )

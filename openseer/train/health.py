@@ -37,7 +37,9 @@ from openseer.ops.collapse import alpha_req, embedding_std, rankme
 
 log = logging.getLogger("openseer")
 
-DEFAULT_PROBE = 2000  # probe images when train.health_images = 0 (fewer if the pool is smaller)
+DEFAULT_PROBE = 2000  # most probe images when train.health_images = 0
+MIN_PROBE = 256  # fewest (or the whole pool if smaller)
+POOL_SHARE = 20  # auto probe = pool / 20: a quarter-epoch cadence then costs ~2-3% (BENCHMARKS.md)
 WINDOW = 3  # consecutive rows past a collapse line before the warning
 BEST_SIGNAL = "health_rankme"
 
@@ -47,7 +49,7 @@ class HealthMonitor:
 
     Args:
         pool: the pretraining images (``data.path``; folders, tars, file lists).
-        images: probe size; 0 = min(2000, pool). More than the pool holds raises :class:`ConfigError`.
+        images: probe size; 0 = :func:`auto_probe_size`. More than the pool holds raises :class:`ConfigError`.
         image_size, crop_pct, mean, std: the evaluation transform (`openseer.data.eval_transform`).
         every: steps between checks; a check runs at the first row at or past each multiple (and the last).
         log_every: the metrics row cadence (rows are written at its multiples).
@@ -71,9 +73,9 @@ class HealthMonitor:
         if images > len(source):
             raise ConfigError(
                 f"train.health_images={images} is more than the pool holds ({len(source)} images in {pool}); "
-                f"use at most {len(source)}, or 0 for min({DEFAULT_PROBE}, pool)"
+                f"use at most {len(source)}, or 0 (auto)"
             )
-        count = images or min(DEFAULT_PROBE, len(source))
+        count = images or auto_probe_size(len(source))
         chosen = sorted(random.Random(seed).sample(range(len(source)), count))
         ds = LabelledDataset(subset(source, chosen), eval_transform(image_size, crop_pct, mean, std), image_size)
         items = [ds[i] for i in range(len(ds))]
@@ -118,6 +120,15 @@ class HealthMonitor:
 
     def __call__(self, step: int, last: bool, backbone: nn.Module) -> dict[str, Any]:
         return self.evaluate(backbone) if self.due(step, last) else {}
+
+
+def auto_probe_size(pool: int) -> int:
+    """Probe images for ``train.health_images=0``: pool/20 within [256, 2000] (the whole pool if under 256).
+
+    Embedding the probe costs about one eval forward per image; a quarter epoch of training costs ~pool/4 x
+    (crops x ~3 for forward + backward) image forwards, so pool/20 probe images every quarter epoch stay at a
+    few percent of the run whatever the pool's size (measured: BENCHMARKS.md "Health signals")."""
+    return min(pool, max(MIN_PROBE, min(DEFAULT_PROBE, pool // POOL_SHARE)))
 
 
 def health_every(cfg: Any, steps_per_epoch: int) -> int:
@@ -213,7 +224,11 @@ class CollapseWatch:
     def summary(self, monitor: HealthMonitor | None) -> dict[str, Any]:
         """``summary.json`` entries: collapse_warnings, best_label_free and the health signals' cost (checks
         and seconds of this segment of the run)."""
-        cost = {"checks": monitor.checks, "seconds": round(monitor.seconds, 3)} if monitor else None
+        cost = (
+            dict(checks=monitor.checks, seconds=round(monitor.seconds, 3), images=len(monitor.images))
+            if monitor
+            else None
+        )
         return {
             "collapse_warnings": list(self.state["warnings"]),
             "best_label_free": self.state["best"],

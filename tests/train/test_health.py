@@ -16,7 +16,14 @@ from openseer.config import ConfigError, load_config
 from openseer.methods.base import RANK_COLLAPSE, CollapseSignal
 from openseer.ops.collapse import rankme
 from openseer.train import pretrain
-from openseer.train.health import WINDOW, CollapseWatch, HealthMonitor, health_every, new_health_state
+from openseer.train.health import (
+    WINDOW,
+    CollapseWatch,
+    HealthMonitor,
+    auto_probe_size,
+    health_every,
+    new_health_state,
+)
 from tests.helpers import TINY_OVERRIDES, write_images
 
 FAST = [*TINY_OVERRIDES, "aug.local_crops=0", "optim.warmup_epochs=0", "train.max_steps=5", "train.precision=fp32"]
@@ -43,7 +50,7 @@ def test_health_rows_at_their_cadence_do_not_change_training_and_keep_the_best_s
     assert [r["step"] for r in rows if "health_rankme" in r] == [2, 4, 5]
     assert not any("health_rankme" in r for r in plain_rows)
     assert [r["loss"] for r in rows] == [r["loss"] for r in plain_rows]  # exact: no effect on training
-    assert summary["health"]["checks"] == 3
+    assert summary["health"]["checks"] == 3 and summary["health"]["images"] == 12
     # the best label-free step: the row with the highest backbone RankMe, its checkpoint kept
     best = max((r for r in rows if "health_rankme" in r), key=lambda r: r["health_rankme"])
     expected = {"step": best["step"], "score": best["health_rankme"], "signal": "health_rankme"}
@@ -80,6 +87,8 @@ def test_auto_cadence_is_a_quarter_epoch_on_the_log_cadence():
     assert health_every(cfg, 100) == 30  # 25 rounded up to a multiple of 10
     assert health_every(cfg, 8) == 10  # at least the log cadence
     assert health_every(load_config("demo", ["train.health_every=7"]), 100) == 7
+    # the default probe: pool/20 within [256, 2000], the whole pool when smaller than 256
+    assert [auto_probe_size(n) for n in (24, 1000, 10_000, 50_000, 1_281_167)] == [24, 256, 500, 2000, 2000]
 
 
 def test_the_watch_warns_once_after_a_sustained_window_past_the_warmup(caplog):
