@@ -125,7 +125,8 @@ def _with_health(run: Run) -> None:
     fsdp = cfg.parallel.strategy == "fsdp" and dist.world_size() > 1
     if cfg.train.keep_best_label_free and run.checkpointer.sharded:
         raise ConfigError("train.keep_best_label_free keeps a full checkpoint; use parallel.checkpoint_format=full")
-    run.health = health_from_config(cfg, d.steps_per_epoch, fsdp) if dist.is_main() else None
+    # with FSDP every process gets the same answer (off, or the error) before any data is read
+    run.health = health_from_config(cfg, d.steps_per_epoch, fsdp) if dist.is_main() or fsdp else None
     if run.health is not None:
         knn, health = run.monitor, run.health
         both: Monitor = lambda step, last, bb: {**knn(step, last, bb), **health(step, last, bb)}  # noqa: E731
