@@ -1,6 +1,6 @@
 """How steady is the throughput that ``openseer compare --minutes`` probes? Each method's short preset is run
 for ``--steps`` steps ``--repeats`` times, one after the other, and the images/s of several step windows is
-printed per run, so that the choice of probe window (openseer.compare.PROBE_WARMUP..PROBE_STEPS) and the
+printed per run, so that the choice of probe window (openseer.train.budget.PROBE_WARMUP..PROBE_STEPS) and the
 run-to-run spread of the machine can be read side by side (BENCHMARKS.md, "The same minutes for every method").
 
     .venv/bin/python benchmarks/probe_stability.py --data ../shared/data/cifar10/cifar10-train.tar \\
@@ -15,8 +15,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from openseer.compare import PROBE_STEPS, PROBE_WARMUP, preset_for, timed_steps, window_images_per_s
+from openseer.compare import preset_for
 from openseer.config import load_config
+from openseer.train import pretrain
+from openseer.train.budget import PROBE_STEPS, PROBE_WARMUP, timed_steps, window_images_per_s
 
 
 def window_rates(ends: list[float], batch: int, windows: list[tuple[int, int]]) -> dict[str, float]:
@@ -41,7 +43,7 @@ def main() -> None:
         overrides = [f"data.path={json.dumps(args.data)}", f"train.max_steps={args.steps}", *args.overrides]
         cfg = load_config(preset_for(method), overrides)
         for repeat in range(args.repeats):
-            summary, ends = timed_steps(cfg, Path(tempfile.mkdtemp(prefix=f"probe-{method}-")))
+            summary, ends = timed_steps(cfg, Path(tempfile.mkdtemp(prefix=f"probe-{method}-")), pretrain)
             rates = window_rates(ends, summary["global_batch"], windows)
             print(json.dumps({"method": method, "repeat": repeat, "images_per_s": rates}), flush=True)
 

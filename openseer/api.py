@@ -36,6 +36,7 @@ from openseer.eval.registry import get_evaluation
 from openseer.eval.settings import EvalSettings
 from openseer.eval.suite import run_suite
 from openseer.train import pretrain as run_pretrain
+from openseer.train.budget import check_minutes
 from openseer.weights.sources import backbone_from_source
 
 
@@ -71,13 +72,18 @@ def pretrain(
     init: str | None = None,
     init_strict: bool = True,
     resume: bool = True,
+    minutes: float | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Pretrain as ``openseer pretrain`` does; returns the run summary (also in ``out/summary.json``).
 
     ``init`` starts from pretrained weights (any SOURCE; ``model.init`` in the config), ``init_strict=False``
-    loads what fits and prints the rest.
+    loads what fits and prints the rest. ``minutes`` is a wall-clock budget (``train.minutes``): the schedules
+    span the steps that a throughput probe says fit; the summary's ``budget`` holds planned and used minutes.
     """
+    if minutes is not None:
+        check_minutes(minutes, "minutes")
+        overrides["train__minutes"] = minutes
     if init is not None:
         overrides["model__init"] = str(init)
         overrides["model__init_strict"] = init_strict

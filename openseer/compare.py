@@ -22,12 +22,9 @@ results: ``OUT/compare.md`` (the table), ``OUT/compare.json`` (its numbers, imag
 
 from __future__ import annotations
 
-import copy
 import html
 import json
 import logging
-import math
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -44,11 +41,10 @@ from openseer.io import atomic_write
 from openseer.report.plots import pyplot, read_metrics
 from openseer.run_state import config_differences, load_run_config
 from openseer.train import pretrain
+from openseer.train.budget import PROBE_STEPS, check_minutes, steps_for_minutes
+from openseer.train.budget import probe_throughput as budget_probe
 
 log = logging.getLogger("openseer")
-
-PROBE_STEPS = 50  # optimizer steps of the throughput probe behind a wall-clock budget
-PROBE_WARMUP = 20  # of which the first are not timed (start-up, and the burst of batches prefetched during it)
 
 
 def preset_for(method: str, suffix: str = "-cifar10") -> str:
@@ -78,39 +74,10 @@ def _run_config(method: str, suffix: str, data: str, steps: int | None, epochs: 
     return load_config(preset_for(method, suffix), [f"data.path={json.dumps(data)}", *budget, *overrides])
 
 
-def steps_for_minutes(minutes: float, images_per_s: float, global_batch: int) -> int:
-    """Optimizer steps that ``minutes`` of pretraining at ``images_per_s`` allow (at least 1)."""
-    return max(1, int(minutes * 60 * images_per_s / global_batch))
-
-
-def timed_steps(cfg: Config, scratch: Path) -> tuple[dict[str, Any], list[float]]:
-    """Pretrain ``cfg`` afresh into ``scratch`` (removed before and after: never resumed, nothing left):
-    its summary and the ``time.perf_counter()`` at the end of every optimizer step."""
-    ends: list[float] = []
-    shutil.rmtree(scratch, ignore_errors=True)  # left by a probe that was killed
-    try:
-        summary = pretrain(cfg, scratch, resume=False, on_step=lambda step, loss: ends.append(time.perf_counter()))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return summary, ends
-
-
-def window_images_per_s(ends: list[float], global_batch: int, first: int, last: int) -> float:
-    """Images/s of steps ``first + 1 .. last`` (1-based), from the step end times of :func:`timed_steps`."""
-    return (last - first) * global_batch / (ends[last - 1] - ends[first - 1])
-
-
 def probe_throughput(cfg: Config, scratch: Path) -> dict[str, Any]:
-    """Images/s of ``cfg``'s training step: :data:`PROBE_STEPS` steps into ``scratch`` (removed afterwards),
-    timed from the end of step :data:`PROBE_WARMUP` to the end of the last, without the online monitor."""
-    probe = copy.deepcopy(cfg)
-    probe.train.max_steps = PROBE_STEPS
-    probe.monitor.train = probe.monitor.test = ""
-    summary, ends = timed_steps(probe, scratch)
-    if summary["status"] != "completed" or len(ends) <= PROBE_WARMUP:
-        raise TrainingError(f"compare: the throughput probe of {cfg.method} did not complete ({len(ends)} steps)")
-    batch = summary["global_batch"]
-    return dict(images_per_s=window_images_per_s(ends, batch, PROBE_WARMUP, len(ends)), global_batch=batch)
+    """Images/s of ``cfg``'s training step (:func:`openseer.train.budget.probe_throughput`, the probe behind
+    ``pretrain --minutes`` too)."""
+    return budget_probe(cfg, scratch, pretrain)
 
 
 def _time_budgets(
@@ -176,8 +143,8 @@ def _check_budget(methods: Sequence[str], steps: int | None, epochs: int | None,
         raise ConfigError(f"--methods lists a method twice: {','.join(methods)}")
     if sum(bool(b) for b in (steps, epochs, minutes)) != 1:
         raise ConfigError("compare needs one budget: --steps N, --epochs N or --minutes M (the same for every method)")
-    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
-        raise ConfigError(f"--minutes must be a positive number, got {minutes}")
+    if minutes is not None:
+        check_minutes(minutes)
 
 
 def _pretrained(method: str, cfg: Config, run_dir: Path, preset: str, on_method) -> dict[str, Any]:

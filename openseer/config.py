@@ -290,6 +290,12 @@ class TrainConfig:
         resumable=True,
     )
     max_steps: int = _f(0, "Stop after this many optimizer steps (--max-steps); 0 = no limit.", resumable=True)
+    minutes: float = _f(
+        0.0,
+        "Wall-clock budget in minutes (--minutes); 0 = none. A 50-step throughput probe of this config turns it "
+        "into steps that replace the epochs, so every schedule ends at the deadline (kept in RUN_DIR/budget.json "
+        "for resuming).",
+    )
     batch_size: int = _f(64, "Images per process per step (the global batch is this times the world size).")
     precision: Literal["fp32", "bf16", "fp16"] = _f(
         "bf16",
@@ -302,6 +308,31 @@ class TrainConfig:
         500, "Write a checkpoint every N steps (and at each epoch end and the last step).", resumable=True
     )
     keep_checkpoints: int = _f(2, "Step checkpoints kept besides last.pt (older ones are deleted).", resumable=True)
+    health_every: int = _f(
+        -1,
+        "Steps between label-free health signals (RankMe, alpha-ReQ, feature std of the backbone on a fixed probe "
+        "set of pool images; docs/evaluation.md 'Is it learning?'); -1 = a quarter epoch rounded up to a "
+        "multiple of log_every, 0 = off. Computed when a metrics row is written.",
+        resumable=True,
+    )
+    health_images: int = _f(
+        0,
+        "Probe images for the health signals (a fixed seeded subset of the pool); 0 = pool/20 within [256, 2000] "
+        "(a few percent of the run's time). "
+        "More than the pool holds is an error.",
+        resumable=True,
+    )
+    stop_on_collapse: bool = _f(
+        False,
+        "Stop the run (status 'collapsed', after a checkpoint) when a collapse warning fires; false only warns.",
+        resumable=True,
+    )
+    keep_best_label_free: bool = _f(
+        False,
+        "Keep the checkpoint of the step with the best label-free score (highest backbone RankMe) as "
+        "checkpoints/best_label_free.pt (full checkpoints only).",
+        resumable=True,
+    )
     max_nonfinite_steps: int = _f(
         20,
         "Abort after this many consecutive steps with a non-finite loss or gradient (each is skipped and reported).",
@@ -760,9 +791,14 @@ def validate(cfg: Config) -> None:
         "optim.warmup_epochs": cfg.optim.warmup_epochs,
         "monitor.max_train": cfg.monitor.max_train,
         "monitor.max_test": cfg.monitor.max_test,
+        "train.health_images": t.health_images,
     }.items():
         if v < 0:
             raise ConfigError(f"{key}={v} must be >= 0")
+    if t.health_every < -1:
+        raise ConfigError(f"train.health_every={t.health_every} must be -1 (auto), 0 (off) or a number of steps")
+    if not (math.isfinite(t.minutes) and t.minutes >= 0):
+        raise ConfigError(f"train.minutes={t.minutes} must be a number of minutes >= 0 (0 = no time budget)")
     if a.local_crops and a.local_size <= 0:
         raise ConfigError(f"aug.local_size={a.local_size} must be positive when aug.local_crops > 0")
     for key, (lo, hi) in {
@@ -866,8 +902,9 @@ def global_batch_size(cfg: Config, world_size: int = 1) -> int:
     return global_batch(cfg.train.batch_size, world_size, cfg.train.accumulate_steps)
 
 
-def derive(cfg: Config, dataset_size: int, world_size: int = 1) -> Derived:
-    """The one place where lr scaling, global batch and schedule lengths are computed."""
+def derive(cfg: Config, dataset_size: int, world_size: int = 1, budget_steps: int | None = None) -> Derived:
+    """The one place where lr scaling, global batch and schedule lengths are computed; ``budget_steps`` (the
+    steps of a ``train.minutes`` budget, `openseer.train.budget`) replace the epochs."""
     global_batch = global_batch_size(cfg, world_size)
     steps_per_epoch = dataset_size // global_batch
     if steps_per_epoch < 1:
@@ -876,7 +913,7 @@ def derive(cfg: Config, dataset_size: int, world_size: int = 1) -> Derived:
             f"(train.batch_size={cfg.train.batch_size} x {world_size} processes x "
             f"{cfg.train.accumulate_steps} accumulation steps); lower train.batch_size"
         )
-    total = steps_per_epoch * cfg.train.epochs
+    total = steps_per_epoch * cfg.train.epochs if budget_steps is None else budget_steps
     if cfg.train.max_steps:
         total = min(total, cfg.train.max_steps)
     epochs = math.ceil(total / steps_per_epoch)

@@ -52,6 +52,21 @@ def _gather_objects(obj: Any) -> list[Any]:
     return parts
 
 
+def barrier() -> None:
+    """Wait for every process (no-op in one process)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """The first process's ``obj`` on every process (the identity in one process)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def merge_dicts(d: dict[str, Any]) -> dict[str, Any]:
     """The union of every process's dict (collective); on a shared key the lowest rank wins."""
     merged: dict[str, Any] = {}

@@ -6,18 +6,10 @@ import json
 import pytest
 
 from openseer.cli import build_parser
-from openseer.compare import (
-    PROBE_STEPS,
-    PROBE_WARMUP,
-    compare,
-    floor_name,
-    preset_for,
-    probe_throughput,
-    steps_for_minutes,
-    table_lines,
-)
+from openseer.compare import compare, floor_name, preset_for, probe_throughput, table_lines
 from openseer.config import ConfigError, load_config
 from openseer.train import pretrain
+from openseer.train.budget import PROBE_STEPS, PROBE_WARMUP, steps_for_minutes
 from tests.helpers import write_images
 
 METHODS = ["swav", "barlowtwins"]

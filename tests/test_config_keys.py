@@ -128,6 +128,11 @@ def test_resumable_keys_are_declared_on_the_fields():
         # head layouts of checkpoints written before the heads matched their references (set to load them)
         "byol.output_bias",
         "mocov3.predictor_bn",
+        # label-free health signals (issue 23): what is logged and watched, not what is learnt
+        "train.health_every",
+        "train.health_images",
+        "train.stop_on_collapse",
+        "train.keep_best_label_free",
     }
     parallel = {f"parallel.{k}" for k in to_dict(load_config())["parallel"]}
     assert resumable_keys() == hand_kept | parallel

@@ -1,4 +1,5 @@
-"""``openseer pretrain [PRESET_OR_YAML] --data PATH --out RUN_DIR [--epochs E] [--max-steps N] [key=value ...]``:
+"""``openseer pretrain [PRESET_OR_YAML] --data PATH --out RUN_DIR [--epochs E | --minutes M] [--max-steps N]
+[key=value ...]``:
 pretrain a backbone on unlabeled images (`openseer.train.pretrain`); re-using ``--out`` resumes the run."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from openseer.cli.common import MONITOR_KEYS, Parents, config_overrides
 from openseer.config import field_help, load_config
 from openseer.errors import ConfigError
 from openseer.train import pretrain
+from openseer.train.budget import check_minutes
 
 #: Flags that set a config key (the monitor group's too).
 FLAG_KEYS = {
@@ -19,6 +21,7 @@ FLAG_KEYS = {
     "data": "data.path",
     "epochs": "train.epochs",
     "max_steps": "train.max_steps",
+    "minutes": "train.minutes",
     "strategy": "parallel.strategy",
     **MONITOR_KEYS,
 }
@@ -64,6 +67,13 @@ def add_parser(sub: argparse._SubParsersAction, parents: Parents) -> None:
     )
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--max-steps", type=int, help="override train.max_steps (stop after N steps)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        metavar="M",
+        help="train.minutes: a wall-clock budget; a 50-step throughput probe turns it into the steps every "
+        "schedule spans (instead of --epochs)",
+    )
     p.add_argument("--strategy", choices=["ddp", "fsdp"], help="override parallel.strategy (used under torchrun)")
     p.add_argument(
         "--no-resume",
@@ -80,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if preset and "=" in preset:  # no preset given, the first positional is an override
         overrides.insert(0, preset)
         preset = None
+    if args.minutes is not None:  # 0 means "no budget" in a config, but a flag asking for 0 minutes is a slip
+        check_minutes(args.minutes)
     cfg = load_config(preset, overrides + config_overrides(args, FLAG_KEYS))
     ckpts = Path(args.out) / "checkpoints"
     if args.no_resume and ((ckpts / "last.pt").exists() or (ckpts / "LATEST").exists()):
@@ -93,4 +105,7 @@ def run(args: argparse.Namespace) -> int:
             f"{'' if trivial is None else f' (trivial: {trivial:.4f})'}, "
             f"{summary['skipped_images']} images skipped; run dir {args.out}"
         )
+        if "budget" in summary:
+            b = summary["budget"]
+            print(f"budget: {b['minutes']:g} minutes planned ({b['steps']} steps), {b['used_minutes']:.1f} used")
     return 0 if summary["status"] == "completed" else 3

@@ -38,6 +38,8 @@ loop calls                             the method
 ``fp32_modules``                      submodule names kept in float32: own FSDP2 unit, fp32 parameters.
 ``cluster_weights()``                  (K, d) prototypes / last layer for the report's cluster picture, or None.
 ``trivial_loss()``                     the loss of a collapsed or untrained model (e.g. ln K), or None.
+``collapse_signals()``                 :class:`CollapseSignal` s: a logged scalar, its collapse line and the
+                                       remedy (docs/methods.md); the loop warns when one stays past its line.
 =====================================  =============================================================================
 
 State that lives in submodules, parameters and buffers (a teacher network, DINO's centre) travels in
@@ -137,6 +139,38 @@ def optimizer_groups(groups: Iterable[ParamGroup], weight_decay: float) -> list[
         d["weight_decay"] = weight_decay * group.wd_scale
         out.append(d)
     return out
+
+
+@dataclass(frozen=True)
+class CollapseSignal:
+    """A scalar of the metrics rows (a method scalar, ``loss`` or a ``health_*`` signal) and its collapse line.
+
+    The run warns once (`openseer.train.health.CollapseWatch`) when ``name`` stays ``below``/``above`` ``line``
+    for a sustained window of rows after the lr warm-up; ``remedy`` is the advice of docs/methods.md.
+    """
+
+    name: str
+    line: float
+    direction: Literal["below", "above"]
+    remedy: str
+
+    def crossed(self, value: float) -> bool:
+        return value < self.line if self.direction == "below" else value > self.line
+
+
+# Backbone features of rank ~1 on the probe set: every image maps to (nearly) the same direction.
+RANK_COLLAPSE = CollapseSignal(
+    "health_rankme",
+    1.5,
+    "below",
+    "the backbone maps every probe image to one direction: lower optim.base_lr, check the augmentations "
+    "(aug.*) and the method's anti-collapse settings (docs/methods.md)",
+)
+
+
+def z_std_collapse(dim: int, remedy: str) -> CollapseSignal:
+    """``z_std`` (std of l2-normalised outputs, SimSiam sec. 4.1) under a tenth of its healthy 1/sqrt(dim)."""
+    return CollapseSignal("z_std", 0.1 / dim**0.5, "below", remedy)
 
 
 def is_bias_or_norm(param: nn.Parameter) -> bool:
@@ -276,6 +310,11 @@ class Method(nn.Module):
 
     def trivial_loss(self) -> float | None:
         return None
+
+    def collapse_signals(self) -> tuple[CollapseSignal, ...]:
+        """Collapse lines watched during the run; the default: backbone RankMe on the probe set ~1. Methods add
+        their own signature to it. (The loss is no signal: a healthy SwAV starts above its trivial ln K.)"""
+        return (RANK_COLLAPSE,)
 
 
 def _check_ema_pair(where: str, target_path: str, target: nn.Module, online_path: str, online: nn.Module) -> None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, RunInfo, StepContext, StepOutput, Tower
+from openseer.methods.base import CollapseSignal, Method, RunInfo, StepContext, StepOutput, Tower, z_std_collapse
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import per_view, require_two_views
 from openseer.models.backbone import feature_dim
@@ -122,6 +122,15 @@ class BYOL(Method):
     def after_step(self, ctx: StepContext) -> None:
         """Target <- tau_k target + (1 - tau_k) online, with the online parameters just updated (step k)."""
         ema_update_pairs(self.ema_pairs(), self.tau(ctx.step))  # every declared EMA pair (``towers``)
+
+    def collapse_signals(self) -> tuple[CollapseSignal, ...]:
+        """The defaults plus this method's collapse signature (docs/methods.md)."""
+        return super().collapse_signals() + (
+            z_std_collapse(
+                self.cfg.output_dim,
+                "raise byol.base_momentum (0.99-0.996: a slower target), keep the predictor, lower optim.base_lr",
+            ),
+        )
 
 
 def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> BYOL:

@@ -41,10 +41,20 @@ from torch import nn
 
 from openseer import dist
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower, split_groups
+from openseer.methods.base import (
+    CollapseSignal,
+    Method,
+    ParamGroup,
+    RunInfo,
+    StepContext,
+    StepOutput,
+    Tower,
+    split_groups,
+)
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
 from openseer.models.heads import ProjectionMLP, Prototypes, multicrop_forward
+from openseer.ops.collapse import cluster_occupancy
 
 log = logging.getLogger("openseer")
 IGNORE = -100  # target of an image without an assignment (cross_entropy's ignore_index)
@@ -200,7 +210,7 @@ class DeepClusterV2(Method):
         loss = loss / len(self.prototypes)
         emb = z.detach().float().view(n_crops, batch, -1)
         self._pending.append((start, indices, emb[self.cfg.crops_for_assign]))
-        return StepOutput(loss, {"known_targets": float(known.float().mean())})
+        return StepOutput(loss, {"known_targets": float(known.float().mean()), "occupancy": cluster_occupancy(scores)})
 
     def after_step(self, ctx: StepContext) -> None:
         for start, indices, emb in self._pending:
@@ -301,6 +311,17 @@ class DeepClusterV2(Method):
     def trivial_loss(self) -> float:
         """Uniform predictions over K clusters: ln K (averaged over the prototype sets)."""
         return sum(math.log(k) for k in self.cfg.num_prototypes) / len(self.cfg.num_prototypes)
+
+    def collapse_signals(self) -> tuple[CollapseSignal, ...]:
+        """The defaults plus this method's collapse signature (docs/methods.md)."""
+        return super().collapse_signals() + (
+            CollapseSignal(
+                "occupancy",
+                0.1,
+                "below",
+                "lower optim.base_lr or deepclusterv2.temperature, raise deepclusterv2.num_prototypes",
+            ),
+        )
 
 
 def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> DeepClusterV2:

@@ -33,7 +33,16 @@ from torch import nn
 
 from openseer import dist
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower, split_groups
+from openseer.methods.base import (
+    CollapseSignal,
+    Method,
+    ParamGroup,
+    RunInfo,
+    StepContext,
+    StepOutput,
+    Tower,
+    split_groups,
+)
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import check_crop_sizes, feature_dim
 from openseer.models.heads import DINOProjection, WeightNormLinear, multicrop_forward
@@ -279,6 +288,19 @@ class DINO(Method):
 
     def trivial_loss(self) -> float | None:
         return math.log(self.cfg.out_dim)  # uniform teacher and student
+
+    def collapse_signals(self) -> tuple[CollapseSignal, ...]:
+        """The defaults plus this method's collapse signature (docs/methods.md)."""
+        return super().collapse_signals() + (
+            CollapseSignal(
+                "kl",
+                1e-3,
+                "below",
+                "DINO needs centring and sharpening together (Caron et al. 2021, sec. 5.3): if teacher_entropy is "
+                "near ln K lower dino.teacher_temp, if it is near 0 raise dino.center_momentum's effect (keep 0.9) "
+                "and the teacher temperature warm-up",
+            ),
+        )
 
 
 def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> DINO:

@@ -34,7 +34,7 @@ from torch import nn
 from openseer import dist
 from openseer.dist import all_gather_cat
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, RunInfo, StepContext, StepOutput, Tower
+from openseer.methods.base import CollapseSignal, Method, RunInfo, StepContext, StepOutput, Tower, z_std_collapse
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import per_view, require_two_views
 from openseer.models.backbone import feature_dim
@@ -180,6 +180,15 @@ class MoCoV3(Method):
     def trivial_loss(self) -> float:
         """Every similarity equal: each of the two terms is 2T ln B for a global batch B."""
         return 2 * 2 * self.cfg.temperature * math.log(self.micro_global_batch)
+
+    def collapse_signals(self) -> tuple[CollapseSignal, ...]:
+        """The defaults plus this method's collapse signature (docs/methods.md)."""
+        return super().collapse_signals() + (
+            z_std_collapse(
+                self.cfg.output_dim,
+                "lower optim.base_lr or lengthen optim.warmup_epochs (MoCo v3 sec. 4: instability at large lr)",
+            ),
+        )
 
 
 def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> MoCoV3:

@@ -28,7 +28,7 @@ from torch import nn
 
 from openseer import dist
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, RunInfo, StepContext, StepOutput, Tower
+from openseer.methods.base import CollapseSignal, Method, RunInfo, StepContext, StepOutput, Tower, z_std_collapse
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import require_two_views
 from openseer.models.backbone import feature_dim
@@ -115,6 +115,15 @@ class SimCLR(Method):
     def trivial_loss(self) -> float:
         """Every similarity equal: each of the two cross-entropies is ln(2B - 1) for a global batch B."""
         return 2 * math.log(2 * self.micro_global_batch - 1)
+
+    def collapse_signals(self) -> tuple[CollapseSignal, ...]:
+        """The defaults plus this method's collapse signature (docs/methods.md)."""
+        return super().collapse_signals() + (
+            z_std_collapse(
+                self.cfg.output_dim,
+                "raise the batch size or simclr.temperature, lower optim.base_lr (SimCLR sec. 5)",
+            ),
+        )
 
 
 def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> SimCLR:

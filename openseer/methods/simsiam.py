@@ -29,7 +29,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower, split_groups
+from openseer.methods.base import (
+    CollapseSignal,
+    Method,
+    ParamGroup,
+    RunInfo,
+    StepContext,
+    StepOutput,
+    Tower,
+    split_groups,
+    z_std_collapse,
+)
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import per_view, require_two_views
 from openseer.models.backbone import feature_dim
@@ -93,6 +103,16 @@ class SimSiam(Method):
         p1, p2 = self.predictor(z1), self.predictor(z2)
         loss = 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1)
         return StepOutput(loss, {"z_std": embedding_std(z1)})
+
+    def collapse_signals(self) -> tuple[CollapseSignal, ...]:
+        """The defaults plus this method's collapse signature (docs/methods.md)."""
+        return super().collapse_signals() + (
+            z_std_collapse(
+                self.cfg.output_dim,
+                "SimSiam needs the stop-gradient and the predictor (Chen & He 2021, sec. 4): keep the predictor with "
+                "its fixed lr (simsiam.fix_pred_lr), BN in the projector, and lower optim.base_lr",
+            ),
+        )
 
 
 def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> SimSiam:

@@ -23,10 +23,20 @@ from torch import nn
 
 from openseer import dist
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower, split_groups
+from openseer.methods.base import (
+    CollapseSignal,
+    Method,
+    ParamGroup,
+    RunInfo,
+    StepContext,
+    StepOutput,
+    Tower,
+    split_groups,
+)
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
 from openseer.models.heads import ProjectionMLP, Prototypes, multicrop_forward
+from openseer.ops.collapse import cluster_occupancy
 from openseer.ops.sinkhorn import sinkhorn_knopp
 
 
@@ -214,7 +224,8 @@ class SwAV(Method):
         z = self.embed(crops)
         scores = self.scores(z)
         codes = targets if targets is not None else self.assign(z, scores, batch, ctx.epoch)
-        return StepOutput(self.swapped_prediction_loss(scores, codes, batch))
+        loss = self.swapped_prediction_loss(scores, codes, batch)
+        return StepOutput(loss, {"occupancy": cluster_occupancy(scores[:batch])})
 
     def swapped_prediction_loss(self, scores: torch.Tensor, codes: list[torch.Tensor], batch: int) -> torch.Tensor:
         n_crops = scores.shape[0] // batch
@@ -280,6 +291,18 @@ class SwAV(Method):
                 # newest first, as the reference
                 self.queue[i] = torch.cat([z.detach().float(), self.queue[i, :-batch]])
         return sinkhorn_knopp(out, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-batch:]
+
+    def collapse_signals(self) -> tuple[CollapseSignal, ...]:
+        """The defaults plus this method's collapse signature (docs/methods.md)."""
+        return super().collapse_signals() + (
+            CollapseSignal(
+                "occupancy",
+                0.1,
+                "below",
+                "freeze the prototypes longer (swav.freeze_prototypes_steps), use a queue below batch 256 "
+                "(swav.queue_length), lower swav.epsilon or optim.base_lr",
+            ),
+        )
 
 
 def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> SwAV:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, RunInfo, StepContext, StepOutput, Tower
+from openseer.methods.base import CollapseSignal, Method, RunInfo, StepContext, StepOutput, Tower
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.methods.two_views import require_two_views
 from openseer.models.backbone import feature_dim
@@ -125,6 +125,17 @@ class VICReg(Method):
     def trivial_loss(self) -> float:
         """A collapsed embedding (all images equal): no invariance or covariance cost, variance 1 - 0.01."""
         return self.cfg.std_coeff * (1 - self.cfg.std_eps**0.5)
+
+    def collapse_signals(self) -> tuple[CollapseSignal, ...]:
+        """The defaults plus this method's collapse signature (docs/methods.md)."""
+        return super().collapse_signals() + (
+            CollapseSignal(
+                "embedding_std",
+                0.1,
+                "below",
+                "raise vicreg.std_coeff (25 in the paper) or lower vicreg.sim_coeff, lower optim.base_lr",
+            ),
+        )
 
 
 def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> VICReg:

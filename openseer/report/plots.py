@@ -81,6 +81,49 @@ def plot_curves(rows: list[dict], out: Path, uniform_loss: float | None = None) 
     return out
 
 
+HEALTH_PANELS = (
+    ("health_rankme", "backbone RankMe (probe set)"),
+    ("health_alpha_req", "backbone alpha-ReQ"),
+    ("health_feature_std", "std of normalised features"),
+)
+
+
+def plot_health(rows: list[dict], out: Path, best_step: int | None = None) -> Path | None:
+    """The label-free health signals (`openseer.train.health`) against the step, the best step marked."""
+    panels = [(k, t) for k, t in HEALTH_PANELS if any(r.get(k) is not None for r in rows)]
+    if not panels:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), constrained_layout=True, squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        ax.plot(*zip(*points, strict=True), marker="o", ms=3, color="tab:red")
+        if best_step is not None:
+            ax.axvline(best_step, ls="--", color="grey", lw=1, label=f"best label-free step {best_step}")
+            ax.legend(loc="best", fontsize=8)
+        ax.set(title=title, xlabel="step")
+        ax.grid(alpha=0.3)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def health_section(rows: list[dict], summary: dict, out_dir: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """The report's health figure (title naming the best label-free step) and one note per collapse warning."""
+    best = summary.get("best_label_free") or {}
+    notes = [
+        f"collapse warning at step {w['step']}: {w['signal']}={w['value']:.4g} stayed {w['direction']} "
+        f"{w['line']:.4g}; {w['remedy']}"
+        for w in summary.get("collapse_warnings", [])
+    ]
+    if not plot_health(rows, out_dir / "health.png", best.get("step")):
+        return [], notes
+    title = "Is it learning? Label-free health signals"
+    if best:
+        title += f" (best label-free step {best['step']}: RankMe {best['score']:.2f})"
+    return [(title, "health.png")], notes
+
+
 def image_grid(
     rows: list[list[np.ndarray]],
     out: Path,

@@ -25,7 +25,7 @@ from openseer.errors import BadImage, CheckpointError, DataError
 from openseer.eval.registry import load_evaluations
 from openseer.eval.settings import FROM_RUN
 from openseer.methods import get_method
-from openseer.report.plots import image_grid, plot_curves, read_metrics
+from openseer.report.plots import health_section, image_grid, plot_curves, read_metrics
 from openseer.run_state import load_run_config
 
 log = logging.getLogger("openseer")
@@ -194,6 +194,8 @@ def write_report(
         figures.append(("Training curves", "curves.png"))
     else:
         notes.append("metrics.jsonl is missing or empty: no curves")
+    health_figures, health_notes = health_section(rows, summary, out)
+    figures, notes = figures + health_figures, notes + health_notes
     backbone, _ = load_backbone(run_dir)
     run = FROM_RUN.resolve(cfg)
     data = data or cfg.data.path

@@ -3,7 +3,8 @@
 The loop is in parts: :mod:`~openseer.train.setup` builds everything, :mod:`~openseer.train.step` holds
 :func:`train_step` (one optimizer step, callable on its own), :mod:`~openseer.train.logger` writes
 metrics.jsonl and the progress bar, :mod:`~openseer.train.checkpointer` saves and restores, and
-:mod:`~openseer.train.loop` ties them together. See docs/architecture.md.
+:mod:`~openseer.train.loop` ties them together; :mod:`~openseer.train.budget` turns a wall-clock budget
+(``train.minutes``) into steps. See docs/architecture.md.
 """
 
 from openseer.train.checkpointer import Checkpointer, Progress

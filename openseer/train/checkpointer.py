@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from openseer.config import Config, to_dict
 from openseer.methods.base import StepContext
 from openseer.models.backbone import backbone_spec
 from openseer.run_state import rng_state, set_rng_state
+from openseer.train.health import new_health_state
+from openseer.train.logger import LogWindow
 from openseer.train.step import Trainer
 
 log = logging.getLogger("openseer")
@@ -36,6 +39,14 @@ class Progress:
     nonfinite_total: int = 0
     consecutive_bad: int = 0
     losses: list[float] = field(default_factory=list)  # per step since start/resume
+    window: LogWindow = field(default_factory=LogWindow)  # the metrics row being summed (rank 0's is kept)
+    health: dict[str, Any] = field(default_factory=new_health_state)  # CollapseWatch's (rank 0's is kept)
+    seconds_before: float = 0.0  # wall time of the run's earlier segments (before this resume)
+    started: float = field(default_factory=time.time)  # when this segment began
+
+    def seconds(self) -> float:
+        """Wall time of the whole run so far, over every resumed segment."""
+        return self.seconds_before + time.time() - self.started
 
 
 class Checkpointer:
@@ -66,6 +77,9 @@ class Checkpointer:
             "format": 2 if self.sharded else 1,
             "conversions": dist.sum_counts(progress.conversions),
             "extra_state_keys": sorted(extra),
+            "log_window": progress.window.state(),
+            "health": progress.health,
+            "seconds": progress.seconds(),
         }
         clash = set(extra) & set(meta) | set(extra) & {"model", "optimizer"}
         if clash:
@@ -102,6 +116,19 @@ class Checkpointer:
         for p in old[: max(len(old) - self.cfg.train.keep_checkpoints, 0)]:
             p.unlink(missing_ok=True)
 
+    def keep_as_best_label_free(self) -> None:
+        """Keep ``last.pt`` (just written) as ``best_label_free.pt`` too (a hard link where possible)."""
+        if not dist.is_main():
+            return
+        best, tmp = self.dir / "best_label_free.pt", self.dir / ".best_label_free.pt.link"
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(self.dir / "last.pt", tmp)
+            os.replace(tmp, best)
+        except OSError:
+            shutil.copyfile(self.dir / "last.pt", tmp)
+            os.replace(tmp, best)
+
     def restore(self, state: dict[str, Any], sharded_dir: Path | None) -> Progress:
         """Load a checkpoint found by :func:`openseer.run_state.find_resume_state`; returns its progress."""
         method, optimizer = self.trainer.method, self.trainer.optimizer
@@ -124,6 +151,9 @@ class Checkpointer:
             # ("input_counts" in checkpoints written before the key was renamed)
             conversions=dict(state.get("conversions", state.get("input_counts", {}))) if dist.is_main() else {},
             nonfinite_total=state.get("nonfinite_steps", 0),
+            window=LogWindow.from_state(state.get("log_window")),
+            health=state.get("health") or new_health_state(),
+            seconds_before=float(state.get("seconds", 0.0)),
         )
         if dist.is_main():
             log.info("resumed from %s at step %d", sharded_dir or self.dir / "last.pt", progress.step)

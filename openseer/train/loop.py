@@ -23,6 +23,7 @@ from openseer.config import Config
 from openseer.logging_backends import sink_from_config
 from openseer.models.backbone import backbone_spec
 from openseer.run_state import ForcedStop, StopFlag, run_summary
+from openseer.train.budget import budget_summary, plan_budget
 from openseer.train.logger import MetricsLogger
 from openseer.train.setup import Monitor, Run, setup_run
 from openseer.train.step import TrainingError, train_step
@@ -43,10 +44,12 @@ def pretrain(
     ``KeyboardInterrupt`` from it behaves like Ctrl-C (checkpoint, then stop). ``monitor(step, last,
     backbone)`` returns extra metrics for a logged row; by default it is the online kNN monitor that the
     ``monitor`` config section describes (`openseer.eval.monitor.KnnMonitor`; off unless monitor.train is set).
+    With ``cfg.train.minutes`` a throughput probe first turns the minutes into steps (`openseer.train.budget`).
     """
-    run = setup_run(cfg, out_dir, resume, monitor)
+    budget = plan_budget(cfg, Path(out_dir), pretrain) if cfg.train.minutes else None
+    run = setup_run(cfg, out_dir, resume, monitor, budget["steps"] if budget else None)
     status = _train(run, on_step)
-    return _finish(run, status)
+    return _finish(run, status, budget)
 
 
 def stop_agreed(requested: bool, device: torch.device) -> bool:
@@ -58,11 +61,11 @@ def stop_agreed(requested: bool, device: torch.device) -> bool:
 
 
 def _train(run: Run, on_step: Callable[[int, float], None] | None) -> str:
-    """Steps until the schedule ends or a stop is requested: 'completed' or 'interrupted'."""
+    """Steps until the schedule ends or a stop is requested: 'completed', 'interrupted' or 'collapsed'."""
     p, d = run.progress, run.derived
     logger = MetricsLogger(
         run.out / "metrics.jsonl", dist.is_main(), d.total_steps, p.step, run.cfg.train.log_every, run.started,
-        run.monitor, sink_from_config(run.cfg, run.out, dist.is_main()),
+        run.monitor, sink_from_config(run.cfg, run.out, dist.is_main()), p.window, run.watch,
     )  # fmt: skip
     try:
         with StopFlag() as stop:
@@ -76,6 +79,8 @@ def _train(run: Run, on_step: Callable[[int, float], None] | None) -> str:
         return "interrupted"
     finally:
         logger.close()
+    if run.watch.stop_requested and p.step < d.total_steps:
+        return "collapsed"  # train.stop_on_collapse: checkpointed like a stop request
     return "completed" if p.step >= d.total_steps else "interrupted"
 
 
@@ -110,7 +115,8 @@ def _epoch(run: Run, logger: MetricsLogger, stop: StopFlag, on_step: Callable[[i
         logger.record(p.step, epoch, result, d.global_batch, p.nonfinite_total, run.trainer.method.export_module())
         if on_step is not None:
             on_step(p.step, result.loss)
-        stopping = stop_agreed(stop.requested, run.trainer.device)
+        _keep_best(run)
+        stopping = stop_agreed(stop.requested or run.watch.stop_requested, run.trainer.device)
         last, end_of_epoch = p.step == d.total_steps, p.step % d.steps_per_epoch == 0
         every = p.step % run.cfg.train.checkpoint_every == 0
         if last or end_of_epoch or stopping or every:
@@ -118,6 +124,15 @@ def _epoch(run: Run, logger: MetricsLogger, stop: StopFlag, on_step: Callable[[i
         if last or end_of_epoch or stopping:
             return stopping
     return False
+
+
+def _keep_best(run: Run) -> None:
+    """With ``train.keep_best_label_free``: checkpoint a step that improved the best label-free score and keep it
+    as ``best_label_free.pt`` (every process agrees: the checkpoint is collective)."""
+    if run.cfg.train.keep_best_label_free and stop_agreed(run.watch.new_best, run.trainer.device):
+        run.watch.new_best = False
+        run.checkpointer.save(run.progress, step_file=False)
+        run.checkpointer.keep_as_best_label_free()
 
 
 def _account(run: Run, result: Any) -> None:
@@ -137,12 +152,15 @@ def _account(run: Run, result: Any) -> None:
         )
 
 
-def _finish(run: Run, status: str) -> dict[str, Any]:
+def _finish(run: Run, status: str, budget: dict[str, Any] | None = None) -> dict[str, Any]:
     """Summary (and, for a completed run, the exported backbone); collectives: every process calls it."""
     cfg, p, method = run.cfg, run.progress, run.trainer.method
     skipped = dist.merge_dicts(p.skipped)
     summary = run_summary(cfg, run.derived, method, p.step, p.losses, skipped, p.nonfinite_total, status, run.started)
     summary["conversions"] = dist.sum_counts(p.conversions)
+    summary.update(run.watch.summary(run.health))  # collapse warnings, best label-free step (rank 0's)
+    if budget is not None:  # planned vs used: every segment of a resumed run, without the probe
+        summary["budget"] = budget_summary(budget, p.seconds())
     # a consolidated backbone (gathered from the shards with FSDP: every process takes part)
     backbone_state = full_backbone_state(method, method.exported_backbone) if status == "completed" else None
     if dist.is_main():

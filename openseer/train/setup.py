@@ -27,6 +27,7 @@ from openseer.ops import LARS, cosine_schedule
 from openseer.parallel import prepare_model
 from openseer.run_state import find_resume_state, resume_blockers, truncate_metrics
 from openseer.train.checkpointer import Checkpointer, Progress
+from openseer.train.health import CollapseWatch, HealthMonitor, health_from_config
 from openseer.train.step import Trainer
 from openseer.weights.sources import init_method_from
 
@@ -49,6 +50,8 @@ class Run:
     checkpointer: Checkpointer
     progress: Progress
     monitor: Monitor | None
+    health: HealthMonitor | None = None  # label-free health signals (rank 0; also inside ``monitor``)
+    watch: CollapseWatch | None = None
 
 
 def build_optimizer(cfg: Config, method: Method) -> tuple[torch.optim.Optimizer, list[ParamGroup]]:
@@ -129,6 +132,22 @@ def _monitor(cfg: Config, monitor: Monitor | None) -> Monitor | None:
     return monitor_from_config(cfg)
 
 
+def _with_health(run: Run) -> None:
+    """Add the health monitor (rank 0) to the run's monitors and the collapse watch over its rows."""
+    cfg, d = run.cfg, run.derived
+    fsdp = cfg.parallel.strategy == "fsdp" and dist.world_size() > 1
+    if cfg.train.keep_best_label_free and run.checkpointer.sharded:
+        raise ConfigError("train.keep_best_label_free keeps a full checkpoint; use parallel.checkpoint_format=full")
+    # with FSDP every process gets the same answer (off, or the error) before any data is read
+    run.health = health_from_config(cfg, d.steps_per_epoch, fsdp) if dist.is_main() or fsdp else None
+    if run.health is not None:
+        knn, health = run.monitor, run.health
+        both: Monitor = lambda step, last, bb: {**knn(step, last, bb), **health(step, last, bb)}  # noqa: E731
+        run.monitor = health if knn is None else both
+    signals = run.trainer.method.collapse_signals()
+    run.watch = CollapseWatch(signals, d.warmup_steps, cfg.train.stop_on_collapse, run.progress.health)
+
+
 def _write_run_files(run: Run, num_images: int) -> None:
     cfg, out, d = run.cfg, run.out, run.derived
     out.mkdir(parents=True, exist_ok=True)
@@ -141,8 +160,15 @@ def _write_run_files(run: Run, num_images: int) -> None:
     )  # fmt: skip
 
 
-def setup_run(cfg: Config, out_dir: str | Path, resume: bool = True, monitor: Monitor | None = None) -> Run:
-    """Everything :func:`openseer.train.pretrain` runs, restored from the run directory's checkpoint if any."""
+def setup_run(
+    cfg: Config,
+    out_dir: str | Path,
+    resume: bool = True,
+    monitor: Monitor | None = None,
+    budget_steps: int | None = None,
+) -> Run:
+    """Everything :func:`openseer.train.pretrain` runs, restored from the run directory's checkpoint if any;
+    ``budget_steps`` (a ``train.minutes`` budget) replace the epochs."""
     started = time.time()
     device = dist.init_distributed(cfg.train.device)
     out = Path(out_dir)
@@ -152,7 +178,7 @@ def setup_run(cfg: Config, out_dir: str | Path, resume: bool = True, monitor: Mo
     sampler, loader, num_images = build_pretrain_data(
         cfg, dist.rank(), dist.world_size(), device, (state or {}).get("data")
     )
-    derived = derive(cfg, num_images, dist.world_size())
+    derived = derive(cfg, num_images, dist.world_size(), budget_steps)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
@@ -169,6 +195,7 @@ def setup_run(cfg: Config, out_dir: str | Path, resume: bool = True, monitor: Mo
     checkpointer = Checkpointer(cfg, out / "checkpoints", trainer, sampler, sharded)
     progress = checkpointer.restore(state, sharded_dir) if state is not None else Progress()
     run = Run(cfg, out, started, derived, trainer, sampler, loader, checkpointer, progress, monitor)
+    _with_health(run)
     if dist.is_main():
         _write_run_files(run, num_images)
     return run

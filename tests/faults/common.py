@@ -66,10 +66,15 @@ def pretrain_cli(data: Path, out: Path, *extra: str, fault: str | None = None, t
     return subprocess.run(argv, env=fault_env(fault, **env), cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def metrics_rows(run: Path) -> list[tuple[int, float, float]]:
-    """(step, loss, lr) of every metrics line: what must be equal across interruptions (timings are not)."""
+#: The fields of a metrics line that may differ across interruptions: wall-clock timings.
+TIMINGS = ("images_per_s", "seconds")
+
+
+def metrics_rows(run: Path) -> list[tuple]:
+    """Every metrics line but its timings, as ``(step, loss, lr, ...)``: what must be equal across
+    interruptions (the loss, lr, wd, non-finite count and the method's scalars of every row)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [(r["step"], r["loss"], r["lr"]) for r in rows]
+    return [(r["step"], r["loss"], r["lr"], *sorted((k, v) for k, v in r.items() if k not in TIMINGS)) for r in rows]
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
