@@ -58,10 +58,15 @@ def test_every_builtin_preset_resolves_to_what_its_chain_states(name):
         for key, value in d.items():
             yield from leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
 
+    def set_fields(value):  # a list of view recipes resolves with every unset field as null
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            return [{k: x for k, x in v.items() if x is not None} for v in value]
+        return value
+
     stated = dict(leaves(read_preset(name)))
     assert "base" not in stated
     resolved = dict(leaves(to_dict(load_config(name))))
-    assert {k: resolved[k] for k in stated} == stated
+    assert {k: set_fields(resolved[k]) for k in stated} == stated
 
 
 def test_old_regnet_and_recompute_keys_still_load_with_a_note(tmp_path, caplog):

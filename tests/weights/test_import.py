@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openseer.methods.base import Method, Tower
 from openseer.methods.swav import Config as SwAVConfig
 from openseer.methods.swav import SwAV
 from openseer.models.backbone import create_backbone_from_spec
@@ -70,8 +71,10 @@ def test_swav_training_checkpoint_and_model_zoo_file(tmp_path):
         head.eval()
 
 
-class _DinoLike(nn.Module):
+class _DinoLike(Method):
     """The shape of a DINO method: a backbone and DINO's head with torch's current weight_norm."""
+
+    towers = (Tower("backbone"), Tower("head", "head"))
 
     def __init__(self):
         super().__init__()
