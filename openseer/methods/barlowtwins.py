@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from openseer.errors import ConfigError
-from openseer.methods.base import Method, ParamGroup, RunInfo, StepContext, StepOutput, Tower, split_groups
+from openseer.methods.base import ParamGroup, RunInfo, StepContext, StepOutput, split_groups
 from openseer.methods.registry import MethodEntry, register_method
-from openseer.methods.two_views import require_two_views
+from openseer.methods.two_views import BackboneProjector, require_two_views
 from openseer.models.backbone import feature_dim
 from openseer.models.heads import MLP
 from openseer.ops.gather import all_reduce_sum
@@ -107,18 +107,13 @@ def projector(dims: list[int]) -> MLP:
     return MLP(dims, batch_norm=True, last_bn="none", last_bias=False)
 
 
-class BarlowTwins(Method):
+class BarlowTwins(BackboneProjector):
     """Backbone + projector; the loss drives the global-batch cross-correlation of two views to I."""
 
     name = "barlowtwins"
-    towers = (Tower("backbone"), Tower("projector", "head"))
-    exact_accumulation = False
 
     def __init__(self, backbone: nn.Module, cfg: Config):
-        super().__init__()
-        self.cfg = cfg
-        self.backbone = backbone
-        self.projector = projector([feature_dim(backbone), *cfg.projector_dims])
+        super().__init__(backbone, cfg, projector([feature_dim(backbone), *cfg.projector_dims]))
 
     def compute_loss(self, crops: list[torch.Tensor], ctx: StepContext, targets: Any = None) -> StepOutput:
         # one view per call, as the reference: every batch norm sees one view's batch, never a mix of both

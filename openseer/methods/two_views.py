@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from openseer.errors import ConfigError
+from openseer.methods.base import Method, Tower
 
 BATCH_NORM_NEEDS = "batch norm in the heads needs at least 2 images per process"
 
@@ -28,3 +29,17 @@ def per_view(net: nn.Module, crops: list[torch.Tensor]) -> list[torch.Tensor]:
     """``net`` applied to each view separately, as the MoCo v3, BYOL and SimSiam references do (batch-norm
     statistics are per view; SimCLR instead concatenates the views)."""
     return [net(x) for x in crops]
+
+
+class BackboneProjector(Method):
+    """A backbone and one projector trained on two views by a batch-statistics loss (Barlow Twins, VICReg):
+    their towers, and why their gradient accumulation cannot be exact (the loss needs the whole batch)."""
+
+    towers = (Tower("backbone"), Tower("projector", "head"))
+    exact_accumulation = False
+
+    def __init__(self, backbone: nn.Module, cfg: Any, projector: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.projector = projector

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from openseer.errors import ConfigError
-from openseer.methods.base import CollapseSignal, Method, RunInfo, StepContext, StepOutput, Tower
+from openseer.methods.base import CollapseSignal, RunInfo, StepContext, StepOutput
 from openseer.methods.registry import MethodEntry, register_method
-from openseer.methods.two_views import require_two_views
+from openseer.methods.two_views import BackboneProjector, require_two_views
 from openseer.models.backbone import feature_dim
 from openseer.models.heads import MLP
 from openseer.ops.gather import all_gather_with_grad
@@ -97,18 +97,13 @@ def expander(dims: list[int]) -> MLP:
     return MLP(dims, batch_norm=True, last_bn="none", last_bias=False, hidden_bias=True)
 
 
-class VICReg(Method):
+class VICReg(BackboneProjector):
     """Backbone + expander; invariance between views, variance and decorrelation within each view."""
 
     name = "vicreg"
-    towers = (Tower("backbone"), Tower("projector", "head"))
-    exact_accumulation = False
 
     def __init__(self, backbone: nn.Module, cfg: Config):
-        super().__init__()
-        self.cfg = cfg
-        self.backbone = backbone
-        self.projector = expander([feature_dim(backbone), *cfg.projector_dims])
+        super().__init__(backbone, cfg, expander([feature_dim(backbone), *cfg.projector_dims]))
 
     def compute_loss(self, crops: list[torch.Tensor], ctx: StepContext, targets: Any = None) -> StepOutput:
         x = self.projector(self.backbone(crops[0]))
