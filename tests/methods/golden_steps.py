@@ -42,6 +42,14 @@ TINY = [
 ]
 
 
+def off_diagonal(x: torch.Tensor) -> torch.Tensor:
+    """The references' flattened off-diagonal trick (barlowtwins main.py, vicreg main_vicreg.py), written here
+    independently of openseer.ops.matrix."""
+    n, m = x.shape
+    assert n == m
+    return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+
 def exclude_bias_and_norm(p: torch.Tensor) -> bool:
     """vicreg / barlowtwins: biases and batch-norm parameters are the 1-d ones."""
     return p.ndim == 1

@@ -30,6 +30,7 @@ from tests.methods.golden_steps import (
     assert_same_training,
     changed_updates,
     exclude_bias_and_norm,
+    off_diagonal,
     run_both,
     tiny_config,
 )
@@ -38,18 +39,7 @@ LEARNING_RATE_WEIGHTS, LEARNING_RATE_BIASES = 0.2, 0.0048  # main.py's defaults,
 BASE_LR = 50.0  # for the test: peak lr 1.6 for the weights at batch 8, so that LARS moves them by ~0.1% a step
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def off_diagonal(x: torch.Tensor) -> torch.Tensor:
-    n, m = x.shape
-    assert n == m
-    return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MainBarlowTwins:

@@ -43,12 +43,7 @@ DATASET = BATCH * STEPS_PER_EPOCH
 TRAIN_STEPS = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def kmeans_generator(seed: int, epoch: int, h: int) -> torch.Generator:

@@ -36,12 +36,7 @@ LARGE_NUM = 1e9
 BASE_LR = 2.0  # for the test: peak lr 0.0625 at batch 8; larger lrs make this tiny net's 1x1 last stage chaotic
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def add_contrastive_loss(hidden: torch.Tensor, temperature: float) -> torch.Tensor:

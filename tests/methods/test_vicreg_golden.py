@@ -34,6 +34,7 @@ from tests.methods.golden_steps import (
     assert_same_training,
     changed_updates,
     exclude_bias_and_norm,
+    off_diagonal,
     run_both,
     tiny_config,
 )
@@ -41,18 +42,7 @@ from tests.methods.golden_steps import (
 BASE_LR = 50.0  # for the test (the preset's 0.2 moves LARS weights by ~1e-6 at batch 8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def off_diagonal(x: torch.Tensor) -> torch.Tensor:
-    n, m = x.shape
-    assert n == m
-    return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MainVICReg:
