@@ -110,6 +110,7 @@ SWAV_FAITHFUL = ["swav-resnet50", "swav-224", "seer-32gf", "seer-64gf", "seer-12
 OTHER_PAPER = [
     "byol-imagenet",
     "mocov3-resnet50",
+    "mocov3-vit-small",
     "deepclusterv2",
     "simclr-imagenet",
     "dino-vit-small",
@@ -259,6 +260,8 @@ SOURCE_SCHEDULES = {
     ("byol-imagenet", 1281167, 64): (4096, 4.8, 0.0, 10 * (1281167 // 4096), 0.0),
     # moco-v3 CONFIG.md 100 epochs: --lr 0.6 x 4096 / 256 = 9.6, cosine to 0, --warmup-epochs 10
     ("mocov3-resnet50", 1281167, 64): (4096, 9.6, 0.0, 10 * (1281167 // 4096), 0.0),
+    # moco-v3 CONFIG.md ViT-Small: -b 4096 (default), --lr=1.5e-4 x 4096 / 256 = 2.4e-3, cosine to 0, 40 warm-up epochs
+    ("mocov3-vit-small", 1281167, 64): (4096, 2.4e-3, 0.0, 40 * (1281167 // 4096), 0.0),
     # deepclusterv2_800ep_pretrain.sh: --base_lr 4.8 --final_lr 0.0048 --warmup_epochs 10 --start_warmup 0.3
     ("deepclusterv2", 1281167, 64): (4096, 4.8, 0.0048, 10 * (1281167 // 4096), 0.3),
     # simclr README: batch 4096, --learning_rate 0.3 (linear scaling) = 4.8, 10 warm-up epochs, cosine to 0
@@ -285,6 +288,9 @@ def test_faithful_schedules_equal_the_sources_numbers(name, images, world):
         assert cfg.byol.base_momentum == 0.99 and cfg.optim.weight_decay == 1e-6
     if name == "mocov3-resnet50":  # --crop-min=.2 in every ResNet-50 command of CONFIG.md
         assert list(cfg.aug.global_scale) == [0.2, 1.0]
+    if name == "mocov3-vit-small":  # CONFIG.md ViT-Small: --moco-t=.2 --stop-grad-conv1, --crop-min default 0.08
+        assert list(cfg.aug.global_scale) == [0.08, 1.0] and cfg.mocov3.temperature == 0.2
+        assert cfg.mocov3.freeze_patch_embed and cfg.model.vit_style == "mocov3" and cfg.optim.name == "adamw"
     if name == "deepclusterv2":  # apex groups of world_size // 8 = 8 GPUs; src/resnet50.py BN weights 1
         assert cfg.parallel.batchnorm_group_size == 8 and not cfg.model.zero_init_residual
     if name == "dino-vit-small":  # main_dino.py defaults: 8 local crops, teacher temperature 0.04 throughout
