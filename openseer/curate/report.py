@@ -1,9 +1,9 @@
 """What ``openseer curate`` writes: ``curated.txt``, ``summary.json`` and ``report.html`` with pictures.
 
-``curated.txt`` is a file list `openseer.data.lists` reads as it is (one absolute path per line), so
-``openseer pretrain --data DIR/curated.txt`` trains on the curated subset. An archive pool (tar, shards) has
-no paths to list: its curated member names go to ``curated-members.txt`` instead (unpack the archive to a
-folder to pretrain on a curated subset of it). The pictures use matplotlib through `openseer.report.plots`.
+``curated.txt`` is a file list `openseer.data.lists` reads as it is, one image per line as the pool's source
+names it (`openseer.data.sources.ImageSource.entry`): an absolute path for a folder or file-list pool,
+``ARCHIVE::MEMBER`` for a tar or shard pool, so ``openseer pretrain --data DIR/curated.txt`` trains on the
+curated subset whatever the pool was. The pictures use matplotlib through `openseer.report.plots`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from openseer.data import BadImage, load_rgb
-from openseer.data.sources import FolderSource, ImageSource
+from openseer.data.sources import ImageSource
 from openseer.io import atomic_write_json, atomic_write_text
 from openseer.report.plots import image_grid, pyplot
 
@@ -41,12 +41,9 @@ class Curation:
     top_cluster_of_selected: list[int] = field(default_factory=list)
 
 
-def curated_paths(source: ImageSource, ids: np.ndarray) -> list[str] | None:
-    """Absolute paths of ``ids`` for a folder or file-list pool; None for an archive (tar, shards)."""
-    if not isinstance(source, FolderSource):
-        return None
-    root = os.path.abspath(source.root)
-    return [os.path.join(root, source.name(int(i))) for i in ids]
+def curated_entries(source: ImageSource, ids: np.ndarray) -> list[str]:
+    """The file-list lines of ``ids``: absolute paths, or ``ARCHIVE::MEMBER`` for images of an archive."""
+    return [source.entry(int(i)) for i in ids]
 
 
 def _thumb(source: ImageSource, i: int) -> np.ndarray:
@@ -149,14 +146,8 @@ def write_outputs(out: str | os.PathLike[str], cur: Curation, report_images: int
     """Write the file list, ``summary.json`` and ``report.html`` (pictures when ``report_images`` > 0)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = curated_paths(cur.source, cur.selected)
-    if paths is None:
-        written = out / "curated-members.txt"
-        lines = [cur.source.name(int(i)) for i in cur.selected]
-        log.warning("the pool is an archive: curated member names -> %s (unpack it to pretrain on them)", written)
-    else:
-        written, lines = out / "curated.txt", paths
-    atomic_write_text(written, "".join(f"{line}\n" for line in lines))
+    written = out / "curated.txt"
+    atomic_write_text(written, "".join(f"{line}\n" for line in curated_entries(cur.source, cur.selected)))
     figures = []
     if report_images > 0:
         try:

@@ -200,13 +200,15 @@ def curate(
         options: thresholds, kNN and k-means choices, ``target`` (`CurateOptions`).
 
     Raises:
-        DataError: an empty pool or evaluation set; ConfigError: a bad option or a target larger than the
+        DataError: an empty pool or evaluation set, a tar pool whose name has no tar suffix (``curated.txt``
+            names its members ``ARCHIVE::MEMBER``); ConfigError: a bad option or a target larger than the
             deduplicated pool; CheckpointError: a model that cannot be loaded.
     """
     opts = (options or CurateOptions()).validate()
     started = time.perf_counter()
     out = Path(out)
     pool_src = _open(str(data), "pool")
+    pool_src.entry(0)  # a pool whose images no file list can name (a tar without a tar suffix) fails before embedding
     eval_srcs = {str(p): _open(str(p), "evaluation set") for p in eval_sets}
     backbone, config = load_model(str(model))
     run = settings.resolve(config)

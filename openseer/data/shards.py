@@ -126,12 +126,14 @@ def _image_member(sample: dict) -> str | None:
 
 @dataclass
 class ShardRecord:
-    """One sample of a shard: its key, image bytes and label (-1 when it has none)."""
+    """One sample of a shard: its key, image bytes, label (-1 when it has none) and the image's member name
+    in the tar (``key.ext`` as written there: the extension's case may differ)."""
 
     key: str
     ext: str
     data: bytes
     label: int = -1
+    member: str = ""
 
 
 @dataclass
@@ -177,11 +179,12 @@ def _group(files: Iterator[dict], stats: ShardStats) -> Iterator[dict]:
         if current is None or key != current["__key__"]:
             if current is not None:
                 yield current
-            current = {"__key__": key}
+            current = {"__key__": key, "__names__": {}}
         if suffix in current:
             stats.add("duplicate_member")
             continue
         current[suffix] = f["data"]
+        current["__names__"][suffix] = f["fname"]
     if current is not None:
         yield current
 
@@ -223,7 +226,7 @@ def iter_shard(path: str, stats: ShardStats | None = None) -> Iterator[ShardReco
                         label = int(sample["cls"].decode().strip())
                     except (UnicodeDecodeError, ValueError):
                         stats.add("bad_label")
-                yield ShardRecord(sample["__key__"], ext, sample[ext], label)
+                yield ShardRecord(sample["__key__"], ext, sample[ext], label, sample["__names__"][ext])
             if not tail.ends_cleanly():
                 raise tarfile.ReadError("no end-of-archive marker (the file is cut short)")
         except (tarfile.TarError, OSError, EOFError, ValueError, KeyError) as e:

@@ -12,23 +12,18 @@ in one piece and DataLoader workers forked from the main process do not touch pe
 
 from __future__ import annotations
 
-import bz2
 import io
 import logging
-import lzma
 import os
 import tarfile
-import zlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from openseer.data.images import IMAGE_EXTENSIONS, BadImage, DataError
+from openseer.data.tars import decompress, file_entry, is_image_name, is_tar_name, member_entry, scan_tar
 
 log = logging.getLogger("openseer")
-
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
-_TAR_BLOCK = 512
 
 
 class _StringTable:
@@ -96,6 +91,15 @@ class ImageSource:
         """The raw bytes of image ``i``."""
         raise NotImplementedError
 
+    def entry(self, i: int) -> str:
+        """The file-list line naming image ``i``: its absolute path, or ``ARCHIVE::MEMBER`` for a member of a tar
+        (`openseer.data.tars`), so that a list of entries reopens the same images (``openseer curate`` writes one).
+
+        Raises:
+            DataError: image ``i`` cannot be named in a file list (an archive whose name has no tar suffix).
+        """
+        raise NotImplementedError
+
 
 class FolderSource(ImageSource):
     """Images found recursively under a folder; each :meth:`read` opens the file."""
@@ -113,9 +117,16 @@ class FolderSource(ImageSource):
         except FileNotFoundError:
             raise BadImage("missing", "the file was deleted after the folder was listed") from None
 
+    def entry(self, i: int) -> str:
+        return file_entry(os.path.join(self._abs_root, self.name(i)))
+
 
 class TarSource(ImageSource):
-    """Images of a tar archive, all held in memory as one bytes blob (read once at open time)."""
+    """Images of a tar archive (or of shards), all held in memory as one bytes blob (read once at open time).
+
+    ``members``: each image's ``(archive, member name)`` when the root is not one archive (shards); by default
+    image ``i`` is the member ``name(i)`` of the root. :meth:`entry` names it ``ARCHIVE::MEMBER``.
+    """
 
     def __init__(
         self,
@@ -125,14 +136,28 @@ class TarSource(ImageSource):
         classes: list[str],
         blob: bytes,
         offsets: np.ndarray,
+        members: Sequence[tuple[str, str]] | None = None,
     ) -> None:
         super().__init__(root, names, labels, classes)
         self._blob = blob
         self._offsets = offsets
+        self._origin: tuple[list[str], np.ndarray, _StringTable] | None = None
+        if members is not None:
+            archives = list(dict.fromkeys(archive for archive, _ in members))
+            at = {archive: k for k, archive in enumerate(archives)}
+            archive_of = np.array([at[archive] for archive, _ in members], dtype=np.int32)
+            self._origin = archives, archive_of, _StringTable([member for _, member in members])
 
     def read(self, i: int) -> bytes:
         i = self._check(i)
         return self._blob[self._offsets[i] : self._offsets[i + 1]]
+
+    def entry(self, i: int) -> str:
+        i = self._check(i)
+        if self._origin is None:
+            return member_entry(os.path.abspath(self.root), self.name(i))
+        archives, archive_of, members = self._origin
+        return member_entry(archives[archive_of[i]], members[i])
 
 
 class SubsetSource(ImageSource):
@@ -159,6 +184,9 @@ class SubsetSource(ImageSource):
 
     def read(self, i: int) -> bytes:
         return self._parent.read(self._parent_index(i))
+
+    def entry(self, i: int) -> str:
+        return self._parent.entry(self._parent_index(i))
 
 
 def subset(source: ImageSource, indices: Iterable[int]) -> ImageSource:
@@ -189,7 +217,7 @@ def open_path(path: str | os.PathLike[str], labelled: bool = False) -> ImageSour
         return _with_skips(FolderSource(root, names, labels, classes), skipped)
     if not os.path.isfile(root):
         raise DataError(f"data path {root} is neither a folder nor a regular file")
-    if not (root.lower().endswith(_TAR_SUFFIXES) or tarfile.is_tarfile(root)):
+    if not (is_tar_name(root) or tarfile.is_tarfile(root)):
         raise DataError(
             f"data path {root} is a file but not a tar archive; pass a folder of images "
             "(searched recursively) or a .tar of one"
@@ -216,11 +244,6 @@ def _with_skips(source: ImageSource, skipped: list[tuple[str, str]]) -> ImageSou
             skipped[0][0],
         )
     return source
-
-
-def is_image_name(name: str) -> bool:
-    """Whether a file name has one of the image extensions (:data:`IMAGE_EXTENSIONS`)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _list_folder(root: str) -> tuple[list[str], list[str], list[tuple[str, str]]]:
@@ -305,47 +328,6 @@ def _labels_for(root: str, names: list[str], labelled: bool) -> tuple[np.ndarray
     return np.array([index[c] for c in first], dtype=np.int64), classes
 
 
-def _decompress(raw: bytes, path: str) -> tuple[bytes, bool]:
-    """Undo gzip/bzip2/xz compression of a tar archive, recognised by its magic bytes.
-
-    Returns:
-        (the decompressed bytes, or as many as could be decompressed; whether the stream was complete).
-    """
-    makers = {
-        b"\x1f\x8b": lambda: zlib.decompressobj(wbits=31),
-        b"BZh": bz2.BZ2Decompressor,
-        b"\xfd7zXZ\x00": lzma.LZMADecompressor,
-    }
-    for magic, make in makers.items():
-        if raw.startswith(magic):
-            out, rest, done = [], raw, False
-            try:
-                while rest and not done:
-                    d = make()
-                    for start in range(0, len(rest), 1 << 16):  # in pieces, to keep what precedes damage
-                        out.append(d.decompress(rest[start : start + (1 << 16)]))
-                        if d.eof:
-                            break
-                    done, rest = d.eof, d.unused_data
-                    if done and rest.startswith(magic):  # concatenated streams (e.g. pigz, multi-member gzip)
-                        done = False
-            except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as e:
-                log.warning("tar archive %s: the compressed data is corrupt (%s)", path, e)
-                return b"".join(out), False
-            return b"".join(out), done
-    return raw, True
-
-
-def _member_name(name: str) -> str | None:
-    """The normalised relative name of a tar member, or None when it must be skipped (unsafe or hidden)."""
-    if name.startswith("/"):
-        return None
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if not parts or any(p == ".." or p.startswith(".") for p in parts):
-        return None
-    return "/".join(parts)
-
-
 def _read_tar(path: str) -> tuple[list[str], bytes, np.ndarray, list[str], list[tuple[str, str]]]:
     """Read the image members of a tar archive into one blob, up to any damage.
 
@@ -354,49 +336,17 @@ def _read_tar(path: str) -> tuple[list[str], bytes, np.ndarray, list[str], list[
         ``(name, reason)`` of what was passed over: unsafe members, links, and the truncated rest).
     """
     with open(path, "rb") as f:
-        raw, complete = _decompress(f.read(), path)
-    found: dict[str, tuple[int, int]] = {}  # later members of the same name win, as when extracting
-    ignored: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    if complete and raw[:_TAR_BLOCK] == bytes(_TAR_BLOCK):  # an empty archive: just the end-of-archive marker
-        return [], b"", np.zeros(1, dtype=np.int64), [], []
-    damage, end = "", 0
-    try:
-        archive = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
-        for member in archive:
-            end = member.offset
-            name = _member_name(member.name)
-            if name is None:
-                if not member.isdir() and _is_unsafe(member.name) and not _is_hidden(member.name):
-                    skipped.append((member.name, "unsafe_member"))
-                continue
-            if not member.isreg() or member.issparse():
-                if not member.isdir() and is_image_name(name):
-                    skipped.append((name, "not_a_file"))
-                continue
-            if not is_image_name(name):
-                ignored.append(name)
-                continue
-            if member.offset_data + member.size > len(raw):
-                damage = f"member {name!r} runs past the end of the file"
-                break
-            found[name] = (member.offset_data, member.size)
-        else:
-            end = archive.offset
-    except (tarfile.TarError, EOFError) as e:
-        damage = str(e) or type(e).__name__
-    # tarfile silently stops at a header it cannot parse after the first one; a complete archive ends with
-    # a zero block there (POSIX end-of-archive marker), so anything else means truncation or damage.
-    if not damage and (not complete or raw[end : end + _TAR_BLOCK] != bytes(_TAR_BLOCK)):
-        damage = "no end-of-archive marker"
-    if damage:
-        skipped.append((f"{path}@{end}", "tar_truncated"))
+        raw, complete = decompress(f.read(), path)
+    scan = scan_tar(io.BytesIO(raw), len(raw), complete)
+    found, skipped = scan.found, scan.skipped
+    if scan.damage:
+        skipped.append((f"{path}@{scan.end}", "tar_truncated"))
         log.warning(
             "tar archive %s is malformed or truncated (%s after byte %d of %d): using the %d images before "
             "that point, like a truncated shard",
             path,
-            damage,
-            end,
+            scan.damage,
+            scan.end,
             len(raw),
             len(found),
         )
@@ -406,15 +356,4 @@ def _read_tar(path: str) -> tuple[list[str], bytes, np.ndarray, list[str], list[
     offsets = np.zeros(len(names) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(sizes, dtype=np.int64)
     blob = b"".join(view[o : o + s] for o, s in (found[n] for n in names))
-    return names, blob, offsets, ignored, skipped
-
-
-def _is_unsafe(name: str) -> bool:
-    """An absolute path or one with a '..' component: it could reach outside the data if extracted."""
-    return name.startswith("/") or ".." in name.split("/")
-
-
-def _is_hidden(name: str) -> bool:
-    """A member that a folder listing would skip as well (a '.' file or folder), not worth reporting."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    return any(p.startswith(".") and p != ".." for p in parts)
+    return names, blob, offsets, scan.ignored, skipped

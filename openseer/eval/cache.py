@@ -8,7 +8,8 @@ they were made from:
 * the checkpoint: its resolved file's size, mtime and SHA-256 of its content (and the backbone spec beside
   an exported ``backbone.safetensors``);
 * the data: the source path, its listing (names, labels, classes) and, per file, its size and mtime (a
-  folder) or the archive's size and mtime (a tar);
+  folder or a file list; the archive's for a list's ``ARCHIVE::MEMBER`` lines) or the archive's size and mtime
+  (a tar);
 * the transform and extraction settings: image size, crop ratio, mean/std, layer, precision.
 
 Any change gives another key, so a stale file is never reused: it is recomputed and replaced. Files are
@@ -29,6 +30,7 @@ import torch
 
 from openseer.checkpoint import BACKBONE_SPEC
 from openseer.data import open_source
+from openseer.data.tars import split_entry
 from openseer.errors import CheckpointError, DataError
 from openseer.eval.features import Features, feature_extractor, source_features
 from openseer.eval.knn import check_label_sets
@@ -72,19 +74,32 @@ def source_fingerprint(source) -> str:
     root = os.path.abspath(source.root)
     digest.update(json.dumps({"root": root, "classes": list(source.classes), "n": len(source)}).encode())
     is_dir = os.path.isdir(root)
-    if not is_dir:
+    if not is_dir and os.path.isfile(root):
         st = os.stat(root)
         digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    archives: dict[str, str] = {}  # a file list's archives, each stat'ed once
     for i in range(len(source)):
         name = source.name(i)
         digest.update(f"{name}\0{source.label(i)}\0".encode("utf-8", "surrogateescape"))
-        if is_dir:
-            try:
-                st = os.stat(os.path.join(root, name))
-                digest.update(f"{st.st_size}:{st.st_mtime_ns}\n".encode())
-            except OSError:
-                digest.update(b"missing\n")
+        if not is_dir:
+            continue
+        member = split_entry(name)
+        if member is None:
+            digest.update(_stamp(os.path.join(root, name)).encode())
+            continue
+        archive = os.path.join(root, member[0])
+        if archive not in archives:
+            archives[archive] = _stamp(archive)
+        digest.update(archives[archive].encode())
     return digest.hexdigest()
+
+
+def _stamp(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing\n"
+    return f"{st.st_size}:{st.st_mtime_ns}\n"
 
 
 def cache_key(checkpoint_fp: dict[str, Any], data_fp: str, settings: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 
 import pytest
 
@@ -10,8 +11,11 @@ import openseer
 from openseer import api
 from openseer.cli import main
 from openseer.curate import CurateOptions
-from openseer.data import open_source
+from openseer.data import open_source, write_shards
+from openseer.data.tars import TarIndex, split_entry
 from openseer.errors import ConfigError
+from tests.curate.conftest import save, smooth_image
+from tests.helpers import TINY_OVERRIDES
 
 # measured on the fixture's random model: near copies >= 0.988, distinct pictures <= 0.97 (conftest.tiny_model)
 THRESHOLDS = ["--dedup-threshold", "0.985", "--leakage-threshold", "0.98"]
@@ -88,6 +92,55 @@ def test_bad_input_is_one_line(pool, tiny_model, tmp_path, capsys):
     assert "random or closest" in strategy
     assert "--levels" in _error([*base, "--data", "x", "--model", "y", "--levels", "10,a"], capsys)
     assert not (tmp_path / "o" / "curated.txt").exists()
+
+
+def test_tar_pool_curates_to_a_list_that_pretrain_reads(pool, tiny_model, tmp_path, monkeypatch):
+    archive = tmp_path / "pool.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(pool["pool"], arcname="pool")
+    out = tmp_path / "cur"
+    argv = ["curate", "--data", str(archive), "--model", str(tiny_model), "--out", str(out), "--target", "16"]
+    assert main([*argv, "--eval-sets", str(pool["test"]), *THRESHOLDS, *COMMON]) == 0
+    lines = (out / "curated.txt").read_text().splitlines()
+    assert len(lines) == len(set(lines)) == 16 and not (out / "curated-members.txt").exists()
+    assert all(line.startswith(f"{archive}::pool/") and split_entry(line)[0] == str(archive) for line in lines)
+    assert not any("leak" in line or "broken" in line or "exact" in line for line in lines)
+    read, original = [], TarIndex.read
+    monkeypatch.setattr(TarIndex, "read", lambda self, m: read.append(f"{self.path}::{m}") or original(self, m))
+    run = tmp_path / "run"
+    argv = ["pretrain", "demo", *TINY_OVERRIDES, "--data", str(out / "curated.txt"), "--out", str(run)]
+    assert main([*argv, "--max-steps", "2"]) == 0
+    assert sorted(set(read)) == sorted(lines)  # an epoch of 2 batches of 8: every curated image, nothing else
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and not summary["skipped_by_reason"]
+
+
+def test_tar_pool_without_a_tar_suffix_is_refused_before_embedding(pool, tmp_path, capsys):
+    archive = tmp_path / "pool.bin"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(pool["pool"], arcname="pool")
+    argv = ["curate", "--data", str(archive), "--model", str(tmp_path / "never-loaded"), "--out", str(tmp_path / "o")]
+    err = _error([*argv, *COMMON], capsys)
+    assert "pool.bin" in err and "rename the archive" in err and not (tmp_path / "o").exists()
+
+
+def test_shard_pool_curates_to_shard_members(tiny_model, tmp_path):
+    folder = tmp_path / "imgs"
+    for i in range(6):
+        save(smooth_image(i), folder / f"{i}.png")
+    (folder / "6.png").write_bytes((folder / "0.png").read_bytes())  # an exact copy: curated away
+    write_shards(folder, tmp_path / "shards", max_count=3, progress=False)
+    out = tmp_path / "cur"
+    summary = openseer.curate(
+        str(tmp_path / "shards/*.tar"), tiny_model, out, image_size=32, device="cpu", num_workers=0,
+        dedup_threshold=0.985, progress=False, report_images=0,
+    )  # fmt: skip
+    lines = (out / "curated.txt").read_text().splitlines()
+    assert summary["counts"]["curated"] == len(lines) == 6
+    shards = {str(tmp_path / f"shards/shard-00000{k}.tar") for k in range(2)}  # shard 2 holds only the copy
+    assert {split_entry(line)[0] for line in lines} == shards
+    curated = open_source(out / "curated.txt")
+    assert {curated.read(i) for i in range(6)} == {(folder / f"{i}.png").read_bytes() for i in range(6)}
 
 
 def test_api_options_are_checked():
