@@ -29,3 +29,28 @@ def test_gpu_check_script_runs_on_cpu_with_a_tiny_preset(tmp_path):
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     (row,) = result["rows"]
     assert row["preset"] == "demo" and row["losses_finite"] and row["images_per_s"] > 0
+
+
+def _reference_spearman(x: list[float], y: list[float]) -> float:
+    """Average ranks by counting (rank = #smaller + (#equal + 1) / 2), then Pearson, in float64."""
+
+    def ranks(v: list[float]) -> list[float]:
+        return [sum(w < a for w in v) + (sum(w == a for w in v) + 1) / 2 for a in v]
+
+    a, b = ranks(x), ranks(y)
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    cov = sum((p - ma) * (q - mb) for p, q in zip(a, b, strict=True))
+    return cov / (sum((p - ma) ** 2 for p in a) * sum((q - mb) ** 2 for q in b)) ** 0.5
+
+
+def test_health_correlation_spearman_matches_a_counting_reference():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from health_correlation import spearman
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    x = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0]  # ties in both
+    y = [2.0, 7.0, 1.0, 8.0, 2.0, 8.0, 1.0, 8.0, 2.0, 8.0]
+    assert abs(spearman(x, y) - _reference_spearman(x, y)) < 1e-12
+    assert abs(spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]) - 1.0) < 1e-12
+    assert abs(spearman([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]) + 1.0) < 1e-12

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -115,3 +117,9 @@ def test_presets_and_help(capsys):
     text = capsys.readouterr().out
     for key in ("swav.num_prototypes", "train.batch_size", "aug.local_scale", "optim.trust_coefficient"):
         assert key in text
+
+
+def test_python_dash_m_openseer_is_the_command():
+    proc = subprocess.run([sys.executable, "-m", "openseer", "presets"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cifar10" in proc.stdout
