@@ -310,8 +310,9 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, "Step checkpoints kept besides last.pt (older ones are deleted).", resumable=True)
     health_every: int = _f(
         -1,
-        "Steps between label-free health signals (RankMe, alpha-ReQ, feature std of the backbone on a fixed probe "
-        "set of pool images; docs/evaluation.md 'Is it learning?'); -1 = a quarter epoch rounded up to a "
+        "Steps between label-free health signals (RankMe, alpha-ReQ, feature std of the backbone and of the "
+        "method's output on a fixed probe set of pool images, SwAV/DeepCluster-v2 code entropy and occupancy; "
+        "docs/evaluation.md 'Is it learning?'); -1 = a quarter epoch rounded up to a "
         "multiple of log_every, 0 = off. Computed when a metrics row is written.",
         resumable=True,
     )

@@ -40,6 +40,16 @@ loop calls                             the method
 ``trivial_loss()``                     the loss of a collapsed or untrained model (e.g. ln K), or None.
 ``collapse_signals()``                 :class:`CollapseSignal` s: a logged scalar, its collapse line and the
                                        remedy (docs/methods.md); the loop warns when one stays past its line.
+``head_embed(images, features)``       (health checks, rank 0, no grad, eval mode) the method's output
+                                       embedding of ``images``: what its loss compares (a projector's z, SwAV's
+                                       unit projection before the prototypes, DINO's student bottleneck), or
+                                       None (the default: no output tower). ``features``: the exported
+                                       backbone's features of ``images`` when the caller has them, so the
+                                       backbone runs once per check; a method whose output tower reads another
+                                       backbone (DINO's student) embeds ``images`` itself.
+``probe_signals(z)``                   further ``{"health_<name>": float}`` of the probe set from its stacked
+                                       ``head_embed`` rows ``z`` (float32); default {} (SwAV, DeepCluster-v2:
+                                       code entropy and occupancy of the prototype scores).
 =====================================  =============================================================================
 
 State that lives in submodules, parameters and buffers (a teacher network, DINO's centre) travels in
@@ -315,6 +325,23 @@ class Method(nn.Module):
         """Collapse lines watched during the run; the default: backbone RankMe on the probe set ~1. Methods add
         their own signature to it. (The loss is no signal: a healthy SwAV starts above its trivial ln K.)"""
         return (RANK_COLLAPSE,)
+
+    # -- label-free health signals on the probe set (openseer.train.health) ---------------------------------
+    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The (N, d) output embedding of ``images`` (what the loss compares), or None without an output tower.
+
+        The health monitor calls it under ``torch.no_grad`` with the method in eval mode, giving ``features``, the
+        exported backbone's features of ``images``, so that the backbone runs once per check. A method whose
+        output tower reads that backbone uses them; one whose output tower reads another backbone (DINO: the
+        student's, while the teacher's is exported) runs its own. Default: None (the signals are the backbone's).
+        """
+        return None
+
+    def probe_signals(self, embeddings: torch.Tensor) -> dict[str, float]:
+        """Further ``{"health_<name>": value}`` entries of a health check, from the probe set's stacked
+        :meth:`head_embed` rows (float32, on the CPU); a method with prototypes scores them (SwAV's code
+        entropy and occupancy). Default: none. Its collapse lines go into :meth:`collapse_signals`."""
+        return {}
 
 
 def _check_ema_pair(where: str, target_path: str, target: nn.Module, online_path: str, online: nn.Module) -> None:

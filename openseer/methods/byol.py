@@ -118,6 +118,10 @@ class BYOL(Method):
         loss = (regression_loss(p1, t2) + regression_loss(p2, t1)).mean()
         return StepOutput(loss, {"tau": self.tau(ctx.step), "z_std": embedding_std(z1)})
 
+    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The online projection z: the space where the predictor's output meets the target's projection."""
+        return self.projector(self.backbone(images) if features is None else features)
+
     @torch.no_grad()
     def after_step(self, ctx: StepContext) -> None:
         """Target <- tau_k target + (1 - tau_k) online, with the online parameters just updated (step k)."""

@@ -54,7 +54,7 @@ from openseer.methods.base import (
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
 from openseer.models.heads import ProjectionMLP, Prototypes, multicrop_forward
-from openseer.ops.collapse import cluster_occupancy
+from openseer.ops.collapse import cluster_occupancy, code_entropy
 
 log = logging.getLogger("openseer")
 IGNORE = -100  # target of an image without an assignment (cross_entropy's ignore_index)
@@ -303,6 +303,23 @@ class DeepClusterV2(Method):
         a = state["assignments"]
         self.assignments = None if a is None else a.to(self.bank.device)
         self.clustered_epoch = int(state["clustered_epoch"])
+
+    # -- health signals on the probe set (openseer.train.health) --------------------------------------------------
+    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The unit projection the k-means prototypes score (``head`` on the backbone's features)."""
+        return self.head(self.backbone(images) if features is None else features)
+
+    def probe_signals(self, embeddings: torch.Tensor) -> dict[str, float]:
+        """Code entropy (at the temperature, over ln K) and occupancy of the probe set's scores, averaged over
+        the prototype sets; none before the first k-means (the prototypes are random until then)."""
+        if self.assignments is None:
+            return {}
+        z = embeddings.to(self.prototypes[0].weight.device).float()
+        scores = [protos(z) for protos in self.prototypes]
+        return {
+            "health_code_entropy": sum(code_entropy(s, self.cfg.temperature) for s in scores) / len(scores),
+            "health_code_occupancy": sum(float(cluster_occupancy(s)) for s in scores) / len(scores),
+        }
 
     # -- report ---------------------------------------------------------------------------------------------------
     def cluster_weights(self) -> torch.Tensor:

@@ -280,6 +280,11 @@ class DINO(Method):
         special = {"last_layer.": {"name": "last_layer", "freeze_steps": self.freeze_steps}}
         return split_groups(named, getattr(optim, "exclude_bias_and_norm", True), special)
 
+    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The student's unit bottleneck (``head``), which ``last_layer`` turns into logits (K may be 65536: too
+        wide for a spectrum). ``features`` are the exported teacher backbone's, so the student backbone runs."""
+        return self.head(self.backbone(images))
+
     def cluster_weights(self) -> torch.Tensor | None:
         """The teacher's last-layer rows, each of norm 1 with ``norm_last_layer``: ``head`` embeddings are unit
         vectors, so their scores against these rows are DINO's logits (before the temperature)."""

@@ -177,6 +177,10 @@ class MoCoV3(Method):
         loss = infonce(q1, k2, t) + infonce(q2, k1, t)
         return StepOutput(loss, {"momentum": self.momentum(ctx.step), "z_std": embedding_std(q1)})
 
+    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The query network's projection z: the space where its predictions meet the momentum keys."""
+        return self.projector(self.backbone(images) if features is None else features)
+
     def trivial_loss(self) -> float:
         """Every similarity equal: each of the two terms is 2T ln B for a global batch B."""
         return 2 * 2 * self.cfg.temperature * math.log(self.micro_global_batch)

@@ -112,6 +112,10 @@ class SimCLR(Method):
         loss, accuracy = nt_xent(z1, z2, self.cfg.temperature)
         return StepOutput(loss, {"contrast_acc": accuracy, "z_std": embedding_std(z)})
 
+    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The projection z whose cosine similarities NT-Xent compares."""
+        return self.projector(self.backbone(images) if features is None else features)
+
     def trivial_loss(self) -> float:
         """Every similarity equal: each of the two cross-entropies is ln(2B - 1) for a global batch B."""
         return 2 * math.log(2 * self.micro_global_batch - 1)

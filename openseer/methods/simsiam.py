@@ -104,6 +104,10 @@ class SimSiam(Method):
         loss = 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1)
         return StepOutput(loss, {"z_std": embedding_std(z1)})
 
+    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The projection z that the other view's prediction must match (the space ``z_std`` watches)."""
+        return self.projector(self.backbone(images) if features is None else features)
+
     def collapse_signals(self) -> tuple[CollapseSignal, ...]:
         """The defaults plus this method's collapse signature (docs/methods.md)."""
         return super().collapse_signals() + (

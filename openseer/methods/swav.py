@@ -36,7 +36,7 @@ from openseer.methods.base import (
 from openseer.methods.registry import MethodEntry, register_method
 from openseer.models.backbone import feature_dim
 from openseer.models.heads import ProjectionMLP, Prototypes, multicrop_forward
-from openseer.ops.collapse import cluster_occupancy
+from openseer.ops.collapse import cluster_occupancy, code_entropy
 from openseer.ops.sinkhorn import sinkhorn_knopp
 
 
@@ -292,16 +292,30 @@ class SwAV(Method):
                 self.queue[i] = torch.cat([z.detach().float(), self.queue[i, :-batch]])
         return sinkhorn_knopp(out, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-batch:]
 
+    # -- health signals on the probe set (openseer.train.health) ----------------------------------------------
+    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The unit projection the prototypes score (``head`` on the backbone's features)."""
+        return self.head(self.backbone(images) if features is None else features)
+
+    def probe_signals(self, embeddings: torch.Tensor) -> dict[str, float]:
+        """The probe set's prototype scores: the mean entropy of the predictions at tau over ln K (1 = uniform)
+        and the share of prototypes some probe image picks (a fixed image set, unlike the batch ``occupancy``)."""
+        scores = self.scores(embeddings.to(self.prototypes.weight.device))
+        return {
+            "health_code_entropy": code_entropy(scores, self.cfg.temperature),
+            "health_code_occupancy": float(cluster_occupancy(scores)),
+        }
+
     def collapse_signals(self) -> tuple[CollapseSignal, ...]:
-        """The defaults plus this method's collapse signature (docs/methods.md)."""
+        """The defaults plus this method's collapse signature (docs/methods.md): the occupancy of the batch and
+        of the probe set."""
+        remedy = (
+            "freeze the prototypes longer (swav.freeze_prototypes_steps), use a queue below batch 256 "
+            "(swav.queue_length), lower swav.epsilon or optim.base_lr"
+        )
         return super().collapse_signals() + (
-            CollapseSignal(
-                "occupancy",
-                0.1,
-                "below",
-                "freeze the prototypes longer (swav.freeze_prototypes_steps), use a queue below batch 256 "
-                "(swav.queue_length), lower swav.epsilon or optim.base_lr",
-            ),
+            CollapseSignal("occupancy", 0.1, "below", remedy),
+            CollapseSignal("health_code_occupancy", 0.1, "below", remedy),
         )
 
 

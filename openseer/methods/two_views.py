@@ -43,3 +43,8 @@ class BackboneProjector(Method):
         self.cfg = cfg
         self.backbone = backbone
         self.projector = projector
+
+    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The projector's (expander's) output, whose cross-correlation (Barlow Twins) or variance, covariance
+        and view distance (VICReg) the loss computes."""
+        return self.projector(self.backbone(images) if features is None else features)

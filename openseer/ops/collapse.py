@@ -4,11 +4,14 @@ If every image maps to the same embedding, the per-dimension standard deviation 
 is 0; for outputs spread like a d-dimensional isotropic Gaussian it is about 1/sqrt(d). BYOL and SimSiam can
 collapse while their loss looks perfect (it reaches its minimum), so openseer logs this value as ``z_std``.
 
-The label-free health signals of a run (`openseer.train.health`) add RankMe and alpha-ReQ of backbone
-features and the cluster occupancy of SwAV / DeepCluster-v2.
+The label-free health signals of a run (`openseer.train.health`) add RankMe and alpha-ReQ of the backbone
+features and of the method's output embedding, and the code entropy and cluster occupancy of SwAV /
+DeepCluster-v2's prototype scores.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -53,3 +56,14 @@ def cluster_occupancy(scores: torch.Tensor) -> torch.Tensor:
     cluster (the SwAV / DeepCluster collapse that Sinkhorn's equipartition is meant to prevent)."""
     used = torch.unique(scores.detach().argmax(dim=1)).numel()
     return torch.tensor(used / min(scores.shape[0], scores.shape[1]))
+
+
+def code_entropy(scores: torch.Tensor, temperature: float) -> float:
+    """Mean entropy of ``softmax(scores / temperature)`` over the rows of the (N, K) prototype scores, divided by
+    ln K (float64): 1 when every image's prediction is uniform over the K prototypes, 0 when every one is one-hot
+    (SwAV's predictions ``p = softmax(z^T c / tau)``, Caron et al. 2020 eq. 2). With K = 1 it is 0."""
+    k = scores.shape[1]
+    if k < 2:
+        return 0.0
+    log_p = F.log_softmax(scores.detach().double() / temperature, dim=1)
+    return float(-(log_p.exp() * log_p).sum(dim=1).mean() / math.log(k))

@@ -81,26 +81,38 @@ def plot_curves(rows: list[dict], out: Path, uniform_loss: float | None = None) 
     return out
 
 
-HEALTH_PANELS = (
-    ("health_rankme", "backbone RankMe (probe set)"),
-    ("health_alpha_req", "backbone alpha-ReQ"),
-    ("health_feature_std", "std of normalised features"),
+BACKBONE, OUTPUT = "tab:red", "tab:blue"
+HEALTH_PANELS = (  # title, ((row key, line label, colour), ...): the method output's line beside the backbone's
+    ("RankMe (probe set)", (("health_rankme", "backbone", BACKBONE), ("health_head_rankme", "method output", OUTPUT))),
+    ("alpha-ReQ", (("health_alpha_req", "backbone", BACKBONE), ("health_head_alpha_req", "method output", OUTPUT))),
+    (
+        "std of normalised embeddings",
+        (("health_feature_std", "backbone", BACKBONE), ("health_head_std", "method output", OUTPUT)),
+    ),
+    (
+        "prototype codes (probe set)",
+        (("health_code_entropy", "entropy / ln K", "tab:purple"), ("health_code_occupancy", "occupancy", "tab:green")),
+    ),
 )
 
 
 def plot_health(rows: list[dict], out: Path, best_step: int | None = None) -> Path | None:
-    """The label-free health signals (`openseer.train.health`) against the step, the best step marked."""
-    panels = [(k, t) for k, t in HEALTH_PANELS if any(r.get(k) is not None for r in rows)]
+    """The label-free health signals (`openseer.train.health`) against the step, the best step marked: backbone
+    and method-output lines share a panel; a panel appears when a row carries one of its keys."""
+    present = {k for r in rows for k, v in r.items() if v is not None}
+    panels = [(t, [line for line in lines if line[0] in present]) for t, lines in HEALTH_PANELS]
+    panels = [(t, lines) for t, lines in panels if lines]
     if not panels:
         return None
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), constrained_layout=True, squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels, strict=True):
-        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        ax.plot(*zip(*points, strict=True), marker="o", ms=3, color="tab:red")
+    for ax, (title, lines) in zip(axes[0], panels, strict=True):
+        for key, label, colour in lines:
+            points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            ax.plot(*zip(*points, strict=True), marker="o", ms=3, color=colour, label=label)
         if best_step is not None:
             ax.axvline(best_step, ls="--", color="grey", lw=1, label=f"best label-free step {best_step}")
-            ax.legend(loc="best", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
         ax.set(title=title, xlabel="step")
         ax.grid(alpha=0.3)
     fig.savefig(out, dpi=90)

@@ -7,7 +7,13 @@ random numbers, train mode restored: the run trains exactly as without it) and t
 
 - ``health_rankme``: RankMe of the features (Garrido et al. 2023), 1 = collapsed, up to min(N, D);
 - ``health_alpha_req``: alpha-ReQ, the eigenspectrum decay (Agrawal et al. 2022);
-- ``health_feature_std``: the std of the l2-normalised features (SimSiam sec. 4.1), 0 = collapsed.
+- ``health_feature_std``: the std of the l2-normalised features (SimSiam sec. 4.1), 0 = collapsed;
+
+and, from the same forward, the method's output embedding (:meth:`~openseer.methods.base.Method.head_embed`: a
+projector's z, SwAV's unit projection, DINO's student bottleneck) when it has one: ``health_head_rankme``,
+``health_head_alpha_req``, ``health_head_std``; then whatever the method adds from those embeddings
+(:meth:`~openseer.methods.base.Method.probe_signals`: SwAV's and DeepCluster-v2's ``health_code_entropy`` and
+``health_code_occupancy``). The monitor knows no method: it calls the contract.
 
 The method's own signature (``z_std``, DINO's ``kl``, SwAV's ``occupancy``, ...) is already in every row: the
 method logs it from its training batches. :class:`CollapseWatch` reads each row against the method's
@@ -15,7 +21,7 @@ method logs it from its training batches. :class:`CollapseWatch` reads each row 
 for ``WINDOW`` rows in a row after the lr warm-up; it also tracks the best label-free step: the highest backbone
 RankMe, which Garrido et al. show ranks checkpoints *of one method* by downstream accuracy (not across methods).
 
-Like the kNN monitor, it runs on rank 0 on the unwrapped backbone: an FSDP-sharded backbone is not supported.
+Like the kNN monitor, it runs on rank 0 on the unwrapped backbone and method: an FSDP-sharded one is not supported.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from torch import Tensor, nn
 from openseer.data import LabelledDataset, eval_transform, is_shard_spec, open_source, subset
 from openseer.errors import ConfigError, DataError
 from openseer.eval.settings import FROM_RUN
-from openseer.methods.base import CollapseSignal
+from openseer.methods.base import CollapseSignal, Method
 from openseer.ops.collapse import alpha_req, embedding_std, rankme
 
 log = logging.getLogger("openseer")
@@ -54,6 +60,8 @@ class HealthMonitor:
         every: steps between checks; a check runs at the first row at or past each multiple (and the last).
         log_every: the metrics row cadence (rows are written at its multiples).
         batch_size: images per forward pass. seed: picks the probe images.
+        method: the run's (unwrapped) method, whose output embedding and probe signals join the backbone's; None:
+            the backbone's only.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class HealthMonitor:
         log_every: int,
         batch_size: int = 256,
         seed: int = 0,
+        method: Method | None = None,
     ) -> None:
         source = open_source(pool)
         if images > len(source):
@@ -84,32 +93,53 @@ class HealthMonitor:
             raise DataError(f"health probe of {pool}: fewer than 2 decodable images")
         self.images = torch.stack(ok)
         self.every, self.log_every, self.batch_size = every, log_every, batch_size
+        self.method = method
         self.seconds, self.checks = 0.0, 0
 
     @torch.no_grad()
+    def embed(self, backbone: nn.Module, method: Method | None = None) -> tuple[Tensor, Tensor | None]:
+        """The probe set through ``backbone`` and, batch by batch from the same features, ``method.head_embed``:
+        (features, head embeddings or None), float32 on the CPU. Eval mode; every module's mode is restored."""
+        device = next(backbone.parameters()).device
+        modules = {*backbone.modules(), *(method.modules() if method is not None else ())}
+        modes = [(m, m.training) for m in modules]
+        for m in modules:
+            m.training = False  # eval(): BatchNorm running statistics, no dropout
+        feats, heads = [], []
+        try:
+            for i in range(0, len(self.images), self.batch_size):
+                x = self.images[i : i + self.batch_size].to(device)
+                f = backbone(x)
+                feats.append(f.float().cpu())
+                z = method.head_embed(x, f) if method is not None else None
+                if z is not None:
+                    heads.append(z.float().cpu())
+        finally:
+            for m, training in modes:
+                m.training = training
+        return torch.cat(feats), torch.cat(heads) if heads else None
+
     def features(self, backbone: nn.Module) -> Tensor:
         """The probe set through ``backbone`` in eval mode (float32); train mode is restored."""
-        device = next(backbone.parameters()).device
-        was_training = backbone.training
-        backbone.eval()
-        try:
-            out = [
-                backbone(self.images[i : i + self.batch_size].to(device)).float()
-                for i in range(0, len(self.images), self.batch_size)
-            ]
-        finally:
-            backbone.train(was_training)
-        return torch.cat(out).cpu()
+        return self.embed(backbone)[0]
 
-    def evaluate(self, backbone: nn.Module) -> dict[str, float]:
-        """RankMe, alpha-ReQ and normalised-feature std of the backbone on the probe set now."""
+    def evaluate(self, backbone: nn.Module, method: Method | None = None) -> dict[str, float]:
+        """RankMe, alpha-ReQ and normalised-feature std of the backbone on the probe set now; with a ``method``
+        whose :meth:`~openseer.methods.base.Method.head_embed` gives an embedding, the same of it
+        (``health_head_*``) and the method's :meth:`~openseer.methods.base.Method.probe_signals`."""
         started = time.perf_counter()
-        f = self.features(backbone)
+        f, z = self.embed(backbone, method)
         row = {
             "health_rankme": rankme(f),
             "health_alpha_req": alpha_req(f),
             "health_feature_std": float(embedding_std(f)),
         }
+        if z is not None:
+            row["health_head_rankme"] = rankme(z)
+            row["health_head_alpha_req"] = alpha_req(z)
+            row["health_head_std"] = float(embedding_std(z))
+            with torch.no_grad():
+                row.update(method.probe_signals(z))
         self.seconds += time.perf_counter() - started
         self.checks += 1
         return row
@@ -119,7 +149,7 @@ class HealthMonitor:
         return last or step // self.every != max(step - self.log_every, 0) // self.every
 
     def __call__(self, step: int, last: bool, backbone: nn.Module) -> dict[str, Any]:
-        return self.evaluate(backbone) if self.due(step, last) else {}
+        return self.evaluate(backbone, self.method) if self.due(step, last) else {}
 
 
 def auto_probe_size(pool: int) -> int:
@@ -139,9 +169,12 @@ def health_every(cfg: Any, steps_per_epoch: int) -> int:
     return max(1, math.ceil(steps_per_epoch / 4 / log_every)) * log_every
 
 
-def health_from_config(cfg: Any, steps_per_epoch: int, sharded_fsdp: bool) -> HealthMonitor | None:
+def health_from_config(
+    cfg: Any, steps_per_epoch: int, sharded_fsdp: bool, method: Method | None = None
+) -> HealthMonitor | None:
     """The run's health monitor, or None when off (``health_every=0``; by default also for streamed shards
-    and FSDP-sharded backbones, with a log line; asked for explicitly there, it is an error)."""
+    and FSDP-sharded backbones, with a log line; asked for explicitly there, it is an error). ``method``: the
+    unwrapped method whose output embedding and probe signals are measured too."""
     every = health_every(cfg, steps_per_epoch)
     if every == 0:
         return None
@@ -166,6 +199,7 @@ def health_from_config(cfg: Any, steps_per_epoch: int, sharded_fsdp: bool) -> He
         log_every=cfg.train.log_every,
         batch_size=run.batch_size,
         seed=cfg.train.seed,
+        method=method,
     )
 
 

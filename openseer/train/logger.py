@@ -132,8 +132,10 @@ class MetricsLogger:
             raise CheckpointWriteError(self.path, e) from None
         self.sink.log(step, row)
         shown = {name: f"{row[name]:.3g}" for name in w.scalars}
-        if "health_rankme" in row:  # one short field for the health signals
+        if "health_rankme" in row:  # short fields for the health signals: backbone and output RankMe
             shown["rankme"] = f"{row['health_rankme']:.3g}"
+        if "health_head_rankme" in row:
+            shown["head_rankme"] = f"{row['health_head_rankme']:.3g}"
         self.bar.set_postfix(
             loss=f"{mean_loss or float('nan'):.3f}", lr=f"{result.lr:.3g}", img_s=f"{rate:.0f}", **shown
         )

@@ -139,12 +139,13 @@ def _with_health(run: Run) -> None:
     if cfg.train.keep_best_label_free and run.checkpointer.sharded:
         raise ConfigError("train.keep_best_label_free keeps a full checkpoint; use parallel.checkpoint_format=full")
     # with FSDP every process gets the same answer (off, or the error) before any data is read
-    run.health = health_from_config(cfg, d.steps_per_epoch, fsdp) if dist.is_main() or fsdp else None
+    method = run.trainer.method  # unwrapped: its output embedding and probe signals join the backbone's
+    run.health = health_from_config(cfg, d.steps_per_epoch, fsdp, method) if dist.is_main() or fsdp else None
     if run.health is not None:
         knn, health = run.monitor, run.health
         both: Monitor = lambda step, last, bb: {**knn(step, last, bb), **health(step, last, bb)}  # noqa: E731
         run.monitor = health if knn is None else both
-    signals = run.trainer.method.collapse_signals()
+    signals = method.collapse_signals()
     run.watch = CollapseWatch(signals, d.warmup_steps, cfg.train.stop_on_collapse, run.progress.health)
 
 

@@ -25,14 +25,14 @@ TINY = {
     "demo": ["swav.hidden_dims=[32]", "swav.output_dim=16", "swav.num_prototypes=10", "swav.queue_length=0"],
     "dino-cifar10-regnet": ["dino.hidden_dim=32", "dino.bottleneck_dim=16", "dino.out_dim=20"],
 }
-OWN = {  # the method's own signature (besides health_rankme), its line
-    "simsiam": ("z_std", 0.1 / math.sqrt(16)),
-    "byol": ("z_std", 0.1 / math.sqrt(16)),
-    "mocov3": ("z_std", 0.1 / math.sqrt(16)),
-    "simclr": ("z_std", 0.1 / math.sqrt(16)),
-    "vicreg": ("embedding_std", 0.1),
-    "swav": ("occupancy", 0.1),
-    "dino": ("kl", 1e-3),
+OWN = {  # the method's own signature (besides health_rankme), its lines
+    "simsiam": [("z_std", 0.1 / math.sqrt(16))],
+    "byol": [("z_std", 0.1 / math.sqrt(16))],
+    "mocov3": [("z_std", 0.1 / math.sqrt(16))],
+    "simclr": [("z_std", 0.1 / math.sqrt(16))],
+    "vicreg": [("embedding_std", 0.1)],
+    "swav": [("occupancy", 0.1), ("health_code_occupancy", 0.1)],  # of the batch, of the probe set
+    "dino": [("kl", 1e-3)],
 }
 
 
@@ -44,9 +44,14 @@ def test_declared_signals_are_logged_scalars(preset):
     signals = method.collapse_signals()
     assert signals[0] == RANK_COLLAPSE  # every method keeps the backbone RankMe line
     own = [(s.name, s.line) for s in signals[1:]]
-    assert own == ([pytest.approx(OWN[cfg.method])] if cfg.method in OWN else [])
+    assert own == [pytest.approx(o) for o in OWN.get(cfg.method, [])]
     crops = [torch.randn(6, 3, 16, 16) for _ in range(2)]
     out = method(crops, step_ctx(info=run_info(6)))
+    with torch.no_grad():  # a health_* line is read from the health check's row: the method's probe signals
+        method.eval()
+        z = method.head_embed(crops[0])
+        probe = method.probe_signals(z) if z is not None else {}
     for s in signals[1:]:
-        assert s.name in out.scalars, f"{cfg.method} declares {s.name} but logs {sorted(out.scalars)}"
-        assert s.remedy and not s.crossed(float(out.scalars[s.name]))  # an untrained model is not collapsed
+        logged = probe if s.name.startswith("health_") else out.scalars
+        assert s.name in logged, f"{cfg.method} declares {s.name} but logs {sorted(logged)}"
+        assert s.remedy and not s.crossed(float(logged[s.name]))  # an untrained model is not collapsed

@@ -1,4 +1,5 @@
-"""RankMe, alpha-ReQ and cluster occupancy (openseer.ops.collapse) against float64 numpy references written here."""
+"""RankMe, alpha-ReQ, cluster occupancy and code entropy (openseer.ops.collapse) against float64 numpy references
+written here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from openseer.ops.collapse import alpha_req, cluster_occupancy, rankme
+from openseer.ops.collapse import alpha_req, cluster_occupancy, code_entropy, rankme
 
 
 def rankme_reference(x: np.ndarray, eps: float = 1e-7) -> float:
@@ -66,3 +67,27 @@ def test_cluster_occupancy_counts_the_distinct_best_prototypes():
     collapsed = torch.zeros(6, 10)
     collapsed[:, 2] = 1.0
     assert float(cluster_occupancy(collapsed)) == pytest.approx(1 / 6)
+
+
+def code_entropy_reference(scores: np.ndarray, temperature: float) -> float:
+    """Mean over rows of -sum p log p with p = softmax(scores / T) (max subtracted, float64), over ln K."""
+    logits = scores.astype(np.float64) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    h = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
+    return float(h.mean() / math.log(scores.shape[1]))
+
+
+def test_code_entropy_matches_the_reference_and_spans_zero_to_one():
+    scores = np.random.default_rng(2).uniform(-1, 1, size=(40, 12))
+    for temperature in (0.1, 1.0):
+        expected = code_entropy_reference(scores, temperature)
+        assert code_entropy(torch.from_numpy(scores).float(), temperature) == pytest.approx(expected, rel=1e-6)
+    # equal scores: every prediction uniform over K -> 1
+    assert code_entropy(torch.full((5, 30), 0.3), 0.1) == pytest.approx(1.0, abs=1e-12)
+    # one clearly best prototype per row at a small temperature: one-hot predictions -> ~0
+    one_hot = torch.full((6, 30), -1.0)
+    one_hot[torch.arange(6), torch.tensor([0, 4, 4, 9, 20, 29])] = 1.0
+    assert code_entropy(one_hot, 0.01) == pytest.approx(code_entropy_reference(one_hot.numpy(), 0.01), abs=1e-12)
+    assert code_entropy(one_hot, 0.01) < 1e-20
+    assert code_entropy(torch.randn(4, 1), 0.1) == 0.0  # one prototype: every prediction is one-hot

@@ -1,6 +1,7 @@
-"""Label-free health signals (openseer.train.health): the rows carry them at the configured cadence, they do not
-change training, a collapse warns once (and stops only when asked), the best label-free step is named and kept,
-and a probe set larger than the pool is one clear error."""
+"""Label-free health signals (openseer.train.health): the rows carry them at the configured cadence (the backbone's,
+the method's output embedding's and the method's probe signals), they do not change training, a collapse warns once
+(and stops only when asked), the best label-free step is named and kept, and a probe set larger than the pool is one
+clear error."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import torch
 
 from openseer.checkpoint import load_checkpoint
 from openseer.config import ConfigError, load_config
-from openseer.methods.base import RANK_COLLAPSE, CollapseSignal
-from openseer.ops.collapse import rankme
+from openseer.methods.base import RANK_COLLAPSE, CollapseSignal, Method
+from openseer.methods.swav import SwAV
+from openseer.ops.collapse import alpha_req, embedding_std, rankme
 from openseer.train import pretrain
 from openseer.train.health import (
     WINDOW,
@@ -48,7 +50,13 @@ def test_health_rows_at_their_cadence_do_not_change_training_and_keep_the_best_s
     rows, plain_rows = _rows(tmp_path / "health"), _rows(tmp_path / "plain")
     # a check at the first row at or past each multiple of 2, and at the last step (5)
     assert [r["step"] for r in rows if "health_rankme" in r] == [2, 4, 5]
-    assert not any("health_rankme" in r for r in plain_rows)
+    # SwAV (the demo preset): its output embedding and its prototype codes in the same rows
+    head_and_codes = {"health_head_rankme", "health_head_alpha_req", "health_head_std"} | CODES
+    assert all(head_and_codes <= r.keys() for r in rows if "health_rankme" in r)
+    assert all(
+        0 <= r["health_code_entropy"] <= 1 and 0 < r["health_code_occupancy"] <= 1 for r in rows if CODES <= r.keys()
+    )
+    assert not any("health_rankme" in r or "health_head_rankme" in r for r in plain_rows)
     assert [r["loss"] for r in rows] == [r["loss"] for r in plain_rows]  # exact: no effect on training
     assert summary["health"]["checks"] == 3 and summary["health"]["images"] == 12
     # the best label-free step: the row with the highest backbone RankMe, its checkpoint kept
@@ -57,6 +65,33 @@ def test_health_rows_at_their_cadence_do_not_change_training_and_keep_the_best_s
     assert summary["best_label_free"] == expected
     kept = load_checkpoint(tmp_path / "health" / "checkpoints" / "best_label_free.pt")
     assert kept["step"] == best["step"]
+
+
+CODES = {"health_code_entropy", "health_code_occupancy"}
+
+
+def test_a_method_without_prototypes_logs_its_output_embedding_but_no_codes(tmp_path):
+    data = write_images(tmp_path / "imgs", 16)
+    tiny = ["byol.hidden_dim=32", "byol.output_dim=16", "train.max_steps=2", "train.health_every=2"]
+    cfg = load_config("byol-cifar10", [*FAST, f"data.path={data}", *tiny, "train.health_images=8"])
+    pretrain(cfg, tmp_path / "run")
+    (checked,) = [r for r in _rows(tmp_path / "run") if "health_rankme" in r]
+    assert checked["step"] == 2 and not CODES & checked.keys()
+    assert 1 <= checked["health_head_rankme"] <= 8 and checked["health_head_std"] > 0
+
+
+class Head(Method):
+    """A toy method: its output embedding is a linear map of the backbone features it is given."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone, self.proj = backbone, torch.nn.Sequential(torch.nn.Linear(8, 5), torch.nn.BatchNorm1d(5))
+
+    def head_embed(self, images, features=None):
+        return self.proj(self.backbone(images) if features is None else features)
+
+    def probe_signals(self, embeddings):
+        return {"health_toy_rows": float(len(embeddings))}
 
 
 def test_the_health_monitor_scores_the_backbone_on_its_probe_in_eval_mode(tmp_path):
@@ -71,6 +106,19 @@ def test_the_health_monitor_scores_the_backbone_on_its_probe_in_eval_mode(tmp_pa
     expected = rankme(backbone(monitor.images).detach())  # eval mode: BatchNorm running statistics
     assert row["health_rankme"] == pytest.approx(expected, rel=1e-6)
     assert [s for s in range(1, 11) if monitor.due(s, last=False)] == [3, 6, 9]
+    # with the method: its output embedding of the same features (the backbone runs once per batch, in eval mode)
+    method = Head(backbone).train()
+    method.backbone.eval()  # a submodule's own mode survives the check
+    calls = []
+    backbone.register_forward_hook(lambda m, i, o: calls.append(len(o)))
+    row = monitor.evaluate(backbone, method)
+    assert calls == [4, 2] and method.training and method.proj.training and not backbone.training
+    method.eval()
+    z = method.proj(backbone(monitor.images)).detach()
+    assert row["health_head_rankme"] == pytest.approx(rankme(z), rel=1e-6)
+    assert row["health_head_alpha_req"] == pytest.approx(alpha_req(z), rel=1e-6)
+    assert row["health_head_std"] == pytest.approx(float(embedding_std(z)), rel=1e-6)
+    assert row["health_toy_rows"] == 6.0 and row["health_rankme"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_a_probe_set_larger_than_the_pool_is_one_clear_line(tmp_path):
@@ -106,7 +154,7 @@ def test_the_watch_warns_once_after_a_sustained_window_past_the_warmup(caplog):
     assert not watch.stop_requested
 
 
-def _collapsed_features(self, backbone):
+def _collapsed_features(self, backbone, method=None):
     self.checks += 1
     return {"health_rankme": 1.0, "health_alpha_req": float("inf"), "health_feature_std": 0.0}
 
@@ -127,3 +175,18 @@ def test_a_forced_collapse_warns_once_and_stops_only_when_asked(tmp_path, monkey
         assert summary["status"] == "completed" and summary["steps"] == 5
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["collapse_warnings"] == warnings
+
+
+def _collapsed_codes(self, embeddings):
+    return {"health_code_entropy": 0.0, "health_code_occupancy": 0.01}  # every probe image on one prototype
+
+
+def test_a_forced_low_probe_occupancy_warns_once_with_the_swav_remedy(tmp_path, monkeypatch):
+    monkeypatch.setattr(SwAV, "probe_signals", _collapsed_codes)
+    data = write_images(tmp_path / "imgs", 24)
+    summary = pretrain(_cfg(data, "train.health_every=1", "train.health_images=8"), tmp_path / "run")
+    warnings = [w for w in summary["collapse_warnings"] if w["signal"] == "health_code_occupancy"]
+    assert [(w["step"], w["value"], w["line"], w["direction"]) for w in warnings] == [(WINDOW, 0.01, 0.1, "below")]
+    remedy = warnings[0]["remedy"]  # the batch occupancy's, as docs/methods.md gives it
+    assert "swav.freeze_prototypes_steps" in remedy and "swav.queue_length" in remedy and "swav.epsilon" in remedy
+    assert summary["status"] == "completed"
