@@ -281,9 +281,10 @@ class DINO(Method):
         return split_groups(named, getattr(optim, "exclude_bias_and_norm", True), special)
 
     def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """The student's unit bottleneck (``head``), which ``last_layer`` turns into logits (K may be 65536: too
-        wide for a spectrum). ``features`` are the exported teacher backbone's, so the student backbone runs."""
-        return self.head(self.backbone(images))
+        """The teacher's unit bottleneck (``teacher.head``), which ``last_layer`` turns into logits (K may be
+        65536: too wide for a spectrum). The teacher is the exported, evaluated tower, so ``features`` (the
+        exported backbone's) feed its head directly and a check costs one backbone pass, as for every method."""
+        return self.teacher.head(self.teacher.backbone(images) if features is None else features)
 
     def cluster_weights(self) -> torch.Tensor | None:
         """The teacher's last-layer rows, each of norm 1 with ``norm_last_layer``: ``head`` embeddings are unit

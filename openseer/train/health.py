@@ -10,7 +10,7 @@ random numbers, train mode restored: the run trains exactly as without it) and t
 - ``health_feature_std``: the std of the l2-normalised features (SimSiam sec. 4.1), 0 = collapsed;
 
 and, from the same forward, the method's output embedding (:meth:`~openseer.methods.base.Method.head_embed`: a
-projector's z, SwAV's unit projection, DINO's student bottleneck) when it has one: ``health_head_rankme``,
+projector's z, SwAV's unit projection, DINO's teacher bottleneck) when it has one: ``health_head_rankme``,
 ``health_head_alpha_req``, ``health_head_std``; then whatever the method adds from those embeddings
 (:meth:`~openseer.methods.base.Method.probe_signals`: SwAV's and DeepCluster-v2's ``health_code_entropy`` and
 ``health_code_occupancy``). The monitor knows no method: it calls the contract.

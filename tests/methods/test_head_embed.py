@@ -49,7 +49,7 @@ def _unit_mlp(tower, x):
 RECOMPUTE = {
     "swav": lambda t, x: _unit_mlp(t["head"], t["backbone"](x)),
     "deepclusterv2": lambda t, x: _unit_mlp(t["head"], t["backbone"](x)),
-    "dino": lambda t, x: _unit_mlp(t["head"], t["backbone"](x)),  # the student, not the exported teacher
+    "dino": lambda t, x: _unit_mlp(t["teacher.head"], t["teacher.backbone"](x)),  # the exported teacher
     **{m: (lambda t, x: t["projector"](t["backbone"](x))) for m in ("byol", "simsiam", "mocov3", "simclr")},
     **{m: (lambda t, x: t["projector"](t["backbone"](x))) for m in ("vicreg", "barlowtwins")},
 }
@@ -70,7 +70,8 @@ def test_every_registered_method_is_covered():
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_head_embed_is_the_output_tower_in_eval_mode(name, one_thread):
     method, dim = _build(name)
-    # EMA copies that differ from their online towers: the output embedding must come from the online side
+    # EMA copies that differ from their online towers: the output embedding comes from the side the method
+    # exports (the online towers; DINO's teacher), not from whichever tower happens to be first
     with torch.no_grad():
         for _, module in method.tower_modules(ema=True):
             for p in module.parameters():
