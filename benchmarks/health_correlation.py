@@ -6,13 +6,17 @@ step), the backbone is loaded and
 - step 0 is the run's random initialisation (as `openseer compare`'s floor) unless ``--no-init``;
 - the health signals are computed exactly as a run logs them (:class:`openseer.train.health.HealthMonitor` on
   the run's own pool probe: RankMe, alpha-ReQ, std of the l2-normalised features), and
+- the method-output signals (RankMe, alpha-ReQ, std of the method's output embedding: `Method.head_embed`) are
+  read from the run's ``metrics.jsonl`` where it logged a health check at that step (rows without them, e.g.
+  step 0 or runs from before the output signals existed, are left out of those signals' rho only);
 - its accuracy on labelled images: kNN (k=20, T=0.07, the ``openseer eval knn`` vote) and a grid-searched linear
   probe (:func:`openseer.eval.linear.linear_probe`) on fixed seeded subsets of ``--train`` / ``--test``.
 
 Then Spearman's rho between each signal and each accuracy: over all checkpoints (methods and budgets mixed),
 within each group (a method: its budgets and variants), and across groups at each group's last step. A run's
 group is its method unless ``--group-by`` names a config key (e.g. ``vicreg.sim_coeff`` for a sweep inside
-one method). Prints a markdown table and writes ``--out`` (JSON rows + rhos). Run:
+one method). Prints a markdown table and writes ``--out`` (JSON rows + rhos) after each run; runs already in an
+existing ``--out`` are not measured again (resume, or add runs as they finish; delete the file to re-measure). Run:
 
     PYTHONPATH=. .venv/bin/python benchmarks/health_correlation.py --runs 'runs/views-*/*' \
         --train $D/cifar10-train.tar --test $D/cifar10-test.tar --out runs/health_correlation.json
@@ -37,7 +41,11 @@ from openseer.ops.collapse import alpha_req, embedding_std, rankme
 from openseer.train.health import HealthMonitor
 from openseer.weights.sources import backbone_from_source
 
-SIGNALS = ("rankme", "alpha_req", "feature_std")
+BACKBONE_SIGNALS = ("rankme", "alpha_req", "feature_std")
+#: the method-output signals are read from the run's own metrics.jsonl at the checkpoint's step (where the run
+#: logged a health check there: runs from before `Method.head_embed` have none, and step 0 never has them)
+HEAD_SIGNALS = ("head_rankme", "head_alpha_req", "head_std")
+SIGNALS = BACKBONE_SIGNALS + HEAD_SIGNALS
 ACCURACIES = ("knn", "linear")
 
 
@@ -97,6 +105,17 @@ def group_of(cfg: dict, key: str | None) -> str:
     return f"{cfg['method']} {key}={value}"
 
 
+def logged_head_signals(run: Path) -> dict[int, dict[str, float]]:
+    """step -> the method-output health signals the run logged at that step."""
+    out: dict[int, dict[str, float]] = {}
+    path = run / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        row = json.loads(line)
+        if "health_head_rankme" in row:
+            out[int(row["step"])] = {s: float(row[f"health_{s}"]) for s in HEAD_SIGNALS if f"health_{s}" in row}
+    return out
+
+
 def measure_run(run: Path, args, labelled) -> list[dict]:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     aug = cfg["aug"]
@@ -104,7 +123,7 @@ def measure_run(run: Path, args, labelled) -> list[dict]:
         cfg["data"]["path"], 0, aug["global_size"], 1.0, aug["mean"], aug["std"], every=1, log_every=1
     )
     (xtr, ytr), (xte, yte) = labelled
-    rows = []
+    rows, logged = [], logged_head_signals(run)
     for step, path in sorted(checkpoints(run, args.with_init).items()):
         if args.steps and step not in args.steps:
             continue
@@ -115,6 +134,7 @@ def measure_run(run: Path, args, labelled) -> list[dict]:
         linear = linear_probe(ftr, ytr, fte, yte, epochs=args.linear_epochs)["top1"]
         row = {"run": str(run), "group": group_of(cfg, args.group_by), "step": step}
         row.update(rankme=rankme(f), alpha_req=alpha_req(f), feature_std=float(embedding_std(f)))
+        row.update(logged.get(step, {}))
         row.update(knn=100 * float(knn), linear=100 * float(linear))
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -132,17 +152,22 @@ def rho_table(rows: list[dict]) -> dict[str, dict[str, float]]:
             last[r["run"]] = r
     scopes["last step of each run"] = list(last.values())
     return {
-        name: {f"{s}~{a}": spearman([r[s] for r in sel], [r[a] for r in sel]) for s in SIGNALS for a in ACCURACIES}
-        | {"n": len(sel)}
+        name: {
+            f"{s}~{a}": spearman([r[s] for r in sel if s in r], [r[a] for r in sel if s in r])
+            for s in SIGNALS
+            for a in ACCURACIES
+        }
+        | {"n": len(sel), "n_head": sum("head_rankme" in r for r in sel)}
         for name, sel in scopes.items()
     }
 
 
 def markdown(table: dict[str, dict[str, float]]) -> str:
     cols = [f"{s}~{a}" for s in SIGNALS for a in ACCURACIES]
-    lines = ["| scope | n | " + " | ".join(cols) + " |", "| --- " * (len(cols) + 2) + "|"]
+    lines = ["| scope | n (with head) | " + " | ".join(cols) + " |", "| --- " * (len(cols) + 2) + "|"]
     for name, rho in table.items():
-        lines.append(f"| {name} | {rho['n']} | " + " | ".join(f"{rho[c]:+.2f}" for c in cols) + " |")
+        n = f"{rho['n']} ({rho['n_head']})"
+        lines.append(f"| {name} | {n} | " + " | ".join(f"{rho[c]:+.2f}" for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -173,9 +198,15 @@ def main() -> None:
         labelled_tensors(args.train, args.train_images, size, mean, std, seed=0),
         labelled_tensors(args.test, args.test_images, size, mean, std, seed=1),
     )
-    rows = [row for run in runs for row in measure_run(run, args, labelled)]
+    out = Path(args.out)
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []  # resumable: measured runs are kept
+    done = {r["run"] for r in rows}
+    for run in runs:
+        if str(run) not in done:
+            rows += measure_run(run, args, labelled)
+            out.write_text(json.dumps({"rows": rows, "rho": rho_table(rows)}, indent=1))
     table = rho_table(rows)
-    Path(args.out).write_text(json.dumps({"rows": rows, "rho": table}, indent=1))
+    out.write_text(json.dumps({"rows": rows, "rho": table}, indent=1))
     print(markdown(table))
 
 

@@ -54,3 +54,25 @@ def test_health_correlation_spearman_matches_a_counting_reference():
     assert abs(spearman(x, y) - _reference_spearman(x, y)) < 1e-12
     assert abs(spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]) - 1.0) < 1e-12
     assert abs(spearman([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]) + 1.0) < 1e-12
+
+
+def test_health_correlation_head_signals_only_over_rows_that_logged_them(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from health_correlation import logged_head_signals, rho_table
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 10, "loss": 1.0}\n'
+        '{"step": 20, "health_rankme": 5.0, "health_head_rankme": 3.0, "health_head_alpha_req": 1.5, '
+        '"health_head_std": 0.1}\n'
+    )
+    assert logged_head_signals(tmp_path) == {20: {"head_rankme": 3.0, "head_alpha_req": 1.5, "head_std": 0.1}}
+    base = {"run": "r", "group": "g", "alpha_req": 1.0, "feature_std": 0.1}
+    rows = [base | {"step": s, "rankme": float(s), "knn": float(s), "linear": float(-s)} for s in range(5)]
+    for r, head in zip(rows[1:], [1.0, 3.0, 2.0, 4.0], strict=True):  # step 0 (random init) has none
+        r.update(head_rankme=head, head_alpha_req=1.0, head_std=0.1)
+    table = rho_table(rows)["all checkpoints"]
+    assert table["n"] == 5 and table["n_head"] == 4
+    assert abs(table["rankme~knn"] - 1.0) < 1e-12 and abs(table["rankme~linear"] + 1.0) < 1e-12
+    assert abs(table["head_rankme~knn"] - _reference_spearman([1.0, 3.0, 2.0, 4.0], [1.0, 2.0, 3.0, 4.0])) < 1e-12
