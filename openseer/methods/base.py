@@ -40,13 +40,13 @@ loop calls                             the method
 ``trivial_loss()``                     the loss of a collapsed or untrained model (e.g. ln K), or None.
 ``collapse_signals()``                 :class:`CollapseSignal` s: a logged scalar, its collapse line and the
                                        remedy (docs/methods.md); the loop warns when one stays past its line.
-``head_embed(images, features)``       (health checks, rank 0, no grad, eval mode) the method's output
-                                       embedding of ``images``: what its loss compares (a projector's z, SwAV's
-                                       unit projection before the prototypes, DINO's student bottleneck), or
-                                       None (the default: no output tower). ``features``: the exported
-                                       backbone's features of ``images`` when the caller has them, so the
-                                       backbone runs once per check; a method whose output tower reads another
-                                       backbone (DINO's student) embeds ``images`` itself.
+``output_tower``                      path of the declared tower that maps the exported backbone's features
+                                       to the method's output embedding, what its loss compares ("projector";
+                                       SwAV / DeepCluster-v2 "head"; DINO "teacher.head"), or None.
+``head_embed(images, features)``       (health checks, rank 0, no grad, eval mode) that output embedding of
+                                       ``images``: ``output_tower`` on ``features`` (the exported backbone's,
+                                       when the caller has them: the backbone runs once per check), or None
+                                       without an ``output_tower``. Override for another output.
 ``probe_signals(z)``                   further ``{"health_<name>": float}`` of the probe set from its stacked
                                        ``head_embed`` rows ``z`` (float32); default {} (SwAV, DeepCluster-v2:
                                        code entropy and occupancy of the prototype scores).
@@ -230,6 +230,8 @@ class Method(nn.Module):
     # every backbone and head submodule with its role; EMA copies name their online tower (see Tower)
     towers: ClassVar[tuple[Tower, ...]] = (Tower("backbone"),)
     exported_backbone: ClassVar[str] = "backbone"  # the path of a backbone tower
+    # the declared tower that maps exported_backbone's features to the output embedding (health checks), or None
+    output_tower: ClassVar[str | None] = None
     # True: forward also takes ``indices=`` (the micro-batch's dataset indices, e.g. for a memory bank)
     needs_indices: ClassVar[bool] = False
     # submodules that compute in float32 (autocast off inside the method): with FSDP2 each becomes its own
@@ -328,14 +330,17 @@ class Method(nn.Module):
 
     # -- label-free health signals on the probe set (openseer.train.health) ---------------------------------
     def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor | None:
-        """The (N, d) output embedding of ``images`` (what the loss compares), or None without an output tower.
+        """The (N, d) output embedding of ``images`` (what the loss compares): ``output_tower`` on the exported
+        backbone's features, or None without an ``output_tower`` (the signals are then the backbone's only).
 
         The health monitor calls it under ``torch.no_grad`` with the method in eval mode, giving ``features``, the
-        exported backbone's features of ``images``, so that the backbone runs once per check. A method whose
-        output tower reads that backbone uses them; one whose output tower reads another backbone (DINO: the
-        student's, while the teacher's is exported) runs its own. Default: None (the signals are the backbone's).
+        exported backbone's features of ``images``, so that the backbone runs once per check.
         """
-        return None
+        if self.output_tower is None:
+            return None
+        if features is None:
+            features = self.export_module()(images)
+        return self.get_submodule(self.output_tower)(features)
 
     def probe_signals(self, embeddings: torch.Tensor) -> dict[str, float]:
         """Further ``{"health_<name>": value}`` entries of a health check, from the probe set's stacked

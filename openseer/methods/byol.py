@@ -84,6 +84,7 @@ class BYOL(Method):
         Tower("target_backbone", ema_of="backbone"),
         Tower("target_projector", "head", ema_of="projector"),
     )
+    output_tower = "projector"  # health checks: the projection z the loss compares
     exact_accumulation = True  # per-image loss terms; the target moves once per optimizer step
 
     def __init__(self, backbone: nn.Module, cfg: Config, info: RunInfo):
@@ -117,10 +118,6 @@ class BYOL(Method):
             t1, t2 = per_view(lambda x: self.target_projector(self.target_backbone(x)), crops)
         loss = (regression_loss(p1, t2) + regression_loss(p2, t1)).mean()
         return StepOutput(loss, {"tau": self.tau(ctx.step), "z_std": embedding_std(z1)})
-
-    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """The online projection z: the space where the predictor's output meets the target's projection."""
-        return self.projector(self.backbone(images) if features is None else features)
 
     @torch.no_grad()
     def after_step(self, ctx: StepContext) -> None:

@@ -137,6 +137,7 @@ class DeepClusterV2(Method):
 
     name = "deepclusterv2"
     towers = (Tower("backbone"), Tower("head", "head"), Tower("prototypes", "head"))
+    output_tower = "head"  # health checks: the unit projection the prototypes score
     exact_accumulation = True
     needs_indices: ClassVar[bool] = True
 
@@ -305,10 +306,6 @@ class DeepClusterV2(Method):
         self.clustered_epoch = int(state["clustered_epoch"])
 
     # -- health signals on the probe set (openseer.train.health) --------------------------------------------------
-    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """The unit projection the k-means prototypes score (``head`` on the backbone's features)."""
-        return self.head(self.backbone(images) if features is None else features)
-
     def probe_signals(self, embeddings: torch.Tensor) -> dict[str, float]:
         """Code entropy (at the temperature, over ln K) and occupancy of the probe set's scores, averaged over
         the prototype sets; none before the first k-means (the prototypes are random until then)."""

@@ -193,6 +193,8 @@ class DINO(Method):
         Tower("teacher.head", "head", ema_of="head"),
         Tower("teacher.last_layer", "head", ema_of="last_layer"),
     )
+    # health checks: the exported teacher's unit bottleneck (its K-wide logits are too wide for a spectrum)
+    output_tower = "teacher.head"
     exact_accumulation = True
     exported_backbone = "teacher.backbone"  # DINO evaluates the teacher
 
@@ -279,12 +281,6 @@ class DINO(Method):
         frozen for the first ``freeze_last_layer_epochs`` epochs (DINO ``cancel_gradients_last_layer``)."""
         special = {"last_layer.": {"name": "last_layer", "freeze_steps": self.freeze_steps}}
         return split_groups(named, getattr(optim, "exclude_bias_and_norm", True), special)
-
-    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """The teacher's unit bottleneck (``teacher.head``), which ``last_layer`` turns into logits (K may be
-        65536: too wide for a spectrum). The teacher is the exported, evaluated tower, so ``features`` (the
-        exported backbone's) feed its head directly and a check costs one backbone pass, as for every method."""
-        return self.teacher.head(self.teacher.backbone(images) if features is None else features)
 
     def cluster_weights(self) -> torch.Tensor | None:
         """The teacher's last-layer rows, each of norm 1 with ``norm_last_layer``: ``head`` embeddings are unit

@@ -125,6 +125,7 @@ class MoCoV3(Method):
         Tower("momentum_backbone", ema_of="backbone"),
         Tower("momentum_projector", "head", ema_of="projector"),
     )
+    output_tower = "projector"  # health checks: the projection z the loss compares
     exact_accumulation = False  # in-batch keys: a micro-batch's queries only meet its own keys
 
     def __init__(self, backbone: nn.Module, cfg: Config, info: RunInfo):
@@ -176,10 +177,6 @@ class MoCoV3(Method):
         t = self.cfg.temperature
         loss = infonce(q1, k2, t) + infonce(q2, k1, t)
         return StepOutput(loss, {"momentum": self.momentum(ctx.step), "z_std": embedding_std(q1)})
-
-    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """The query network's projection z: the space where its predictions meet the momentum keys."""
-        return self.projector(self.backbone(images) if features is None else features)
 
     def trivial_loss(self) -> float:
         """Every similarity equal: each of the two terms is 2T ln B for a global batch B."""

@@ -93,6 +93,7 @@ class SimCLR(Method):
 
     name = "simclr"
     towers = (Tower("backbone"), Tower("projector", "head"))
+    output_tower = "projector"  # health checks: the projection z the loss compares
     exact_accumulation = False  # in-batch negatives: a micro-batch only sees its own
 
     def __init__(self, backbone: nn.Module, cfg: Config, info: RunInfo):
@@ -111,10 +112,6 @@ class SimCLR(Method):
         z1, z2 = z.chunk(2)
         loss, accuracy = nt_xent(z1, z2, self.cfg.temperature)
         return StepOutput(loss, {"contrast_acc": accuracy, "z_std": embedding_std(z)})
-
-    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """The projection z whose cosine similarities NT-Xent compares."""
-        return self.projector(self.backbone(images) if features is None else features)
 
     def trivial_loss(self) -> float:
         """Every similarity equal: each of the two cross-entropies is ln(2B - 1) for a global batch B."""

@@ -81,6 +81,7 @@ class SimSiam(Method):
 
     name = "simsiam"
     towers = (Tower("backbone"), Tower("projector", "head"), Tower("predictor", "head"))
+    output_tower = "projector"  # health checks: the projection z the loss compares
     exact_accumulation = True  # per-image loss terms, no batch-coupled term besides batch norm
 
     def __init__(self, backbone: nn.Module, cfg: Config, info: RunInfo):
@@ -103,10 +104,6 @@ class SimSiam(Method):
         p1, p2 = self.predictor(z1), self.predictor(z2)
         loss = 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1)
         return StepOutput(loss, {"z_std": embedding_std(z1)})
-
-    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """The projection z that the other view's prediction must match (the space ``z_std`` watches)."""
-        return self.projector(self.backbone(images) if features is None else features)
 
     def collapse_signals(self) -> tuple[CollapseSignal, ...]:
         """The defaults plus this method's collapse signature (docs/methods.md)."""

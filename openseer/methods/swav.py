@@ -111,6 +111,7 @@ class SwAV(Method):
 
     name = "swav"
     towers = (Tower("backbone"), Tower("head", "head"), Tower("prototypes", "head"))
+    output_tower = "head"  # health checks: the unit projection the prototypes score
     exact_accumulation = True  # codes of the whole accumulated batch come from mode="targets"
     fp32_modules = ("prototypes",)  # scores (and so codes) in float32, as VISSL's fp32 prototype unit
 
@@ -293,10 +294,6 @@ class SwAV(Method):
         return sinkhorn_knopp(out, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-batch:]
 
     # -- health signals on the probe set (openseer.train.health) ----------------------------------------------
-    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """The unit projection the prototypes score (``head`` on the backbone's features)."""
-        return self.head(self.backbone(images) if features is None else features)
-
     def probe_signals(self, embeddings: torch.Tensor) -> dict[str, float]:
         """The probe set's prototype scores: the mean entropy of the predictions at tau over ln K (1 = uniform)
         and the share of prototypes some probe image picks (a fixed image set, unlike the batch ``occupancy``)."""

@@ -36,6 +36,7 @@ class BackboneProjector(Method):
     their towers, and why their gradient accumulation cannot be exact (the loss needs the whole batch)."""
 
     towers = (Tower("backbone"), Tower("projector", "head"))
+    output_tower = "projector"  # health checks: the projection z the loss compares
     exact_accumulation = False
 
     def __init__(self, backbone: nn.Module, cfg: Any, projector: nn.Module):
@@ -43,8 +44,3 @@ class BackboneProjector(Method):
         self.cfg = cfg
         self.backbone = backbone
         self.projector = projector
-
-    def head_embed(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """The projector's (expander's) output, whose cross-correlation (Barlow Twins) or variance, covariance
-        and view distance (VICReg) the loss computes."""
-        return self.projector(self.backbone(images) if features is None else features)
