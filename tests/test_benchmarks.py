@@ -8,6 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from openseer.config import derive, load_config
+from openseer.train.loop import pretrain
+from tests.helpers import TINY_OVERRIDES, write_images
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,3 +82,21 @@ def test_health_correlation_head_signals_only_over_rows_that_logged_them(tmp_pat
     assert table["n"] == 5 and table["n_head"] == 4
     assert abs(table["rankme~knn"] - 1.0) < 1e-12 and abs(table["rankme~linear"] + 1.0) < 1e-12
     assert abs(table["head_rankme~knn"] - _reference_spearman([1.0, 3.0, 2.0, 4.0], [1.0, 2.0, 3.0, 4.0])) < 1e-12
+
+
+def test_minutes_budget_cuts_the_preset_schedule_short_at_the_budget_steps(tmp_path):
+    """The comparison arm of ``benchmarks/minutes_budget.py``: the preset's own schedule (its epochs), stopped
+    after N steps with a checkpoint there, not a schedule laid over N steps."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from minutes_budget import stop_after
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    data = write_images(tmp_path / "imgs", 24, size=24)
+    cfg = load_config("demo", [*TINY_OVERRIDES, f"data.path={data}", "train.epochs=4"])
+    full = derive(cfg, 24).total_steps
+    summary = pretrain(cfg, tmp_path / "cut", on_step=stop_after(2))
+    assert (summary["status"], summary["steps"], summary["total_steps"]) == ("interrupted", 2, full)
+    assert full == 12 > 2
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 2

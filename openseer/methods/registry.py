@@ -35,6 +35,9 @@ class MethodEntry:
     build: Callable[[Any, nn.Module, RunInfo], Method]  # (Config, backbone, RunInfo) -> Method
     validate: Callable[[Any], None] | None = None  # (Config) -> None, raises ConfigError
     summary: str = ""  # one line for `openseer presets`
+    # (Config, pool images, global batch) -> notes: fills the section's "0 = from the run's size" fields in place
+    # before the method is built, so config.yaml holds the values used (resume, report and export rebuild them)
+    resolve: Callable[[Any, int, int], list[str]] | None = None
 
 
 METHODS: dict[str, MethodEntry] = {}

@@ -14,7 +14,7 @@ registration. The loop talks to it only through the :class:`~openseer.methods.ba
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -53,8 +53,8 @@ class Config:
     num_prototypes: int = field(
         default=3000,
         metadata={
-            "help": "Number of prototypes K (SwAV 3000, SEER 16000). Use about 10x the number of classes "
-            "you expect; fewer for small datasets."
+            "help": "Number of prototypes K (SwAV 3000, SEER 16000). 0 = from the pool: about sqrt(images), at "
+            "most the global batch plus the queue (see prototypes_for_pool); the run's config.yaml holds the value."
         },
     )
     temperature: float = field(default=0.1, metadata={"help": "Softmax temperature tau of the swapped prediction."})
@@ -91,9 +91,11 @@ SwAVConfig = Config
 
 def validate(cfg: Any) -> None:
     s = cfg.swav
-    for key in ("output_dim", "num_prototypes", "sinkhorn_iterations"):
+    for key in ("output_dim", "sinkhorn_iterations"):
         if getattr(s, key) <= 0:
             raise ConfigError(f"swav.{key}={getattr(s, key)} must be positive")
+    if s.num_prototypes < 0 or s.num_prototypes == 1:
+        raise ConfigError(f"swav.num_prototypes={s.num_prototypes} must be >= 2, or 0 (from the pool's size)")
     if s.temperature <= 0 or s.epsilon <= 0:
         raise ConfigError("swav.temperature and swav.epsilon must be positive")
     if not s.crops_for_assign or any(not 0 <= c < cfg.aug.global_crops for c in s.crops_for_assign):
@@ -316,10 +318,40 @@ class SwAV(Method):
         )
 
 
-def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> SwAV:
-    """SwAV around ``backbone``; the queue length is rounded down to a multiple of the global batch."""
+def global_queue(queue_length: int, global_batch: int) -> int:
+    """The queue over all processes: ``swav.queue_length`` rounded down to a multiple of the global batch."""
+    return queue_length - queue_length % global_batch if queue_length else 0
+
+
+def prototypes_for_pool(images: int, sinkhorn_batch: int) -> int:
+    """K for ``swav.num_prototypes: 0``, from what a user knows without labels: about sqrt(images) prototypes
+    (the usual guess at a cluster count; ImageNet's 1.28M images give ~1100, SwAV used 3000), at most the
+    embeddings Sinkhorn spreads over per step (global batch + queue: beyond it each code's equal share is below
+    one image), at least 2. Against a fixed K = 30 on four pools at 600 steps: mixed (BENCHMARKS.md,
+    issue 23 item 7)."""
+    return max(2, min(round(math.sqrt(images)), sinkhorn_batch))
+
+
+def resolve(cfg: Any, images: int, global_batch: int) -> list[str]:
+    """Fill ``swav.num_prototypes: 0`` from the pool's size (in place); the note for the log."""
     s = cfg.swav
-    queue_global = s.queue_length - s.queue_length % info.global_batch if s.queue_length else 0
+    if s.num_prototypes:
+        return []
+    s.num_prototypes = prototypes_for_pool(images, global_batch + global_queue(s.queue_length, global_batch))
+    return [
+        f"swav.num_prototypes=0 -> {s.num_prototypes} (about sqrt({images}) images, at most the global batch + queue)"
+    ]
+
+
+def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> SwAV:
+    """SwAV around ``backbone``; the queue length is rounded down to a multiple of the global batch;
+    ``num_prototypes: 0`` not yet resolved (a build without a pool: ``openseer info``, tests) takes one epoch's
+    images as the pool."""
+    s = cfg.swav
+    queue_global = global_queue(s.queue_length, info.global_batch)
+    if not s.num_prototypes:
+        k = prototypes_for_pool(info.steps_per_epoch * info.global_batch, info.global_batch + queue_global)
+        s = replace(s, num_prototypes=k)
     return SwAV(backbone, s, local_queue_length=queue_global // info.world_size)
 
 
@@ -329,6 +361,7 @@ ENTRY = register_method(
         config=Config,
         build=build,
         validate=validate,
+        resolve=resolve,
         summary="SwAV: swapped prediction of Sinkhorn codes over prototypes (Caron et al. 2020; SEER)",
     )
 )

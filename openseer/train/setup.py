@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -107,17 +108,14 @@ def build_trainer(
     )
 
 
-def _resume_state(cfg: Config, out: Path, resume: bool) -> tuple[dict[str, Any] | None, Path | None]:
-    """The checkpoint to resume from; its config may differ from ``cfg`` only harmlessly."""
-    state, sharded_dir = find_resume_state(out / "checkpoints") if resume else (None, None)
-    if state is not None:
-        diff = resume_blockers(state, cfg)
-        if diff:
-            raise ConfigError(
-                f"{out} holds a run with a different config ({', '.join(diff[:6])}); use another "
-                f"--out, or the same settings to resume"
-            )
-    return state, sharded_dir
+def _check_resumable(cfg: Config, out: Path, state: dict[str, Any] | None) -> None:
+    """The checkpoint's config may differ from ``cfg`` (its pool-derived values filled in) only harmlessly."""
+    diff = resume_blockers(state, cfg) if state is not None else []
+    if diff:
+        raise ConfigError(
+            f"{out} holds a run with a different config ({', '.join(diff[:6])}); use another "
+            f"--out, or the same settings to resume"
+        )
 
 
 def _monitor(cfg: Config, monitor: Monitor | None) -> Monitor | None:
@@ -173,18 +171,24 @@ def setup_run(
     started = time.time()
     device = dist.init_distributed(cfg.train.device)
     out = Path(out_dir)
-    state, sharded_dir = _resume_state(cfg, out, resume)
+    state, sharded_dir = find_resume_state(out / "checkpoints") if resume else (None, None)
     monitor = _monitor(cfg, monitor)
     # folders, tars and file lists: EpochSampler + PretrainDataset; shard sets: a resumable ShardStream
     sampler, loader, num_images = build_pretrain_data(
         cfg, dist.rank(), dist.world_size(), device, (state or {}).get("data")
     )
     derived = derive(cfg, num_images, dist.world_size(), budget_steps)
+    entry = get_method(cfg.method)
+    if entry.resolve is not None:  # values derived from the pool, on the run's own copy (config.yaml holds them)
+        cfg = copy.deepcopy(cfg)
+        for note in entry.resolve(cfg, num_images, derived.global_batch):
+            log.info(note)
+    _check_resumable(cfg, out, state)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     info = RunInfo.of(cfg, derived)  # the one RunInfo of the run: the method's and the training step's
-    method = get_method(cfg.method).build(cfg, build_backbone(cfg.model), info)
+    method = entry.build(cfg, build_backbone(cfg.model), info)
     method.check_towers()  # the declared towers and EMA pairs fit the built modules (one-line ConfigError)
     if cfg.model.init and state is None:  # starting weights (--init); a resumed run has its own
         init_method_from(method, cfg.model.init, strict=cfg.model.init_strict, log=log.info)
