@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from openseer.api import build_config
+from openseer.config import load_config
 from openseer.train.loop import pretrain
 
 
@@ -53,17 +52,17 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     result_file = out / "minutes_budget.json"
     results = json.loads(result_file.read_text()) if result_file.exists() else {}
-    overrides = dict(o.split("=", 1) for o in args.overrides)
+    overrides = [*args.overrides, f"data.path={args.data}"]  # parsed and checked as on the command line
     for minutes in [float(m) for m in args.minutes.split(",")]:
         key = f"{minutes:g}"
         if key in results:
             continue
-        cfg = build_config(args.preset, args.data, train__minutes=minutes, **_yaml(overrides))
+        cfg = load_config(args.preset, [*overrides, f"train.minutes={minutes}"])
         started = time.time()
         budgeted = pretrain(cfg, out / f"minutes-{key}")
         wall = time.time() - started
         steps = int(budgeted["budget"]["steps"])
-        own = build_config(args.preset, args.data, **_yaml(overrides))
+        own = load_config(args.preset, overrides)
         started = time.time()
         cut = pretrain(own, out / f"cut-{key}", on_step=stop_after(steps))
         cut_wall = time.time() - started
@@ -79,11 +78,6 @@ def main() -> None:
         )
         print(json.dumps({key: results[key]}), flush=True)
         result_file.write_text(json.dumps(results, indent=1))
-
-
-def _yaml(overrides: dict[str, str]) -> dict:
-    """``a.b=value`` strings as build_config keywords (values parsed as YAML, as on the command line)."""
-    return {k.replace(".", "__"): yaml.safe_load(v) for k, v in overrides.items()}
 
 
 if __name__ == "__main__":

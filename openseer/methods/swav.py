@@ -332,12 +332,19 @@ def prototypes_for_pool(images: int, sinkhorn_batch: int) -> int:
     return max(2, min(round(math.sqrt(images)), sinkhorn_batch))
 
 
+def _with_pool_prototypes(s: Config, images: int, global_batch: int) -> Config:
+    """``s`` with ``num_prototypes: 0`` replaced by :func:`prototypes_for_pool` (``s`` itself otherwise)."""
+    if s.num_prototypes:
+        return s
+    k = prototypes_for_pool(images, global_batch + global_queue(s.queue_length, global_batch))
+    return replace(s, num_prototypes=k)
+
+
 def resolve(cfg: Any, images: int, global_batch: int) -> list[str]:
     """Fill ``swav.num_prototypes: 0`` from the pool's size (in place); the note for the log."""
-    s = cfg.swav
-    if s.num_prototypes:
+    if cfg.swav.num_prototypes:
         return []
-    s.num_prototypes = prototypes_for_pool(images, global_batch + global_queue(s.queue_length, global_batch))
+    cfg.swav = s = _with_pool_prototypes(cfg.swav, images, global_batch)
     return [
         f"swav.num_prototypes=0 -> {s.num_prototypes} (about sqrt({images}) images, at most the global batch + queue)"
     ]
@@ -347,11 +354,8 @@ def build(cfg: Any, backbone: nn.Module, info: RunInfo) -> SwAV:
     """SwAV around ``backbone``; the queue length is rounded down to a multiple of the global batch;
     ``num_prototypes: 0`` not yet resolved (a build without a pool: ``openseer info``, tests) takes one epoch's
     images as the pool."""
-    s = cfg.swav
+    s = _with_pool_prototypes(cfg.swav, info.steps_per_epoch * info.global_batch, info.global_batch)
     queue_global = global_queue(s.queue_length, info.global_batch)
-    if not s.num_prototypes:
-        k = prototypes_for_pool(info.steps_per_epoch * info.global_batch, info.global_batch + queue_global)
-        s = replace(s, num_prototypes=k)
     return SwAV(backbone, s, local_queue_length=queue_global // info.world_size)
 
 
